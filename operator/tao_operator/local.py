@@ -1,0 +1,174 @@
+"""The embedded executor behind `tao run`: the operator's plan, with stages run as local subprocesses.
+
+Progress lives in storage (each stage's result file), never in this process: interrupting `tao run` and
+running it again continues from the last complete stage, and inside a stage from the last complete shard.
+A failed stage is not recorded as done, so fixing the cause and re-running retries it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tao_operator.api import TAOJob
+from tao_operator.plan import Failed, Finished, Results, RunStage, build_report, champion, next_action
+from tao_trainer import storage
+from tao_trainer.contract import LoopSpec, RunLayout, StageConfig, StageResult
+
+Printer = Callable[[str], None]
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on; the message says what failed and what to do."""
+
+
+def run_uri(job: TAOJob) -> str:
+    """<storage>/<namespace>/<name>/<uid>; a local run has no uid, so `local` stands in for it."""
+    meta = job.metadata
+    return storage.join(storage.normalize(job.spec.storage.uri), meta.namespace, meta.name, meta.uid or "local")
+
+
+def observe(spec: LoopSpec, layout: RunLayout) -> Results:
+    """Every stage result recorded in storage."""
+    results: Results = {}
+    for uri in storage.list_uris(layout.root):
+        if "/results/" not in uri or not uri.endswith(".json"):
+            continue
+        result = StageResult.model_validate_json(storage.read_text(uri))
+        if result.round <= spec.rounds:
+            results[(result.round, result.stage)] = result
+    return results
+
+
+def _identity(spec: LoopSpec) -> dict[str, Any]:
+    """The parts of a spec that must not change under an existing run (rounds may grow: more rounds)."""
+    return spec.model_dump(mode="json", by_alias=True, exclude={"rounds"})
+
+
+def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
+    if fresh:
+        for uri in storage.list_uris(layout.root):
+            storage.delete(uri)
+    elif storage.exists(layout.spec_snapshot):
+        before = storage.read_json(layout.spec_snapshot)
+        now = _identity(spec)
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
+            raise RunError(
+                f"the run at {layout.root} was started with a different spec (changed: "
+                f"{', '.join('spec.' + k for k in changed)}). Restore it to continue that run, or pass "
+                "--fresh to start over (deletes that run's artifacts), or rename the TAOJob."
+            )
+    storage.write_json(layout.spec_snapshot, _identity(spec))
+
+
+def run_stage(action: RunStage, job: TAOJob, layout: RunLayout) -> StageResult:
+    """Run one stage as a subprocess (the same CLI a pod runs) and return its result."""
+    cfg = StageConfig(
+        stage=action.stage, round=action.round, run_uri=layout.root, model_uri=action.model_uri, spec=job.spec
+    )
+    config_uri = layout.config(action.round, action.stage)
+    storage.write_text(config_uri, cfg.model_dump_json(by_alias=True, indent=2))
+    with tempfile.TemporaryDirectory(prefix="tao-stage-") as tmp:
+        result_path = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, "-m", "tao_trainer.cli", action.stage, "--config", config_uri, "--result", result_path]
+        # stdout carries the result JSON (read from the file instead); logs and progress bars go to stderr.
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
+        if not os.path.exists(result_path):
+            return StageResult(
+                stage=action.stage, round=action.round, ok=False,
+                message=f"stage process exited with code {proc.returncode} and reported nothing",
+            )
+        with open(result_path, encoding="utf-8") as f:
+            return StageResult.model_validate_json(f.read())
+
+
+def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dict[str, Any]:
+    """Run the TAOJob to the end on this machine; return the report (also written to storage)."""
+    spec = job.spec
+    s = spec.storage
+    storage.configure(storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style))
+    layout = RunLayout(run_uri(job))
+    check_snapshot(spec, layout, fresh)
+    echo(f"run {job.metadata.name}: artifacts in {layout.root}")
+    while True:
+        results = observe(spec, layout)
+        action = next_action(spec, layout, results)
+        if isinstance(action, Finished):
+            report = build_report(job.metadata.name, spec, layout, results)
+            storage.write_json(layout.report, report)
+            return report
+        if isinstance(action, Failed):  # only an executor that records failures gets here (the operator)
+            raise RunError(f"round {action.round} {action.stage} failed: {action.message}")
+        if action.stage == spec.stages()[0]:
+            echo(f"round {action.round}/{spec.rounds}: starting from {action.model_uri}")
+        started = time.monotonic()
+        result = run_stage(action, job, layout)
+        if not result.ok:
+            raise RunError(
+                f"round {action.round} stage {action.stage} failed: {result.message}\n"
+                f"Completed stages and shards are kept: fix the cause and run the same command to continue."
+            )
+        storage.write_text(layout.result(action.round, action.stage), result.model_dump_json(by_alias=True))
+        echo(f"  {action.stage:<9} {time.monotonic() - started:6.1f}s  {summarize(result)}")
+        if action.stage == "evaluate":
+            results[(action.round, action.stage)] = result
+            champ_round, champ_uri = champion(spec, layout, results, action.round + 1)
+            storage.write_json(layout.champion, {"round": champ_round, "uri": champ_uri})
+
+
+def summarize(result: StageResult) -> str:
+    """One line per stage for the terminal."""
+    if result.stage == "evaluate":
+        return result.message
+    parts = [f"{k}={v}" for k, v in result.counts.items() if v]
+    parts += [f"{k}={v}" for k, v in result.metrics.items() if v is not None]
+    return " ".join(parts)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The final table: one row per round, champion -> challenger on held-out prompts."""
+    metric_names = report.get("labelMetrics", [])
+    header = ["round", "prompts", "candidates", "kept", "mean score", "held-out score"]
+    header += [f"held-out {m}*" for m in metric_names] + ["promoted"]
+    rows = [header]
+    for r in report["rounds"]:
+        champ, chall = r.get("champion", {}), r.get("challenger", {})
+        row = [
+            str(r["round"]), _fmt(r.get("prompts")), _fmt(r.get("candidates")), _fmt(r.get("trainExamples")),
+            _fmt(r.get("meanCandidateScore")), f"{_fmt(champ.get('score'))} -> {_fmt(chall.get('score'))}",
+        ]
+        row += [f"{_fmt(champ.get(m))} -> {_fmt(chall.get(m))}" for m in metric_names]
+        row.append("yes" if r.get("promoted") else "no")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if metric_names:
+        lines.append("* computed from label fields for reporting only; the loop and the gate never read them")
+    return "\n".join(lines)
+
+
+def describe_champion(report: dict[str, Any]) -> str:
+    champ = report["champion"]
+    if champ["round"] == 0:
+        return f"champion: the base model (no round beat it): {champ['uri']}"
+    return f"champion: round {champ['round']} model at {champ['uri']}"
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)

@@ -1,0 +1,150 @@
+"""The TAO loop as a pure function: (spec, stage results observed so far) -> the next thing to do.
+
+Both executors (`tao run` locally, the kopf operator on a cluster) call `next_action` and carry the action
+out; neither keeps progress in memory, so a restarted executor picks up exactly where results say it is.
+No I/O here: results are passed in, actions and reports are returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tao_trainer.contract import LoopSpec, RunLayout, Stage, StageResult
+
+Results = dict[tuple[int, str], StageResult]
+
+
+@dataclass(frozen=True)
+class RunStage:
+    round: int
+    stage: Stage
+    model_uri: str  # the round's starting model: the champion after the previous rounds
+
+
+@dataclass(frozen=True)
+class Finished:
+    champion_round: int  # 0: the base model was never beaten
+    champion_uri: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    round: int
+    stage: Stage
+    message: str
+
+
+Action = RunStage | Finished | Failed
+
+
+def champion(spec: LoopSpec, layout: RunLayout, results: Results, before_round: int) -> tuple[int, str]:
+    """The best model known before `before_round` starts: the last promoted challenger, else the base.
+
+    >>> from tao_trainer.contract import StageResult
+    >>> spec = _example_spec()
+    >>> lay = RunLayout("file:///runs/x")
+    >>> res = {(1, "evaluate"): StageResult(stage="evaluate", round=1, promoted=True),
+    ...        (2, "evaluate"): StageResult(stage="evaluate", round=2, promoted=False)}
+    >>> champion(spec, lay, res, 3)
+    (1, 'file:///runs/x/round-001/train/model')
+    >>> champion(spec, lay, res, 1)
+    (0, 'file:///base')
+    """
+    best = (0, spec.model.uri)
+    for r in range(1, before_round):
+        evaluated = results.get((r, "evaluate"))
+        if evaluated is not None and evaluated.ok and evaluated.promoted:
+            best = (r, layout.model(r))
+    return best
+
+
+def next_action(spec: LoopSpec, layout: RunLayout, results: Results) -> Action:
+    """The first stage without a result, in round order; a failed stage stops the run (terminal).
+
+    >>> spec = _example_spec()
+    >>> lay = RunLayout("file:///runs/x")
+    >>> next_action(spec, lay, {})
+    RunStage(round=1, stage='prepare', model_uri='file:///base')
+    >>> done = {(1, s): StageResult(stage=s, round=1) for s in ("prepare", "generate")}
+    >>> next_action(spec, lay, done)
+    RunStage(round=1, stage='score', model_uri='file:///base')
+    >>> done[(1, "score")] = StageResult(stage="score", round=1, ok=False, message="boom")
+    >>> next_action(spec, lay, done)
+    Failed(round=1, stage='score', message='boom')
+    """
+    for r in range(1, spec.rounds + 1):
+        _, start = champion(spec, layout, results, r)
+        for stage in spec.stages():
+            result = results.get((r, stage))
+            if result is None:
+                return RunStage(r, stage, start)
+            if not result.ok:
+                return Failed(r, stage, result.message)
+    return Finished(*champion(spec, layout, results, spec.rounds + 1))
+
+
+def _side(metrics: dict[str, float | None], side: str) -> dict[str, float | None]:
+    prefix = f"{side}."
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results) -> dict[str, Any]:
+    """The run's summary (written as report.json and printed as the final table).
+
+    `base` holds the base model's held-out values (round 1's champion); each round holds the champion's and
+    the challenger's values on that round's held-out prompts, and the challenger's values at top level.
+    Metric values computed from label fields are listed under `labelMetrics`: they were reported, never used.
+    """
+    rounds: list[dict[str, Any]] = []
+    base: dict[str, float | None] = {}
+    for r in range(1, spec.rounds + 1):
+        row: dict[str, Any] = {"round": r}
+        prepared, generated, scored = (results.get((r, s)) for s in ("prepare", "generate", "score"))
+        trained, evaluated = results.get((r, "train")), results.get((r, "evaluate"))
+        if prepared is None:
+            break
+        row["prompts"] = prepared.counts.get("prompts", 0)
+        row["heldOut"] = prepared.counts.get("heldOut", 0)
+        row["rejects"] = prepared.counts.get("rejects", 0)
+        if generated is not None:
+            row["candidates"] = generated.counts.get("candidates", 0)
+        if scored is not None:
+            row["meanCandidateScore"] = scored.metrics.get("meanScore")
+        if trained is not None:
+            row["trainExamples"] = trained.counts.get("examples", 0)
+            row["trainLoss"] = trained.metrics.get("trainLoss")
+            row["candidates"] = row.get("candidates", trained.counts.get("candidates", 0))
+        if evaluated is not None and evaluated.ok:
+            row["champion"] = _side(evaluated.metrics, "champion")
+            row["challenger"] = _side(evaluated.metrics, "challenger")
+            row.update(row["challenger"])
+            row["winRate"] = evaluated.metrics.get("winRate")
+            row["promoted"] = bool(evaluated.promoted)
+            row["verdict"] = evaluated.message
+            row["modelUri"] = layout.model(r)
+            if r == 1:
+                base = dict(row["champion"])
+        rounds.append(row)
+    champ_round, champ_uri = champion(spec, layout, results, spec.rounds + 1)
+    return {
+        "job": name,
+        "runUri": layout.root,
+        "base": base,
+        "rounds": rounds,
+        "champion": {"round": champ_round, "uri": champ_uri},
+        "labelMetrics": [m.name for m in spec.evaluation.metrics],
+    }
+
+
+def _example_spec() -> LoopSpec:
+    """A minimal valid spec for doctests."""
+    return LoopSpec.model_validate(
+        {
+            "model": {"uri": "file:///base"},
+            "prompts": {"uri": "file:///p.jsonl"},
+            "storage": {"uri": "file:///runs"},
+            "rounds": 2,
+            "scoring": {"scorers": [{"type": "regex", "pattern": ".+"}]},
+        }
+    )

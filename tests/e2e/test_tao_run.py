@@ -1,0 +1,134 @@
+"""`tao run` end to end on a tiny model: report, champion, resumption, and labels kept out of the loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+SPY_SCORER = '''
+import json, os
+
+def spy(prompts, completions, **kwargs):
+    """Records which record fields reach scoring; rewards candidates containing a digit."""
+    with open(os.environ["TAO_SPY_FILE"], "a") as f:
+        f.write(json.dumps(sorted(kwargs)) + "\\n")
+    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
+'''
+
+
+def write_job(tmp: Path, model: Path, n_prompts: int = 40, **spec_overrides: Any) -> Path:
+    prompts = tmp / "prompts.jsonl"
+    with prompts.open("w") as f:
+        for i in range(n_prompts):
+            f.write(json.dumps({"prompt": f"{i}+1=", "answer": f"LABEL-CANARY-{i}", "topic": "sum"}) + "\n")
+    (tmp / "spy.py").write_text(SPY_SCORER)
+    spec: dict[str, Any] = {
+        "model": {"uri": str(model)},
+        "prompts": {"uri": "prompts.jsonl", "heldOutFraction": 0.25, "labelFields": ["answer"]},
+        "storage": {"uri": "runs"},
+        "rounds": 2,
+        "generation": {"candidates": 4, "maxNewTokens": 8, "batchSize": 16},
+        "scoring": {"scorers": [{"type": "python", "path": "spy.py", "function": "spy"},
+                                {"type": "majority", "extract": r"(\d)", "weight": 0.5}]},
+        "training": {"method": "sft", "learningRate": 1e-3, "batchSize": 8, "sft": {"minScore": 0.0}},
+        "evaluation": {"maxPrompts": 8, "minImprovement": -10.0,
+                       "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\S+)"}]},
+    }
+    for key, value in spec_overrides.items():
+        spec[key] = spec.get(key, {}) | value if isinstance(value, dict) else value
+    job = {"apiVersion": "tao.dev/v1alpha1", "kind": "TAOJob", "metadata": {"name": "tiny"}, "spec": spec}
+    path = tmp / "taojob.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def tao(*args: str, tmp: Path, **popen: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tao_operator.cli", *args], capture_output=True, text=True,
+                          env=ENV | {"TAO_SPY_FILE": str(tmp / "spy.log")}, check=False, timeout=600, **popen)
+
+
+def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Path) -> None:
+    job = write_job(tmp_path, tiny_model)
+    proc = tao("run", str(job), tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "default" / "tiny" / "local"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["base"]) == {"score", "accuracy"}
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    for row in report["rounds"]:
+        assert row["prompts"] > 0 and row["candidates"] == 4 * row["prompts"] and "accuracy" in row
+        assert isinstance(row["promoted"], bool)
+    # minImprovement -10 promotes every round: round 2 starts from round 1's model.
+    assert report["champion"] == {"round": 2, "uri": (run_dir / "round-002/train/model").as_uri()}
+    assert json.loads((run_dir / "champion.json").read_text())["round"] == 2
+    config2 = json.loads((run_dir / "round-002/configs/train.json").read_text())
+    assert config2["modelUri"] == (run_dir / "round-001/train/model").as_uri()
+    assert "held-out accuracy*" in proc.stdout and "champion: round 2 model" in proc.stdout
+
+    # The label field never reaches scoring, and no artifact but the held-out labels file holds a label.
+    received = {tuple(json.loads(line)) for line in (tmp_path / "spy.log").read_text().splitlines()}
+    assert received == {("topic",)}
+    holders = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+                     if p.is_file() and b"LABEL-CANARY" in p.read_bytes())
+    assert holders == ["round-001/heldout/labels.jsonl", "round-002/heldout/labels.jsonl"]
+
+    # Running it again finds everything done and reruns nothing.
+    again = tao("run", str(job), tmp=tmp_path)
+    assert again.returncode == 0
+    stage_lines = [ln for ln in again.stdout.splitlines() if ln.strip().startswith(("prepare", "generate", "train"))]
+    assert stage_lines == []
+
+
+def test_changed_spec_refuses_to_mix_runs_until_fresh(tmp_path: Path, tiny_model: Path) -> None:
+    job = write_job(tmp_path, tiny_model, rounds=1)
+    assert tao("run", str(job), tmp=tmp_path).returncode == 0
+    job = write_job(tmp_path, tiny_model, rounds=1, generation={"candidates": 2, "maxNewTokens": 8})
+    proc = tao("run", str(job), tmp=tmp_path)
+    assert proc.returncode == 1 and "spec.generation" in proc.stderr and "--fresh" in proc.stderr
+    assert tao("run", str(job), "--fresh", tmp=tmp_path).returncode == 0
+
+
+def test_invalid_manifest_exits_with_the_field_named(tmp_path: Path, tiny_model: Path) -> None:
+    job = write_job(tmp_path, tiny_model, generation={"candidates": -3})
+    proc = tao("run", str(job), tmp=tmp_path)
+    assert proc.returncode == 2 and "spec.generation.candidates" in proc.stderr
+
+
+def test_interrupted_run_resumes_without_redoing_complete_shards(tmp_path: Path, tiny_model: Path) -> None:
+    job = write_job(tmp_path, tiny_model, n_prompts=400, rounds=1,
+                    generation={"candidates": 4, "maxNewTokens": 24, "batchSize": 25, "shards": 6})
+    cand_dir = tmp_path / "runs/default/tiny/local/round-001/candidates"
+    proc = subprocess.Popen([sys.executable, "-m", "tao_operator.cli", "run", str(job)], env=ENV | {"TAO_SPY_FILE": str(tmp_path / "spy.log")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list(cand_dir.glob("shard-*.jsonl"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "generation never produced two shards"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # as hard as a node failure: no cleanup runs
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in cand_dir.glob("shard-*.jsonl")}
+    assert 2 <= len(done_before) < 6
+    for name in done_before:  # a half-written shard never appears under its final name
+        lines = (cand_dir / name).read_text().splitlines()
+        assert lines and all(len(json.loads(ln)["candidates"]) == 4 for ln in lines)
+
+    resumed = tao("run", str(job), tmp=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name, mtime in done_before.items():
+        assert (cand_dir / name).stat().st_mtime_ns == mtime
+    result = json.loads((tmp_path / "runs/default/tiny/local/round-001/results/generate.json").read_text())
+    assert result["counts"]["shardsSkipped"] == len(done_before)
+    assert result["counts"]["shardsDone"] == 6 - len(done_before)

@@ -1,0 +1,84 @@
+"""`tao-stage prepare|generate|score|train|evaluate --config URI`: one stage, one process.
+
+The StageResult is written as JSON to `--result` (or $TAO_RESULT_PATH; in a pod, /dev/termination-log) and
+to stdout. A failing stage still writes a result (ok=false, with the error) and exits 1, so that the
+executor can say which stage failed and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+from tao_trainer import storage
+from tao_trainer.contract import STAGES, StageConfig, StageResult
+
+# Pod termination messages are capped at 4096 bytes by Kubernetes.
+RESULT_LIMIT = 4000
+
+
+def _runner(stage: str) -> Callable[[StageConfig], StageResult]:
+    if stage == "train":
+        from tao_trainer.train import run_train
+
+        return run_train
+    if stage == "evaluate":
+        from tao_trainer.evaluate import run_evaluate
+
+        return run_evaluate
+    from tao_trainer import stages
+
+    return {"prepare": stages.run_prepare, "generate": stages.run_generate, "score": stages.run_score}[stage]
+
+
+def compact(result: StageResult) -> str:
+    """The result's JSON, shortened (message first) until it fits a termination message."""
+    text = result.model_dump_json(by_alias=True)
+    if len(text) > RESULT_LIMIT:
+        keep = max(0, len(result.message) - (len(text) - RESULT_LIMIT) - 20)
+        text = result.model_copy(update={"message": result.message[:keep] + " [truncated]"}).model_dump_json(by_alias=True)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tao-stage", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--config", required=True, help="StageConfig JSON: a path, file:// or s3:// URI")
+    parser.add_argument("--result", default=os.environ.get("TAO_RESULT_PATH"), help="where to write the StageResult")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.monotonic()
+    cfg: StageConfig | None = None
+    try:
+        cfg = StageConfig.model_validate_json(storage.read_text(args.config))
+        if cfg.stage != args.stage:
+            raise ValueError(f"--config is for stage {cfg.stage!r}, not {args.stage!r}")
+        s = cfg.spec.storage
+        storage.configure(storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style))
+        result = _runner(args.stage)(cfg)
+        code = 0 if result.ok else 1
+    except Exception as e:  # noqa: BLE001 - every failure must become a reported result
+        traceback.print_exc(file=sys.stderr)
+        result = StageResult(
+            stage=args.stage, round=cfg.round if cfg else 1, ok=False, message=f"{type(e).__name__}: {e}"
+        )
+        code = 1
+    result.duration_seconds = round(time.monotonic() - started, 2)
+    text = compact(result)
+    if args.result:
+        if args.result.startswith(("file://", "s3://")):
+            storage.write_text(args.result, text)
+        else:
+            with open(args.result, "w", encoding="utf-8") as f:
+                f.write(text)
+    print(text, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

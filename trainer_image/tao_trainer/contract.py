@@ -1,0 +1,365 @@
+"""What a stage reads and reports: the contract between an executor (the operator or `tao run`) and a stage.
+
+The loop settings below are also the body of `TAOJob.spec` (operator/tao_operator/api.py composes them),
+so a field is declared once and both executors and every stage read the same model.
+
+Everything here is pure pydantic: no torch, no Kubernetes, no I/O. The operator image imports this module.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from tao_trainer.scorers.specs import ScorerSpecList
+
+STAGES = ("prepare", "generate", "score", "train", "evaluate")
+Stage = Literal["prepare", "generate", "score", "train", "evaluate"]
+
+MODEL_SCHEMES = ("file://", "s3://", "hf://")
+STORAGE_SCHEMES = ("file://", "s3://")
+
+
+class CamelModel(BaseModel):
+    """Kubernetes-style field names (camelCase) in YAML/JSON, snake_case in Python; unknown fields are errors."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def dump(self) -> dict[str, Any]:
+        """The camelCase JSON form, without unset optional fields, as written to YAML, status and storage."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _check_scheme(uri: str, allowed: tuple[str, ...], what: str) -> str:
+    """A URI with one of the allowed schemes, or a plain local path (resolved against the manifest by `tao run`)."""
+    if "://" in uri and not uri.startswith(allowed):
+        raise ValueError(f"{what} {uri!r} must start with one of {', '.join(allowed)} (or be a local path)")
+    if not uri.strip():
+        raise ValueError(f"{what} must not be empty")
+    return uri
+
+
+# --------------------------------------------------------------------------------------------- spec pieces
+
+
+class ModelSpec(CamelModel):
+    """A model in Hugging Face format."""
+
+    uri: str = Field(
+        description="file:///path or s3://bucket/prefix of an HF-format model directory (weights, config, "
+        "tokenizer); hf://org/name for clusters with hub access (never fetched in tests)."
+    )
+    revision: str | None = Field(default=None, description="Hub revision, for hf:// only.")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        return _check_scheme(v, MODEL_SCHEMES, "model uri")
+
+
+class PromptsSpec(CamelModel):
+    """Where the unlabeled prompts are and how to read them."""
+
+    uri: str = Field(
+        description="A JSONL or Parquet file, or a prefix holding *.jsonl, *.jsonl.gz and *.parquet files "
+        "(file:// or s3://)."
+    )
+    field: str = Field(
+        default="prompt",
+        description="Name of the prompt field: a string, or OpenAI-style messages [{role, content}]. "
+        "Every other field of a record is passed to scorers, except labelFields.",
+    )
+    held_out_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of prompts kept for evaluation, by a stable hash of the prompt: the same prompt "
+        "always lands on the same side, whatever else the file holds.",
+    )
+    max_per_round: int | None = Field(
+        default=None, ge=1, description="At most this many training prompts per round (rounds take successive slices)."
+    )
+    label_fields: list[str] = Field(
+        default_factory=list,
+        description="Fields that hold labels (e.g. a reference answer). They are removed before generation, "
+        "scoring and training, and read only by evaluation.metrics, which are reported, never used to decide.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        return _check_scheme(v, STORAGE_SCHEMES, "prompts uri")
+
+    @model_validator(mode="after")
+    def _label_is_not_prompt(self) -> PromptsSpec:
+        if self.field in self.label_fields:
+            raise ValueError(f"prompts.labelFields must not contain the prompt field {self.field!r}")
+        return self
+
+
+class StorageSpec(CamelModel):
+    """Where every artifact of the run goes."""
+
+    uri: str = Field(description="file:///path or s3://bucket/prefix.")
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint override for MinIO-style servers (default: the AWS chain)."
+    )
+    region: str | None = Field(default=None, description="S3 region.")
+    path_style: bool = Field(default=False, description="Use path-style S3 addressing (MinIO).")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        return _check_scheme(v, STORAGE_SCHEMES, "storage uri")
+
+
+class TeacherSpec(ModelSpec):
+    """A larger model that writes the candidates instead of the model being tuned (curated distillation)."""
+
+
+class GenerationSpec(CamelModel):
+    """Stage 1: many candidate responses per prompt."""
+
+    candidates: int = Field(default=8, ge=1, le=256, description="Candidates sampled per prompt (N).")
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(default=256, ge=1, description="Longest candidate, in tokens.")
+    system_prompt: str | None = Field(default=None, description="Prepended as a system message (or plain text).")
+    teacher: TeacherSpec | None = Field(
+        default=None, description="Generate with this model instead (curated distillation into the tuned model)."
+    )
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        default="auto", description="auto: vLLM when a GPU and vllm are present, else transformers."
+    )
+    batch_size: int = Field(default=32, ge=1, description="Prompts per generation batch (transformers backend).")
+    shards: int = Field(default=1, ge=1, le=1000, description="Prompt shards (parallel pods on Kubernetes).")
+    seed: int = Field(default=0, description="Sampling seed; each round and shard derive their own from it.")
+
+
+class ScoringSpec(CamelModel):
+    """Stage 2: label-free scores; a candidate's score is the weighted sum of its scorers' values."""
+
+    scorers: ScorerSpecList = Field(min_length=1, description="Scorers, combined by weighted sum.")
+
+
+class LoraSpec(CamelModel):
+    """Train a LoRA adapter (peft) instead of every weight."""
+
+    r: int = Field(default=16, ge=1, description="Rank.")
+    alpha: int = Field(default=32, ge=1, description="Scaling numerator (lora_alpha).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter.")
+    target_modules: list[str] | str = Field(default="all-linear", description="Modules to adapt.")
+    merge: bool = Field(
+        default=True,
+        description="Merge the adapter into the weights when saving (simplest to serve); false keeps the "
+        "adapter alone (small artifacts, served with vLLM --enable-lora).",
+    )
+
+
+class SftSpec(CamelModel):
+    min_score: float = Field(default=1.0, description="Keep candidates scoring at least this.")
+    top_k: int | None = Field(
+        default=None, ge=1, description="Keep at most this many of a prompt's best candidates (default: all)."
+    )
+    dedupe: bool = Field(default=False, description="Keep identical completions of a prompt once.")
+
+
+class DpoSpec(CamelModel):
+    min_margin: float = Field(default=0.5, ge=0.0, description="Pair best and worst only if they differ by this.")
+    beta: float = Field(default=0.1, gt=0.0, description="DPO beta.")
+
+
+class GrpoSpec(CamelModel):
+    beta: float = Field(default=0.0, ge=0.0, description="KL coefficient (0: no reference model).")
+    num_iterations: int = Field(default=1, ge=1, description="Optimisation passes per generation batch.")
+
+
+class TrainingSpec(CamelModel):
+    """Stage 3: train toward the high-scoring candidates (TRL)."""
+
+    method: Literal["sft", "dpo", "grpo"] = Field(
+        default="sft",
+        description="sft: rejection sampling (train on the best candidates); dpo: best vs worst pairs; "
+        "grpo: online RL with the scorers as reward functions.",
+    )
+    learning_rate: float = Field(default=1e-5, gt=0.0, lt=1.0, description="Peak learning rate.")
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of steps spent warming up.")
+    epochs: float = Field(default=1.0, gt=0.0, description="Passes over the round's training set.")
+    batch_size: int = Field(default=8, ge=1, description="Examples per optimizer step (per device).")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per step.")
+    max_length: int = Field(default=2048, ge=8, description="Longest prompt+completion in tokens.")
+    seed: int = Field(default=0, description="Training seed.")
+    lora: LoraSpec | None = Field(default=None, description="Train a LoRA adapter instead of all weights.")
+    sft: SftSpec = Field(default_factory=SftSpec)
+    dpo: DpoSpec = Field(default_factory=DpoSpec)
+    grpo: GrpoSpec = Field(default_factory=GrpoSpec)
+
+
+class MetricSpec(CamelModel):
+    """A reporting metric computed on held-out prompts; may read label fields; never gates promotion."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Key in reports (e.g. accuracy).")
+    type: Literal["exact_match"] = Field(default="exact_match", description="exact_match: extracted == label.")
+    field: str = Field(description="The label field of the prompt record holding the reference.")
+    extract: str | None = Field(
+        default=None, description="Regex applied to the answer (group 1 if any, last match); default: the whole stripped text."
+    )
+
+    @field_validator("extract")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"extract is not a valid regular expression: {e}") from e
+        return v
+
+
+class EvaluationSpec(CamelModel):
+    """Stage 4: greedy answers of champion and challenger on held-out prompts, and the promotion gate."""
+
+    min_improvement: float = Field(
+        default=0.01,
+        description="Promote the new model only if its mean label-free held-out score beats the champion's by "
+        "at least this much.",
+    )
+    max_prompts: int = Field(default=200, ge=1, description="Held-out prompts evaluated per round.")
+    scorers: ScorerSpecList | None = Field(
+        default=None,
+        description="Label-free scorers for the gate (default: scoring.scorers). Group scorers such as "
+        "majority judge a greedy answer against the champion's sampled answers.",
+    )
+    reference_samples: int | None = Field(
+        default=None, ge=1, description="Samples per prompt for group scorers (default: generation.candidates)."
+    )
+    metrics: list[MetricSpec] = Field(default_factory=list, description="Reporting-only metrics (may use labels).")
+
+
+class LoopSpec(CamelModel):
+    """The TAO loop: what both `tao run` and the operator execute."""
+
+    model: ModelSpec = Field(description="The model to tune (the first champion).")
+    prompts: PromptsSpec
+    storage: StorageSpec
+    rounds: int = Field(default=1, ge=1, le=1000, description="Rounds of generate, score, train, evaluate.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    scoring: ScoringSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @model_validator(mode="after")
+    def _metric_fields_are_labels(self) -> LoopSpec:
+        # A metric reads a label; a label must be declared so that it is stripped from the loop's data.
+        for i, metric in enumerate(self.evaluation.metrics):
+            if metric.field not in self.prompts.label_fields:
+                raise ValueError(
+                    f"evaluation.metrics[{i}].field {metric.field!r} must be listed in prompts.labelFields "
+                    f"(now {self.prompts.label_fields}) so that the loop never sees it"
+                )
+        return self
+
+    def gate_scorers(self) -> list[Any]:
+        return self.evaluation.scorers if self.evaluation.scorers is not None else self.scoring.scorers
+
+    def stages(self) -> tuple[Stage, ...]:
+        """GRPO samples and scores online inside training; the other methods use the offline stages."""
+        if self.training.method == "grpo":
+            return ("prepare", "train", "evaluate")
+        return STAGES
+
+
+# --------------------------------------------------------------------------------------------- stage I/O
+
+
+class StageConfig(CamelModel):
+    """Everything one stage process needs: written by the executor, read by `tao-stage <stage> --config`."""
+
+    stage: Stage
+    round: int = Field(ge=1)
+    run_uri: str = Field(description="Root of this run's artifacts: <storage>/<namespace>/<name>/<uid>.")
+    model_uri: str = Field(description="The round's starting model (the champion).")
+    spec: LoopSpec
+    shards: list[int] | None = Field(
+        default=None, description="Shards this process handles (default: all; a pod uses JOB_COMPLETION_INDEX)."
+    )
+
+
+class StageResult(CamelModel):
+    """What a stage reports: small (< 4 KiB, a pod termination message); big artifacts stay in storage."""
+
+    stage: Stage
+    round: int
+    ok: bool = True
+    message: str = ""
+    counts: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    promoted: bool | None = Field(default=None, description="evaluate only: the gate's verdict.")
+    duration_seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+class RunLayout:
+    """Where each artifact of one run lives; shared by stages and executors so that paths agree.
+
+    >>> lay = RunLayout("s3://b/runs/ns/job/uid")
+    >>> lay.shard("prompts", 2, 7)
+    's3://b/runs/ns/job/uid/round-002/prompts/shard-00007.jsonl'
+    >>> lay.result(1, "train")
+    's3://b/runs/ns/job/uid/round-001/results/train.json'
+    """
+
+    def __init__(self, run_uri: str) -> None:
+        self.root = run_uri.rstrip("/")
+
+    def round_dir(self, round_: int) -> str:
+        return f"{self.root}/round-{round_:03d}"
+
+    def shard(self, kind: Literal["prompts", "candidates", "scores"], round_: int, shard: int) -> str:
+        return f"{self.round_dir(round_)}/{kind}/shard-{shard:05d}.jsonl"
+
+    def rejects(self, round_: int) -> str:
+        return f"{self.round_dir(round_)}/prompts/rejects.jsonl"
+
+    def heldout(self, round_: int) -> str:
+        return f"{self.round_dir(round_)}/heldout/prompts.jsonl"
+
+    def heldout_labels(self, round_: int) -> str:
+        return f"{self.round_dir(round_)}/heldout/labels.jsonl"
+
+    def train_dir(self, round_: int) -> str:
+        return f"{self.round_dir(round_)}/train"
+
+    def model(self, round_: int) -> str:
+        return f"{self.train_dir(round_)}/model"
+
+    def eval_report(self, round_: int) -> str:
+        return f"{self.round_dir(round_)}/eval/report.json"
+
+    def eval_samples(self, round_: int) -> str:
+        return f"{self.round_dir(round_)}/eval/samples.jsonl"
+
+    def config(self, round_: int, stage: str) -> str:
+        return f"{self.round_dir(round_)}/configs/{stage}.json"
+
+    def result(self, round_: int, stage: str) -> str:
+        return f"{self.round_dir(round_)}/results/{stage}.json"
+
+    @property
+    def champion(self) -> str:
+        return f"{self.root}/champion.json"
+
+    @property
+    def report(self) -> str:
+        return f"{self.root}/report.json"
+
+    @property
+    def spec_snapshot(self) -> str:
+        return f"{self.root}/spec.json"
+

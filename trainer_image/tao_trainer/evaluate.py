@@ -1,0 +1,159 @@
+"""Stage 4: champion vs challenger on held-out prompts, and the promotion verdict.
+
+Each model answers every held-out prompt once, greedily: that is how the tuned model will be used, at the
+base model's inference cost. The gate compares mean label-free scores. Group scorers (majority) judge a
+greedy answer against N samples of the champion: "does one cheap answer now match what the champion
+reaches by spending test-time compute?", which is what TAO sets out to teach.
+
+`evaluation.metrics` may read label fields; they are computed here, reported, and never consulted by the gate.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from typing import Any
+
+from tao_trainer import models, storage
+from tao_trainer.contract import MetricSpec, RunLayout, StageConfig, StageResult
+from tao_trainer.stages import log
+
+
+def extract_answer(text: str, pattern: str | None) -> str | None:
+    """The last match of `pattern` (its group 1 if it has one), or the whole stripped text.
+
+    >>> extract_answer("3+4=7;7", r";(\\d+)$"), extract_answer(" 7 ", None), extract_answer("x", r"\\d")
+    ('7', '7', None)
+    """
+    if pattern is None:
+        return text.strip()
+    matches = list(re.finditer(pattern, text))
+    if not matches:
+        return None
+    m = matches[-1]
+    return (m.group(1) if m.re.groups else m.group(0)).strip()
+
+
+def metric_values(metric: MetricSpec, answers: list[str], labels: list[Any]) -> list[float]:
+    """Per-answer values of a reporting metric (exact match against the label field).
+
+    >>> m = MetricSpec(name="accuracy", field="answer", extract=r";(\\d+)$")
+    >>> metric_values(m, ["..;12", "..;13", "junk"], ["12", 12, "12"])
+    [1.0, 0.0, 0.0]
+    """
+    out = []
+    for answer, label in zip(answers, labels, strict=True):
+        got = extract_answer(answer, metric.extract)
+        out.append(1.0 if got is not None and label is not None and got == str(label).strip() else 0.0)
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    valued = [v for v in values if v is not None]
+    return round(sum(valued) / len(valued), 4) if valued else None
+
+
+def _answers(model_uri: str, rendered_for: Any, cfg: StageConfig, references: int) -> tuple[list[str], list[list[str]]]:
+    """Greedy answers (and `references` samples per prompt, if asked) of one model; frees it afterwards."""
+    from tao_trainer import generate
+
+    gen_spec = cfg.spec.generation
+    generator = generate.load_generator(models.resolve(model_uri), gen_spec.backend, gen_spec.batch_size)
+    rendered = rendered_for(generator.tokenizer)
+    greedy_sampling = generate.Sampling(1, 0.0, 1.0, gen_spec.max_new_tokens, gen_spec.seed)
+    greedy = [g[0] for g in generator.generate(rendered, greedy_sampling)]
+    refs: list[list[str]] = [[] for _ in rendered]
+    if references:
+        sampling = generate.Sampling(
+            references, gen_spec.temperature, gen_spec.top_p, gen_spec.max_new_tokens, gen_spec.seed + 7919
+        )
+        refs = generator.generate(rendered, sampling)
+    del generator
+    gc.collect()
+    return greedy, refs
+
+
+def run_evaluate(cfg: StageConfig) -> StageResult:
+    from tao_trainer.scorers import build_scorer, score_against_all
+    from tao_trainer.stages import flatten
+
+    spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
+    models.cpu_threads()
+    held = storage.read_jsonl(lay.heldout(r))
+    labels = {row["id"]: row for row in storage.read_jsonl(lay.heldout_labels(r))}
+    scorers = [build_scorer(s) for s in spec.gate_scorers()]
+    n_refs = (spec.evaluation.reference_samples or spec.generation.candidates) if any(s.is_group for s in scorers) else 0
+
+    def rendered_for(tokenizer: Any) -> list[str]:
+        return [models.render_prompt(tokenizer, rec["prompt"], spec.generation.system_prompt) for rec in held]
+
+    champion_uri, challenger_uri = cfg.model_uri, lay.model(r)
+    log(f"evaluate: {len(held)} held-out prompts, champion {champion_uri} vs challenger {challenger_uri}")
+    champ_greedy, references = _answers(champion_uri, rendered_for, cfg, n_refs)
+    chall_greedy, _ = _answers(challenger_uri, rendered_for, cfg, 0)
+
+    prompts_, _, kwargs = flatten([{**rec, "candidates": [""]} for rec in held])
+    sides = {"champion": champ_greedy, "challenger": chall_greedy}
+    scores = {side: score_against_all(scorers, prompts_, answers, references, **kwargs) for side, answers in sides.items()}
+    metrics: dict[str, float | None] = {}
+    per_metric: dict[str, dict[str, list[float]]] = {}
+    for side, answers in sides.items():
+        metrics[f"{side}.score"] = _mean(scores[side].total)
+        for m in spec.evaluation.metrics:
+            vals = metric_values(m, answers, [labels.get(rec["id"], {}).get(m.field) for rec in held])
+            per_metric.setdefault(side, {})[m.name] = vals
+            metrics[f"{side}.{m.name}"] = _mean(list(vals))
+
+    wins = losses = 0
+    for a, b in zip(scores["challenger"].total, scores["champion"].total, strict=True):
+        if a is not None and b is not None:
+            wins += a > b
+            losses += a < b
+    metrics["winRate"] = round(wins / (wins + losses), 4) if wins + losses else None
+    champ_mean, chall_mean = metrics["champion.score"], metrics["challenger.score"]
+    delta = None if champ_mean is None or chall_mean is None else round(chall_mean - champ_mean, 4)
+    metrics["delta"] = delta
+    gate = spec.evaluation.min_improvement
+    promoted = delta is not None and delta >= gate
+    verdict = (
+        f"{'promoted' if promoted else 'kept the champion'}: held-out score {champ_mean} -> {chall_mean} "
+        f"(change {delta}, gate minImprovement {gate})"
+    )
+
+    samples = []
+    for i, rec in enumerate(held):
+        samples.append(
+            {
+                "id": rec["id"],
+                "prompt": rec["prompt"],
+                "champion": {"answer": champ_greedy[i], "score": scores["champion"].total[i],
+                             **{k: v[i] for k, v in per_metric.get("champion", {}).items()}},
+                "challenger": {"answer": chall_greedy[i], "score": scores["challenger"].total[i],
+                               **{k: v[i] for k, v in per_metric.get("challenger", {}).items()}},
+            }
+        )
+    storage.write_jsonl(lay.eval_samples(r), samples)
+    storage.write_json(
+        lay.eval_report(r),
+        {
+            "round": r,
+            "champion": champion_uri,
+            "challenger": challenger_uri,
+            "heldOutPrompts": len(held),
+            "referenceSamples": n_refs,
+            "metrics": metrics,
+            "gateScorers": [s.name for s in scorers],
+            "labelMetrics": {m.name: {"field": m.field, "usesLabels": True, "gates": False} for m in spec.evaluation.metrics},
+            "promoted": promoted,
+            "verdict": verdict,
+        },
+    )
+    return StageResult(
+        stage="evaluate",
+        round=r,
+        counts={"heldOut": len(held), "wins": wins, "losses": losses},
+        metrics=metrics,
+        promoted=promoted,
+        message=verdict,
+        outputs={"report": lay.eval_report(r), "challenger": challenger_uri},
+    )

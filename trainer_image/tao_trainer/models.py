@@ -1,0 +1,123 @@
+"""Finding, loading, rendering for and saving models; the only place that knows model URIs.
+
+torch/transformers/peft are imported inside functions so that `tao_trainer.contract` and the scorers stay
+importable in the slim operator image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tao_trainer import storage
+
+# Written beside an unmerged LoRA adapter: the base it was trained on, as a URI, because the adapter's own
+# `base_model_name_or_path` is a local path that is meaningless in the next pod.
+ADAPTER_BASE_FILE = "tao_base_model.json"
+
+
+def resolve(uri: str, revision: str | None = None) -> str:
+    """A model URI -> something `from_pretrained` accepts: a local directory, or a hub id for hf://.
+
+    >>> resolve("file:///models/base")
+    '/models/base'
+    >>> resolve("hf://Qwen/Qwen3-0.6B")
+    'Qwen/Qwen3-0.6B'
+    """
+    if uri.startswith("hf://"):
+        # Hub ids are for clusters with hub access; offline machines fail inside from_pretrained, clearly.
+        return uri.removeprefix("hf://")
+    if uri.startswith("s3://"):
+        return str(storage.local_dir(uri))
+    path = uri.removeprefix("file://")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model {uri!r}: no such directory (expected an HF-format model directory)")
+    return path
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    base = _adapter_base(path)
+    tok = AutoTokenizer.from_pretrained(path if _has_tokenizer(path) or base is None else base)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str, for_training: bool = False) -> Any:
+    """A causal LM from a directory; an unmerged LoRA adapter is applied on top of its recorded base."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device() == "cuda" else torch.float32
+    base = _adapter_base(path)
+    if base is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), path)
+        if not for_training:
+            model = model.merge_and_unload()
+    model.to(device())
+    if not for_training:
+        model.eval()
+    return model
+
+
+def _has_tokenizer(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _adapter_base(path: str) -> str | None:
+    marker = Path(path) / ADAPTER_BASE_FILE
+    if not marker.exists():
+        return None
+    return resolve(json.loads(marker.read_text())["uri"])
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict[str, Any]], system_prompt: str | None) -> str:
+    """The exact text the model sees, used identically by generation, training and evaluation.
+
+    With a chat template, text prompts become a user message; without one (small base models), text is used
+    as is and messages are joined by newlines.
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if isinstance(prompt, str):
+        if not has_template:
+            return f"{system_prompt}\n{prompt}" if system_prompt else prompt
+        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+    else:
+        messages = list(prompt)
+    if system_prompt and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if has_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(str(m.get("content", "")) for m in messages)
+
+
+def save_model(model: Any, tokenizer: Any, local_dir: Path, base_uri: str | None = None) -> None:
+    """Save an HF-format model (or an adapter with the URI of its base) and its tokenizer."""
+    local_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(local_dir)
+    tokenizer.save_pretrained(local_dir)
+    if base_uri is not None:
+        (local_dir / ADAPTER_BASE_FILE).write_text(json.dumps({"uri": base_uri}))
+
+
+def cpu_threads() -> None:
+    """Use every core the pod or machine grants (torch defaults can undercount in containers)."""
+    import torch
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, n))

@@ -1,0 +1,154 @@
+"""Majority vote over extracted answers: label-free self-consistency, as in TTRL.
+
+Where sampling finds the right answer more often than any single wrong one, the most common answer
+is a usable pseudo-label; `minAgreement` keeps the vote from rewarding answers that merely won a
+scattered group (no confident majority means no signal).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Score, Scorer, check_batch, completion_text, group_spans
+from .specs import MajoritySpec
+
+__all__ = ["MajorityScorer", "extract_answer", "majority_answer", "normalize_answer"]
+
+# Slack for float representation when a share equals the threshold (e.g. a threshold computed
+# as 1 - 0.7 against a share of 3/10); shares are ratios of small integers, so it changes nothing else.
+_EPSILON = 1e-9
+
+
+def normalize_answer(answer: str) -> str:
+    """Modest normalisation: trim, collapse whitespace, casefold, drop one trailing period.
+
+    >>> normalize_answer("  The   Answer. ")
+    'the answer'
+    """
+    text = " ".join(answer.split()).casefold()
+    if text.endswith("."):
+        text = text[:-1].rstrip()
+    return text
+
+
+def extract_answer(pattern: re.Pattern[str], text: str, normalize: bool = True) -> str | None:
+    """The answer in `text`: group 1 (or the whole match) of the LAST match, since final answers
+    come last and worked solutions mention intermediate numbers first. None if nothing usable.
+
+    >>> extract_answer(re.compile(r"=(\\d+)"), "7+5=12, 12+1=13")
+    '13'
+    >>> extract_answer(re.compile(r"\\d+"), "no digits") is None
+    True
+    """
+    last: re.Match[str] | None = None
+    for last in pattern.finditer(text):  # noqa: B007 - we want the final match
+        pass
+    if last is None:
+        return None
+    answer = last.group(1) if pattern.groups else last.group(0)
+    if answer is None:  # an optional group that did not take part
+        return None
+    if normalize:
+        answer = normalize_answer(answer)
+    # An empty answer is no answer: it must not win a vote among candidates that said nothing.
+    return answer or None
+
+
+def majority_answer(answers: Sequence[str | None]) -> tuple[str | None, float]:
+    """Most common answer and its share of ALL candidates (those without an answer included).
+    Ties go to the answer that appears first, so the result does not depend on hashing.
+
+    >>> majority_answer(["1", "2", None, "2"])
+    ('2', 0.5)
+    >>> majority_answer(["1", "2"])
+    ('1', 0.5)
+    >>> majority_answer([None, None])
+    (None, 0.0)
+    """
+    counts: dict[str, int] = {}
+    for answer in answers:
+        if answer is not None:
+            counts[answer] = counts.get(answer, 0) + 1
+    if not counts:
+        return None, 0.0
+    best = max(counts, key=counts.__getitem__)  # max keeps the first of equal keys (insertion order)
+    return best, counts[best] / len(answers)
+
+
+class MajorityScorer(Scorer[MajoritySpec]):
+    """Group scorer: 1.0 for candidates that give their prompt's majority answer, else 0.0.
+
+    Within each run of completions that share a prompt, the most common extracted answer wins if its
+    share of the group reaches `min_agreement`; candidates without an answer count in the group size
+    but vote for nothing. Without such a majority every candidate of the group scores 0.0.
+
+    Example:
+
+    ```python
+    >>> scorer = MajorityScorer(extract=r"answer: (\\S+)", min_agreement=0.5)
+    >>> prompts = ["2+2?"] * 4 + ["3+3?"] * 3
+    >>> completions = ["answer: 4", "answer: 4.", "answer: 5", "no idea",
+    ...                "answer: 6", "answer: 7", "answer: 8"]
+    >>> scorer(prompts, completions)
+    [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+    ```
+
+    Evaluation judges one answer against a reference group of samples:
+
+    ```python
+    >>> scorer.score_against(["2+2?"], ["answer: 4"], references=[["answer: 4", "answer: 4", "answer: 5"]])
+    [1.0]
+
+    ```
+    """
+
+    spec_model = MajoritySpec
+    scorer_type = "majority"
+    is_group = True
+
+    def __init__(self, spec: MajoritySpec | None = None, /, **fields: Any) -> None:
+        super().__init__(spec, **fields)
+        self._pattern = re.compile(self.spec.extract)
+
+    def _answer(self, completion: Any) -> str | None:
+        return extract_answer(self._pattern, completion_text(completion), self.spec.normalize)
+
+    def _confident(self, answers: Sequence[str | None]) -> str | None:
+        answer, share = majority_answer(answers)
+        return answer if share >= self.spec.min_agreement - _EPSILON else None
+
+    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
+        answers = [self._answer(completion) for completion in completions]
+        scores: list[Score] = []
+        for start, stop in group_spans(prompts):
+            group = answers[start:stop]
+            winner = self._confident(group)
+            scores.extend(1.0 if winner is not None and answer == winner else 0.0 for answer in group)
+        return scores
+
+    def score_against(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        references: Sequence[Sequence[Any]],
+        **kwargs: Any,
+    ) -> list[Score]:
+        """1.0 if `completions[i]` gives the confident majority answer of `references[i]`, else 0.0;
+        None when `references[i]` is empty (nothing to judge against)."""
+        check_batch(self.name, prompts, completions)
+        if len(references) != len(completions):
+            raise ValueError(
+                f"scorer {self.name!r}: got {len(references)} reference groups for {len(completions)} completions"
+            )
+        scores: list[Score] = []
+        for completion, group in zip(completions, references, strict=True):
+            if not group:
+                scores.append(None)
+                continue
+            winner = self._confident([self._answer(sample) for sample in group])
+            answer = self._answer(completion)
+            scores.append(1.0 if winner is not None and answer == winner else 0.0)
+        return scores

@@ -1,0 +1,50 @@
+"""Regular-expression format checks: the cheapest label-free scorer, and often the most useful one.
+
+A task's output contract (an answer tag, a SQL dialect, a citation style) is something the base
+model may already follow part of the time; rewarding compliance teaches it to follow it always.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Score, Scorer, completion_text
+from .specs import RegexSpec
+
+__all__ = ["RegexScorer"]
+
+
+class RegexScorer(Scorer[RegexSpec]):
+    """1.0 if the completion matches `pattern`, else 0.0.
+
+    `mode="fullmatch"` (default) matches the whole completion after trimming surrounding
+    whitespace, so stray newlines from generation do not fail an otherwise exact format;
+    `mode="search"` accepts a match anywhere.
+
+    Example:
+
+    ```python
+    >>> scorer = RegexScorer(pattern=r"<\\d+>")
+    >>> scorer(["1+1=", "1+1=", "1+1="], ["<2>\\n", "2", "the answer is <2>"])
+    [1.0, 0.0, 0.0]
+    >>> RegexScorer(pattern=r"<\\d+>", mode="search")(["q"], ["the answer is <2>"])
+    [1.0]
+
+    ```
+    """
+
+    spec_model = RegexSpec
+    scorer_type = "regex"
+
+    def __init__(self, spec: RegexSpec | None = None, /, **fields: Any) -> None:
+        super().__init__(spec, **fields)
+        self._pattern = re.compile(self.spec.pattern)
+
+    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
+        if self.spec.mode == "fullmatch":
+            matched = [self._pattern.fullmatch(completion_text(c).strip()) for c in completions]
+        else:
+            matched = [self._pattern.search(completion_text(c)) for c in completions]
+        return [1.0 if match is not None else 0.0 for match in matched]

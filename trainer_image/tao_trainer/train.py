@@ -1,0 +1,230 @@
+"""Stage 3: train toward the high-scoring candidates with TRL.
+
+Each method is a (dataset builder, trainer) pair, as TRL pairs a config with a trainer:
+- sft: rejection sampling: a prompt's candidates at or above `sft.minScore` (best first, `topK` at most);
+- dpo: the best and the worst candidate of a prompt, when their scores differ by `dpo.minMargin`;
+- grpo: online RL on the round's prompts with the scorers themselves as reward functions.
+The result is an HF-format model (or a LoRA adapter) under round-NNN/train/model.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tao_trainer import models, storage
+from tao_trainer.contract import LoopSpec, RunLayout, StageConfig, StageResult, TrainingSpec
+from tao_trainer.stages import log, my_shards
+
+
+def scored_candidates(lay: RunLayout, round_: int, shards: list[int]) -> Iterator[tuple[dict[str, Any], list[float | None]]]:
+    """(candidates record, its scores) for every prompt of the round."""
+    for i in shards:
+        records = storage.read_jsonl(lay.shard("candidates", round_, i))
+        scores = {row["id"]: row["scores"] for row in storage.read_jsonl(lay.shard("scores", round_, i))}
+        for rec in records:
+            yield rec, scores[rec["id"]]
+
+
+def sft_examples(rec: dict[str, Any], scores: list[float | None], spec: TrainingSpec) -> list[dict[str, str]]:
+    """A prompt's best candidates at or above the threshold; None scores never qualify.
+
+    >>> spec = TrainingSpec.model_validate({"sft": {"minScore": 0.5, "topK": 2}})
+    >>> sft_examples({"candidates": ["a", "b", "c", "d"]}, [0.9, None, 1.0, 0.2], spec)
+    [{'completion': 'c'}, {'completion': 'a'}]
+    """
+    ranked = sorted(
+        (i for i, s in enumerate(scores) if s is not None and s >= spec.sft.min_score),
+        key=lambda i: -scores[i],  # type: ignore[operator]
+    )
+    picked, seen = [], set()
+    for i in ranked:
+        text = rec["candidates"][i]
+        if spec.sft.dedupe and text in seen:
+            continue
+        seen.add(text)
+        picked.append({"completion": text})
+        if spec.sft.top_k is not None and len(picked) >= spec.sft.top_k:
+            break
+    return picked
+
+
+def dpo_pair(rec: dict[str, Any], scores: list[float | None], spec: TrainingSpec) -> dict[str, str] | None:
+    """Best vs worst candidate, if their scores differ by at least the margin and the texts differ.
+
+    >>> spec = TrainingSpec.model_validate({"dpo": {"minMargin": 0.5}})
+    >>> dpo_pair({"candidates": ["a", "b", "c"]}, [0.2, 1.0, None], spec)
+    {'chosen': 'b', 'rejected': 'a'}
+    >>> dpo_pair({"candidates": ["a", "b"]}, [0.7, 1.0], spec) is None
+    True
+    """
+    valued = [(s, i) for i, s in enumerate(scores) if s is not None]
+    if len(valued) < 2:
+        return None
+    best, worst = max(valued), min(valued)
+    if best[0] - worst[0] < spec.dpo.min_margin:
+        return None
+    chosen, rejected = rec["candidates"][best[1]], rec["candidates"][worst[1]]
+    return None if chosen == rejected else {"chosen": chosen, "rejected": rejected}
+
+
+def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
+    """The round's training rows, prompts rendered with the tuned model's own template."""
+    spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
+    system = spec.generation.system_prompt
+    rows: list[dict[str, Any]] = []
+    if spec.training.method == "grpo":
+        for i in my_shards(cfg):
+            for rec in storage.read_jsonl(lay.shard("prompts", r, i)):
+                rows.append({**rec.get("fields", {}), "prompt": models.render_prompt(tokenizer, rec["prompt"], system),
+                             "raw_prompt": rec["prompt"]})
+        return rows
+    for rec, scores in scored_candidates(lay, r, my_shards(cfg)):
+        rendered = models.render_prompt(tokenizer, rec["prompt"], system)
+        if spec.training.method == "sft":
+            rows.extend({"prompt": rendered, **ex} for ex in sft_examples(rec, scores, spec.training))
+        else:
+            pair = dpo_pair(rec, scores, spec.training)
+            if pair is not None:
+                rows.append({"prompt": rendered, **pair})
+    return rows
+
+
+def _common_args(t: TrainingSpec, out: str) -> dict[str, Any]:
+    return {
+        "output_dir": out,
+        "learning_rate": t.learning_rate,
+        "num_train_epochs": t.epochs,
+        "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "warmup_steps": t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
+        "lr_scheduler_type": "linear",
+        "seed": t.seed,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": [],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "bf16": models.device() == "cuda",
+    }
+
+
+def _peft_config(spec: LoopSpec) -> Any:
+    if spec.training.lora is None:
+        return None
+    from peft import LoraConfig
+
+    lora = spec.training.lora
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[str, Any]], out: str) -> Any:
+    from datasets import Dataset
+
+    spec, t = cfg.spec, cfg.spec.training
+    dataset = Dataset.from_list(rows)
+    peft_config = _peft_config(spec)
+    if t.method == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**_common_args(t, out), max_length=t.max_length, completion_only_loss=True)
+        return SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft_config)
+    if t.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**_common_args(t, out), max_length=t.max_length, beta=t.dpo.beta)
+        # A model path, not an in-memory model: TRL then loads the frozen reference from the same path.
+        return DPOTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=peft_config)
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tao_trainer.scorers import as_reward_funcs, build_scorer
+
+    gen = spec.generation
+    reward_funcs, weights = as_reward_funcs([build_scorer(s) for s in spec.scoring.scorers])
+    # GRPO needs every batch of generations to hold whole groups of `candidates` completions.
+    batch = max(t.batch_size // gen.candidates, 1) * gen.candidates
+    args = GRPOConfig(
+        **(_common_args(t, out) | {"per_device_train_batch_size": batch}),
+        num_generations=gen.candidates,
+        max_completion_length=gen.max_new_tokens,
+        temperature=max(gen.temperature, 1e-3),
+        top_p=gen.top_p,
+        beta=t.grpo.beta,
+        num_iterations=t.grpo.num_iterations,
+        reward_weights=weights,
+        use_vllm=False,
+    )
+    return GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                       processing_class=tokenizer, peft_config=peft_config)
+
+
+def run_train(cfg: StageConfig) -> StageResult:
+    spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
+    model_uri = lay.model(r)
+    done = f"{lay.train_dir(r)}/result.json"
+    if storage.exists(done):
+        # Written only after the model was uploaded whole: training finished; a re-run only re-reports it.
+        return StageResult.model_validate_json(storage.read_text(done))
+
+    models.cpu_threads()
+    model_path = models.resolve(cfg.model_uri)
+    tokenizer = models.load_tokenizer(model_path)
+    rows = build_dataset(cfg, tokenizer)
+    n_candidates = 0 if spec.training.method == "grpo" else sum(
+        len(rec["candidates"]) for rec, _ in scored_candidates(lay, r, my_shards(cfg))
+    )
+    if not rows:
+        raise ValueError(
+            f"round {r}: no training example: no candidate reached training.sft.minScore "
+            f"({spec.training.sft.min_score}) / no pair reached training.dpo.minMargin; check the scorers "
+            "(their per-scorer values are in the scores shards) or lower the threshold"
+        )
+    storage.write_jsonl(f"{lay.train_dir(r)}/dataset.jsonl", rows)
+    log(f"train: {spec.training.method} on {len(rows)} example(s) from {cfg.model_uri}")
+
+    with tempfile.TemporaryDirectory(prefix="tao-train-") as tmp:
+        trainer = _trainer(cfg, model_path, tokenizer, rows, str(Path(tmp) / "trainer"))
+        output = trainer.train()
+        model = trainer.model
+        lora = spec.training.lora
+        base_uri = None
+        if lora is not None and lora.merge:
+            model = model.merge_and_unload()
+        elif lora is not None:
+            base_uri = cfg.model_uri
+        local = Path(tmp) / "model"
+        models.save_model(model, tokenizer, local, base_uri=base_uri)
+        storage.upload_dir(local, model_uri)
+
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "trainLoss": _finite(output.training_loss),
+        "firstLoss": _finite(history[0]["loss"]) if history else None,
+        "lastLoss": _finite(history[-1]["loss"]) if history else None,
+    }
+    storage.write_json(f"{lay.train_dir(r)}/metrics.json", {"metrics": metrics, "logHistory": trainer.state.log_history})
+    result = StageResult(
+        stage="train",
+        round=r,
+        counts={"examples": len(rows), "candidates": n_candidates, "steps": int(trainer.state.global_step)},
+        metrics=metrics,
+        outputs={"model": model_uri, "dataset": f"{lay.train_dir(r)}/dataset.jsonl"},
+    )
+    storage.write_text(done, result.model_dump_json(by_alias=True))
+    return result
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return round(v, 5) if math.isfinite(v) else None
