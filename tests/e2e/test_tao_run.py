@@ -93,12 +93,19 @@ def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Pa
 
 
 def test_changed_spec_refuses_to_mix_runs_until_fresh(tmp_path: Path, tiny_model: Path) -> None:
-    job = write_job(tmp_path, tiny_model, rounds=1)
-    assert tao("run", str(job), tmp=tmp_path).returncode == 0
-    job = write_job(tmp_path, tiny_model, rounds=1, generation={"candidates": 2, "maxNewTokens": 8})
-    proc = tao("run", str(job), tmp=tmp_path)
-    assert proc.returncode == 1 and "spec.generation" in proc.stderr and "--fresh" in proc.stderr
-    assert tao("run", str(job), "--fresh", tmp=tmp_path).returncode == 0
+    # A prompts file that is missing makes the first stage fail fast; the run and its spec exist by then.
+    job = write_job(tmp_path, tiny_model, rounds=1, prompts={"uri": "missing.jsonl"})
+    first = tao("run", str(job), tmp=tmp_path)
+    assert first.returncode == 1 and "missing.jsonl" in first.stderr and "run the same command" in first.stderr
+    job = write_job(tmp_path, tiny_model, rounds=1, prompts={"uri": "missing.jsonl"},
+                    generation={"candidates": 2, "maxNewTokens": 8})
+    changed = tao("run", str(job), tmp=tmp_path)
+    assert changed.returncode == 1 and "spec.generation" in changed.stderr and "--fresh" in changed.stderr
+    fresh = tao("run", str(job), "--fresh", tmp=tmp_path)
+    assert "different spec" not in fresh.stderr and "missing.jsonl" in fresh.stderr
+    # Adding rounds to a run is allowed: rounds is not part of a run's identity.
+    more = tao("run", str(job), "--rounds", "3", tmp=tmp_path)
+    assert "different spec" not in more.stderr
 
 
 def test_invalid_manifest_exits_with_the_field_named(tmp_path: Path, tiny_model: Path) -> None:
@@ -109,7 +116,8 @@ def test_invalid_manifest_exits_with_the_field_named(tmp_path: Path, tiny_model:
 
 def test_interrupted_run_resumes_without_redoing_complete_shards(tmp_path: Path, tiny_model: Path) -> None:
     job = write_job(tmp_path, tiny_model, n_prompts=400, rounds=1,
-                    generation={"candidates": 4, "maxNewTokens": 24, "batchSize": 25, "shards": 6})
+                    generation={"candidates": 4, "maxNewTokens": 24, "batchSize": 25, "shards": 6},
+                    training={"method": "sft", "learningRate": 1e-3, "batchSize": 16, "sft": {"minScore": 0.0, "topK": 1}})
     cand_dir = tmp_path / "runs/default/tiny/local/round-001/candidates"
     proc = subprocess.Popen([sys.executable, "-m", "tao_operator.cli", "run", str(job)], env=ENV | {"TAO_SPY_FILE": str(tmp_path / "spy.log")},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
