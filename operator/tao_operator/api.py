@@ -32,10 +32,150 @@ class ObjectMeta(CamelModel):
     generation: int | None = None
 
 
+# Kubernetes objects embedded as-is (tolerations, affinity, env, resources) are plain dicts: their schema is
+# Kubernetes' own, validated by the API server when the operator creates the pods.
+K8sObject = dict[str, Any]
+
+
+class PodSettings(CamelModel):
+    """How a stage's pods run; unset fields fall back to spec.pods.default, then to the operator's defaults."""
+
+    image: str | None = Field(default=None, description="Container image (default: the operator's trainer image).")
+    resources: K8sObject | None = Field(default=None, description="Container resources (requests/limits).")
+    gpus: int | None = Field(default=None, ge=0, description="nvidia.com/gpu per pod (added to requests and limits).")
+    node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector.")
+    tolerations: list[K8sObject] | None = Field(default=None, description="Pod tolerations.")
+    affinity: K8sObject | None = Field(default=None, description="Pod affinity.")
+    priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
+    labels: dict[str, str] | None = Field(
+        default=None, description="Extra labels on the Job and its pods (e.g. kueue.x-k8s.io/queue-name)."
+    )
+    annotations: dict[str, str] | None = Field(default=None, description="Extra annotations on the pods.")
+    image_pull_secrets: list[str] | None = Field(default=None, description="Names of image pull Secrets.")
+    service_account_name: str | None = Field(
+        default=None, description="Pod service account (for IRSA / workload identity to reach storage)."
+    )
+    env: list[K8sObject] | None = Field(default=None, description="Extra environment variables (EnvVar objects).")
+    backoff_limit: int | None = Field(default=None, ge=0, description="Retries of a failed pod before the stage fails.")
+    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Stage time limit.")
+
+
+class PodsSpec(CamelModel):
+    """Per-stage pod settings; each stage's settings are merged over `default`."""
+
+    default: PodSettings = Field(default_factory=PodSettings)
+    prepare: PodSettings = Field(default_factory=PodSettings)
+    generate: PodSettings = Field(default_factory=PodSettings)
+    score: PodSettings = Field(default_factory=PodSettings)
+    train: PodSettings = Field(default_factory=PodSettings)
+    evaluate: PodSettings = Field(default_factory=PodSettings)
+
+
+class SecretKeyRef(CamelModel):
+    name: str = Field(description="Secret name, in the TAOJob's namespace.")
+
+
+class CredentialsSpec(CamelModel):
+    """Storage credentials for stage and serving pods; never copied into status, events or logs."""
+
+    secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="A Secret whose keys become environment variables of the pods (e.g. AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY). Prefer serviceAccountName with IRSA / workload identity where available.",
+    )
+
+
+class ServingSpec(CamelModel):
+    """The rollout: a vLLM OpenAI-compatible Deployment + Service on the champion model."""
+
+    enabled: bool = Field(default=True, description="Serve the champion once a round is promoted.")
+    image: str | None = Field(default=None, description="Serving image (default: the operator's vLLM image).")
+    replicas: int = Field(default=1, ge=0, description="Serving replicas.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the OpenAI-compatible server.")
+    served_model_name: str | None = Field(default=None, description="Model name clients send (default: the TAOJob name).")
+    args: list[str] = Field(default_factory=list, description="Extra vLLM server arguments.")
+    pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings of the serving Deployment.")
+    pinned_round: int | None = Field(
+        default=None, ge=0, description="Serve this round's model (0: the base) instead of the champion: a rollback."
+    )
+
+
 class TAOJobSpec(LoopSpec):
     """Desired state of a TAOJob: the loop, plus what only a cluster needs."""
 
     suspend: bool = Field(default=False, description="Start nothing new; running stage Jobs are suspended.")
+    pods: PodsSpec = Field(default_factory=PodsSpec, description="Stage pod settings.")
+    credentials: CredentialsSpec = Field(default_factory=CredentialsSpec, description="Storage credentials.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="Serving of the champion.")
+
+
+# --------------------------------------------------------------------------------------------- status
+
+PHASES = ("Pending", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended")
+Phase = Literal["Pending", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended"]
+
+
+class Condition(CamelModel):
+    """Shaped like metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class StageStatus(CamelModel):
+    stage: str
+    state: Literal["Running", "Succeeded", "Failed"]
+    job: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    message: str = ""
+
+
+class RoundStatus(CamelModel):
+    """One round's history, copied from its stage results."""
+
+    round: int
+    prompts: int | None = None
+    candidates: int | None = None
+    mean_score: float | None = None
+    train_examples: int | None = None
+    train_loss: float | None = None
+    champion: dict[str, float | None] | None = Field(default=None, description="Held-out values of the champion.")
+    challenger: dict[str, float | None] | None = Field(default=None, description="Held-out values of the new model.")
+    promoted: bool | None = None
+    verdict: str | None = None
+    model_uri: str | None = None
+    stages: list[StageStatus] = Field(default_factory=list)
+
+
+class ChampionStatus(CamelModel):
+    round: int = Field(description="0: the base model.")
+    uri: str
+    score: float | None = None
+
+
+class ServingStatus(CamelModel):
+    round: int
+    model_uri: str
+    url: str
+    deployment: str
+    ready: bool = False
+
+
+class TAOJobStatus(CamelModel):
+    phase: Phase = "Pending"
+    round: int = 0
+    observed_generation: int | None = None
+    run_uri: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    rounds: list[RoundStatus] = Field(default_factory=list)
+    champion: ChampionStatus | None = None
+    serving: ServingStatus | None = None
+    message: str | None = None
 
 
 class TAOJob(CamelModel):
@@ -43,7 +183,7 @@ class TAOJob(CamelModel):
     kind: Literal["TAOJob"]
     metadata: ObjectMeta
     spec: TAOJobSpec
-    status: dict[str, Any] | None = None
+    status: TAOJobStatus | None = None
 
 
 class SpecError(ValueError):

@@ -36,6 +36,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from tao_operator import crd
+
+    if args.check:
+        diff = crd.diff_against(args.check)
+        if diff:
+            sys.stdout.write(diff)
+            print(f"{args.check} differs from api.py: run `tao crd --output {args.check}`", file=sys.stderr)
+            return 1
+        print(f"{args.check}: up to date")
+        return 0
+    text = crd.render_crd_yaml()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tao", description="Tune an LLM on its own unlabeled prompts (TAO).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     validate = sub.add_parser("validate", help="check a TAOJob manifest and name every invalid field")
     validate.add_argument("file")
     validate.set_defaults(func=_cmd_validate)
+
+    crd = sub.add_parser("crd", help="print the TAOJob CRD generated from the API models")
+    crd_to = crd.add_mutually_exclusive_group()
+    crd_to.add_argument("--output", metavar="FILE", help="write it to FILE instead of stdout")
+    crd_to.add_argument("--check", metavar="FILE", help="exit 1 with a diff if FILE differs from it")
+    crd.set_defaults(func=_cmd_crd)
 
     args = parser.parse_args(argv)
     try:

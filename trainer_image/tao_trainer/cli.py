@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from tao_trainer import storage
 from tao_trainer.contract import STAGES, StageConfig, StageResult
@@ -44,7 +45,21 @@ def compact(result: StageResult) -> str:
     return text
 
 
+def download(argv: list[str]) -> int:
+    """`tao-stage download --uri URI --to DIR`: fetch a model for serving (the init container's job)."""
+    parser = argparse.ArgumentParser(prog="tao-stage download", description="copy a model directory from storage")
+    parser.add_argument("--uri", required=True, help="file:// or s3:// model directory")
+    parser.add_argument("--to", required=True, help="local directory")
+    args = parser.parse_args(argv)
+    storage.download_dir(args.uri, Path(args.to))
+    print(f"downloaded {args.uri} to {args.to}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["download"]:
+        return download(argv[1:])
     parser = argparse.ArgumentParser(prog="tao-stage", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--config", required=True, help="StageConfig JSON: a path, file:// or s3:// URI")

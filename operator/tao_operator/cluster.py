@@ -1,0 +1,126 @@
+"""The operator's Kubernetes API calls, in one place: every verb on every resource it uses goes through here.
+
+Plain aiohttp on kopf's event loop (kopf already depends on it), authenticated the way kopf logs in: the pod's
+service account in a cluster, else the kubeconfig. Speaks plain dicts (the builders' output); 404 reads as
+None and 409 on create as "already exists", so that callers stay idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import kopf
+
+from tao_operator.api import GROUP, PLURAL, VERSION
+
+# (api path prefix, plural) of each resource the operator touches; tests derive the chart's RBAC from this.
+RESOURCES = {
+    "taojobs": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "jobs": ("/apis/batch/v1", "jobs"),
+    "configmaps": ("/api/v1", "configmaps"),
+    "pods": ("/api/v1", "pods"),
+    "deployments": ("/apis/apps/v1", "deployments"),
+    "services": ("/api/v1", "services"),
+}
+KIND_TO_RESOURCE = {"Job": "jobs", "ConfigMap": "configmaps", "Deployment": "deployments", "Service": "services"}
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, method: str, path: str, detail: str) -> None:
+        self.status = status
+        super().__init__(f"Kubernetes API {method} {path}: {status} {detail[:300]}")
+
+
+@dataclass
+class Cluster:
+    """An API server connection; the session is opened lazily inside the operator's event loop."""
+
+    info: kopf.ConnectionInfo
+    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_environment(cls) -> Cluster:
+        info = kopf.login_with_service_account(logger=_null_logger()) or kopf.login_with_kubeconfig(logger=_null_logger())
+        if info is None:
+            raise RuntimeError("no Kubernetes credentials: neither a service account nor a kubeconfig was found")
+        return cls(info)
+
+    @classmethod
+    def for_url(cls, url: str) -> Cluster:
+        return cls(kopf.ConnectionInfo(server=url, insecure=True))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json", **self.info.as_http_headers()}
+        # Bound service-account tokens rotate: read the file the kubelet refreshes, not the copy taken at start.
+        if self.info.token and os.path.exists(SERVICE_ACCOUNT_TOKEN):
+            with open(SERVICE_ACCOUNT_TOKEN, encoding="utf-8") as f:
+                headers["Authorization"] = f"Bearer {f.read().strip()}"
+        return headers
+
+    async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        if self._session is None or self._session.closed:
+            ssl = self.info.as_ssl_context() if self.info.server.startswith("https") else False
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl),
+                                                  auth=self.info.as_aiohttp_basic_auth())
+        headers = self._headers() | {"Content-Type": content_type}
+        data = None if body is None else json.dumps(body)
+        async with self._session.request(method, self.info.server.rstrip("/") + path, data=data, headers=headers) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                raise ApiError(resp.status, method, path, text)
+            return json.loads(text) if text else None
+
+    def _path(self, resource: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+        prefix, plural = RESOURCES[resource]
+        path = f"{prefix}/namespaces/{namespace}/{plural}"
+        if name is not None:
+            path += f"/{name}"
+        if sub is not None:
+            path += f"/{sub}"
+        return path
+
+    async def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("GET", self._path(resource, namespace, name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        """Create; False when it already exists (409): creation is idempotent through deterministic names."""
+        resource = KIND_TO_RESOURCE[manifest["kind"]]
+        try:
+            await self._call("POST", self._path(resource, manifest["metadata"]["namespace"]), manifest)
+            return True
+        except ApiError as e:
+            if e.status == 409:
+                return False
+            raise
+
+    async def patch(self, resource: str, namespace: str, name: str, body: dict[str, Any], sub: str | None = None) -> Any:
+        return await self._call("PATCH", self._path(resource, namespace, name, sub), body,
+                                content_type="application/merge-patch+json")
+
+    async def list(self, resource: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Objects carrying all these labels. Also filtered here, so a server that ignores selectors is harmless."""
+        selector = quote(",".join(f"{k}={v}" for k, v in labels.items()))
+        out = await self._call("GET", f"{self._path(resource, namespace)}?labelSelector={selector}")
+        items = (out or {}).get("items") or []
+        return [i for i in items if all((i["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _null_logger() -> Any:
+    import logging
+
+    return logging.getLogger("tao_operator.login")

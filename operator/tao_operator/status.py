@@ -1,0 +1,199 @@
+"""Pure status bookkeeping for the operator: results <-> TAOJob status, conditions, phase.
+
+The status is the operator's only memory: stage results are recorded in `status.rounds[].stages`, and the plan
+reads them back with `results_from_status`. Nothing here talks to the API server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from tao_operator.api import Condition, Phase, RoundStatus, StageStatus, TAOJobStatus
+from tao_operator.plan import Results, RunStage
+from tao_trainer.contract import StageResult
+
+STAGE_PHASE: dict[str, Phase] = {
+    "prepare": "Generating",
+    "generate": "Generating",
+    "score": "Scoring",
+    "train": "Training",
+    "evaluate": "Evaluating",
+}
+
+
+def results_from_status(status: TAOJobStatus) -> Results:
+    """What the plan needs from status: which stages finished, how, and which rounds were promoted."""
+    results: Results = {}
+    for rnd in status.rounds:
+        for st in rnd.stages:
+            if st.state == "Running":
+                continue
+            results[(rnd.round, st.stage)] = StageResult(
+                stage=st.stage,  # type: ignore[arg-type]
+                round=rnd.round,
+                ok=st.state == "Succeeded",
+                message=st.message,
+                promoted=rnd.promoted if st.stage == "evaluate" else None,
+            )
+    return results
+
+
+def round_status(status: TAOJobStatus, round_: int) -> RoundStatus:
+    for rnd in status.rounds:
+        if rnd.round == round_:
+            return rnd
+    rnd = RoundStatus(round=round_)
+    status.rounds.append(rnd)
+    status.rounds.sort(key=lambda r: r.round)
+    return rnd
+
+
+def stage_status(rnd: RoundStatus, stage: str) -> StageStatus | None:
+    return next((s for s in rnd.stages if s.stage == stage), None)
+
+
+def mark_running(status: TAOJobStatus, action: RunStage, job_name: str, now: str) -> bool:
+    """Record that a stage's Job exists; False when it was already recorded (no transition)."""
+    rnd = round_status(status, action.round)
+    if stage_status(rnd, action.stage) is not None:
+        return False
+    rnd.stages.append(StageStatus(stage=action.stage, state="Running", job=job_name, started_at=now))
+    return True
+
+
+def aggregate(stage: str, round_: int, results: Iterable[StageResult]) -> StageResult:
+    """One result for a stage from its pods' results (an Indexed Job has one per shard).
+
+    Counts add up; a metric is averaged weighted by the pods' candidate counts; any failure fails the stage.
+
+    >>> a = StageResult(stage="score", round=1, counts={"candidates": 30}, metrics={"meanScore": 1.0})
+    >>> b = StageResult(stage="score", round=1, counts={"candidates": 10}, metrics={"meanScore": 0.0})
+    >>> aggregate("score", 1, [a, b]).metrics, aggregate("score", 1, [a, b]).counts
+    ({'meanScore': 0.75}, {'candidates': 40})
+    """
+    results = list(results)
+    if len(results) == 1:
+        return results[0]
+    counts: dict[str, int] = {}
+    weighted: dict[str, list[tuple[float, int]]] = {}
+    for r in results:
+        for k, v in r.counts.items():
+            counts[k] = counts.get(k, 0) + v
+        weight = r.counts.get("candidates", r.counts.get("prompts", 1)) or 1
+        for k, v in r.metrics.items():
+            if v is not None:
+                weighted.setdefault(k, []).append((v, weight))
+    metrics: dict[str, float | None] = {
+        k: round(sum(v * w for v, w in vals) / sum(w for _, w in vals), 4) for k, vals in weighted.items()
+    }
+    failed = [r for r in results if not r.ok]
+    return StageResult(
+        stage=stage,  # type: ignore[arg-type]
+        round=round_,
+        ok=not failed,
+        message="; ".join(r.message for r in failed) if failed else "",
+        counts=counts,
+        metrics=metrics,
+        outputs=results[0].outputs if results else {},
+        promoted=results[0].promoted if results else None,
+        duration_seconds=max((r.duration_seconds for r in results), default=0.0),
+    )
+
+
+def parse_termination_message(stage: str, round_: int, pod_name: str, message: str | None, exit_code: int | None) -> StageResult:
+    """A pod's StageResult from its termination message; a pod that died without one still yields a result."""
+    if message:
+        try:
+            return StageResult.model_validate(json.loads(message))
+        except (ValueError, TypeError):
+            pass
+    return StageResult(
+        stage=stage,  # type: ignore[arg-type]
+        round=round_,
+        ok=exit_code == 0,
+        message=f"pod {pod_name} exited with code {exit_code}: {(message or 'no termination message')[:500]}",
+    )
+
+
+def record_result(status: TAOJobStatus, result: StageResult, now: str) -> None:
+    """Copy a finished stage's summary into the round's history."""
+    rnd = round_status(status, result.round)
+    st = stage_status(rnd, result.stage)
+    if st is None:
+        st = StageStatus(stage=result.stage, state="Running")
+        rnd.stages.append(st)
+    st.state = "Succeeded" if result.ok else "Failed"
+    st.finished_at = now
+    st.message = result.message[:1000]
+    if not result.ok:
+        return
+    if result.stage == "prepare":
+        rnd.prompts = result.counts.get("prompts")
+    elif result.stage == "generate":
+        rnd.candidates = result.counts.get("candidates")
+    elif result.stage == "score":
+        rnd.mean_score = result.metrics.get("meanScore")
+    elif result.stage == "train":
+        rnd.train_examples = result.counts.get("examples")
+        rnd.train_loss = result.metrics.get("trainLoss")
+        rnd.model_uri = result.outputs.get("model")
+    elif result.stage == "evaluate":
+        rnd.champion = _side(result.metrics, "champion")
+        rnd.challenger = _side(result.metrics, "challenger")
+        rnd.promoted = bool(result.promoted)
+        rnd.verdict = result.message[:1000]
+
+
+def _side(metrics: dict[str, float | None], side: str) -> dict[str, float | None]:
+    prefix = f"{side}."
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def set_condition(
+    status: TAOJobStatus, type_: str, state: bool, reason: str, message: str, generation: int | None, now: str
+) -> None:
+    """Upsert a condition; lastTransitionTime moves only when the status value flips (metav1 semantics)."""
+    value = "True" if state else "False"
+    for i, cond in enumerate(status.conditions):
+        if cond.type == type_:
+            changed_at = now if cond.status != value else cond.last_transition_time
+            status.conditions[i] = Condition(
+                type=type_, status=value, reason=reason, message=message[:1000],
+                last_transition_time=changed_at, observed_generation=generation,
+            )
+            return
+    status.conditions.append(
+        Condition(type=type_, status=value, reason=reason, message=message[:1000], last_transition_time=now,
+                  observed_generation=generation)
+    )
+
+
+def dump(status: TAOJobStatus) -> dict[str, Any]:
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# The status keys this operator owns (kopf or other tools may keep bookkeeping of their own beside them).
+STATUS_KEYS = frozenset(f.alias or n for n, f in TAOJobStatus.model_fields.items())
+
+
+def own_status(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in raw.items() if k in STATUS_KEYS}
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """An RFC 7386 JSON merge patch turning `old` into `new` (None deletes a key).
+
+    >>> merge_patch({"a": 1, "b": {"c": 2, "d": 3}, "e": [1]}, {"a": 1, "b": {"c": 4}, "e": [2]})
+    {'b': {'d': None, 'c': 4}, 'e': [2]}
+    """
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(old.get(k), dict):
+            sub = merge_patch(old[k], v)
+            if sub:
+                patch[k] = sub
+        elif old.get(k, object()) != v:
+            patch[k] = v
+    return patch

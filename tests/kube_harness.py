@@ -1,0 +1,294 @@
+"""A Kubernetes stand-in for operator tests: kmock's API emulator over real HTTP, the real operator in its own
+thread, and a fake control plane that plays the Job controller, the kubelet, the Deployment controller and
+the garbage collector by running each pod's container command as a local process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import itertools
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonpatch
+import kmock
+import kopf
+
+from tao_operator.builders import OperatorDefaults
+from tao_operator.handlers import build_registry
+
+NS = "default"
+TAOJOBS = "/apis/tao.dev/v1alpha1/namespaces/default/taojobs"
+PATHS = {
+    "jobs": "/apis/batch/v1/namespaces/default/jobs",
+    "pods": "/api/v1/namespaces/default/pods",
+    "configmaps": "/api/v1/namespaces/default/configmaps",
+    "deployments": "/apis/apps/v1/namespaces/default/deployments",
+    "services": "/api/v1/namespaces/default/services",
+    "taojobs": TAOJOBS,
+}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Emulator(kmock.KubernetesEmulator):
+    """kmock 0.8 plus the metadata an API server manages, 422 on failed patch tests, and a create log."""
+
+    _rv = itertools.count(1)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.creations: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    async def _handle(self, request: Any) -> Any:
+        data, rv = request.data, str(next(self._rv))
+        if request.action == kmock.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", now())
+            meta.update(resourceVersion=rv, generation=1, **({"namespace": request.namespace} if request.namespace else {}))
+        elif request.action == kmock.action.UPDATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            meta["resourceVersion"] = rv
+            if "spec" in data and not str(request.url).endswith("/status"):
+                key = (request.resource, request.namespace, request.name)
+                if key in self.objects:
+                    meta["generation"] = int(self.objects[key].get("metadata", {}).get("generation", 1)) + 1
+        elif request.action == kmock.action.UPDATE and isinstance(data, list):
+            data.append({"op": "add", "path": "/metadata/resourceVersion", "value": rv})
+        try:
+            response = await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as e:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(e)) from None
+        if request.action == kmock.action.CREATE and isinstance(data, dict) and request.resource is not None:
+            self.creations[(request.resource.plural, data["metadata"].get("name"))] += 1
+        return response
+
+
+def declare_resources(emu: Emulator) -> None:
+    emu.resources["tao.dev/v1alpha1/taojobs"] = kmock.ResourceInfo(
+        kind="TAOJob", namespaced=True, subresources={"status"}, verbs={"list", "watch", "patch", "get", "create", "delete"})
+    emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"})
+    emu.resources["apps/v1/deployments"] = kmock.ResourceInfo(kind="Deployment", namespaced=True, subresources={"status"})
+    emu.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status"})
+    emu.resources["v1/configmaps"] = kmock.ResourceInfo(kind="ConfigMap", namespaced=True)
+    emu.resources["v1/services"] = kmock.ResourceInfo(kind="Service", namespaced=True)
+    emu.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)
+    emu.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False)  # kopf waits for it
+
+
+class Api:
+    """A small async JSON client for the tests and the fake control plane."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def call(self, method: str, path: str, body: Any = None, merge: bool = False) -> Any:
+        headers = {"Content-Type": "application/merge-patch+json" if merge else "application/json"}
+        async with self.session.request(method, self.url + path, data=None if body is None else json.dumps(body),
+                                        headers=headers) as resp:
+            text = await resp.text()
+            if resp.status == 404:
+                return None
+            if resp.status >= 400:
+                raise RuntimeError(f"{method} {path}: {resp.status} {text[:500]}")
+            return json.loads(text) if text else None
+
+    async def list(self, kind: str) -> list[dict[str, Any]]:
+        out = await self.call("GET", PATHS[kind])
+        return [o for o in (out or {}).get("items", []) if o]
+
+    async def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        return await self.call("GET", f"{PATHS[kind]}/{name}")
+
+    async def patch(self, kind: str, name: str, body: dict[str, Any]) -> Any:
+        return await self.call("PATCH", f"{PATHS[kind]}/{name}", body, merge=True)
+
+
+class OperatorThread:
+    """The real operator (kopf + our handlers) in its own thread and event loop, restartable."""
+
+    def __init__(self, url: str, defaults: OperatorDefaults | None = None) -> None:
+        self.url = url
+        self.defaults = defaults or OperatorDefaults(trainer_image="tao-trainer:test", serving_image="vllm:test")
+        self.thread: threading.Thread | None = None
+        self.stop_flag: threading.Event | None = None
+
+    def start(self) -> None:
+        registry = build_registry(self.defaults, server=self.url, safety_interval=2.0)
+
+        @kopf.on.startup(registry=registry)
+        def no_scanning(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.scanning.disabled = True  # kmock 0.8 fails on GET /api/v1/namespaces
+            settings.watching.server_timeout = 30
+
+        self.stop_flag = threading.Event()
+        coro = kopf.operator(registry=registry, standalone=True, namespaces=[NS], stop_flag=self.stop_flag)
+        self.thread = threading.Thread(target=asyncio.run, args=(coro,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        assert self.stop_flag is not None and self.thread is not None
+        self.stop_flag.set()
+        self.thread.join(timeout=30)
+
+
+class ControlPlane:
+    """Plays the Job controller + kubelet (pods run as local processes), the Deployment controller and the GC."""
+
+    def __init__(self, api: Api, env: dict[str, str]) -> None:
+        self.api = api
+        self.env = env
+        self.started: set[str] = set()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.pod_log: list[tuple[str, int, int]] = []  # (job, index, exit code)
+        self.workdir = Path(tempfile.mkdtemp(prefix="tao-pods-"))
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        for t in [*self.tasks, *([self.task] if self.task else [])]:
+            t.cancel()
+        await asyncio.gather(*self.tasks, *([self.task] if self.task else []), return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            for job in await self.api.list("jobs"):
+                name = job["metadata"]["name"]
+                if name not in self.started and not _finished(job):
+                    self.started.add(name)
+                    self.tasks.append(asyncio.create_task(self._run_job(job)))
+            for dep in await self.api.list("deployments"):
+                await self._roll(dep)
+            await asyncio.sleep(0.05)
+
+    async def _run_job(self, job: dict[str, Any]) -> None:
+        name, spec = job["metadata"]["name"], job["spec"]
+        pod_spec = spec["template"]["spec"]
+        container = pod_spec["containers"][0]
+        config_map = next(v["configMap"]["name"] for v in pod_spec.get("volumes", []) if "configMap" in v)
+        config = (await self.api.get("configmaps", config_map))["data"]["config.json"]
+        config_path = self.workdir / f"{name}.json"
+        config_path.write_text(config)
+        backoff, failures = spec.get("backoffLimit", 6), 0
+        for index in range(spec.get("completions", 1)):
+            while True:
+                while (await self.api.get("jobs", name) or {}).get("spec", {}).get("suspend"):
+                    await asyncio.sleep(0.05)  # a suspended Job gets no new pods
+                code = await self._run_pod(job, container, index, config_path, attempt=failures)
+                if code == 0:
+                    break
+                failures += 1
+                if failures > backoff:
+                    await self.api.patch("jobs", name, {"status": {"failed": failures, "conditions": [
+                        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now()}]}})
+                    return
+        await self.api.patch("jobs", name, {"status": {"succeeded": spec.get("completions", 1), "failed": failures,
+                                                       "completionTime": now(), "conditions": [
+            {"type": "Complete", "status": "True", "lastTransitionTime": now()}]}})
+
+    async def _run_pod(self, job: dict[str, Any], container: dict[str, Any], index: int, config: Path, attempt: int) -> int:
+        job_name = job["metadata"]["name"]
+        pod_name = f"{job_name}-{index}-{attempt}-{uuid.uuid4().hex[:5]}"
+        await self.api.call("POST", PATHS["pods"], {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": NS,
+                         "labels": {"job-name": job_name, **job["spec"]["template"]["metadata"].get("labels", {})},
+                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+            "spec": job["spec"]["template"]["spec"]})
+        term = self.workdir / f"{pod_name}.termination"
+        env = dict(self.env)
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = var["value"]
+        env |= {"JOB_COMPLETION_INDEX": str(index), "TAO_RESULT_PATH": str(term), "HOME": str(self.workdir),
+                "HF_HOME": str(self.workdir / "hf"), "TAO_CACHE_DIR": str(self.workdir / "cache")}
+        cmd = [a.replace("/etc/tao/config.json", str(config)) for a in container["command"] + container.get("args", [])]
+        if cmd[0] == "tao-stage":
+            cmd = [sys.executable, "-m", "tao_trainer.cli", *cmd[1:]]
+        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        code = proc.returncode or 0
+        message = term.read_text() if term.exists() else err.decode()[-1000:]
+        self.pod_log.append((job_name, index, code))
+        await self.api.patch("pods", pod_name, {"status": {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "containerStatuses": [{"name": container["name"], "ready": False, "restartCount": 0,
+                                   "image": container["image"], "imageID": "", "state": {"terminated": {
+                                       "exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                       "message": message, "finishedAt": now()}}}]}})
+        return code
+
+    async def _roll(self, dep: dict[str, Any]) -> None:
+        """A Deployment becomes available once its init container fetched the model (run here for real)."""
+        meta, st = dep["metadata"], dep.get("status") or {}
+        if st.get("observedGeneration") == meta.get("generation"):
+            return
+        for init in dep["spec"]["template"]["spec"].get("initContainers", []):
+            cmd = [a.replace("/models", str(self.workdir / meta["name"] / "models")) for a in init["command"]]
+            if cmd[0] == "tao-stage":
+                cmd = [sys.executable, "-m", "tao_trainer.cli", *cmd[1:]]
+            proc = await asyncio.create_subprocess_exec(*cmd, env=self.env, stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.DEVNULL)
+            if await proc.wait() != 0:
+                return  # stays unavailable, as a crash-looping init container would
+        n = dep["spec"].get("replicas", 1)
+        await self.api.patch("deployments", meta["name"], {"status": {
+            "observedGeneration": meta.get("generation"), "replicas": n, "updatedReplicas": n,
+            "readyReplicas": n, "availableReplicas": n}})
+
+    async def collect_garbage(self, owner_uid: str) -> list[str]:
+        """What the garbage collector does after an owner is deleted: delete its dependents."""
+        removed = []
+        for kind in ("jobs", "configmaps", "deployments", "services", "pods"):
+            for obj in await self.api.list(kind):
+                owners = obj["metadata"].get("ownerReferences") or []
+                if any(o.get("uid") == owner_uid for o in owners):
+                    await self.api.call("DELETE", f"{PATHS[kind]}/{obj['metadata']['name']}")
+                    removed.append(f"{kind}/{obj['metadata']['name']}")
+        return removed
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    return any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 120.0, interval: float = 0.1) -> Any:
+    """Poll an async or sync check until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def stage_env() -> dict[str, str]:
+    return os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -1,0 +1,208 @@
+"""The real operator against an emulated API server, stages run as real local processes.
+
+Covers what a platform team relies on: a TAOJob runs its rounds as Jobs and ends serving its champion; the gate
+keeps a worse model out; suspend/resume; a restarted operator duplicates nothing; a failed stage fails the TAOJob
+once, with the pod's message; an invalid spec is reported on the object; deletion leaves storage alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import kmock
+import pytest
+import pytest_asyncio
+from kube_harness import (
+    TAOJOBS,
+    Api,
+    ControlPlane,
+    Emulator,
+    OperatorThread,
+    declare_resources,
+    eventually,
+    stage_env,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest_asyncio.fixture
+async def k8s() -> Any:
+    async with Emulator() as emu, kmock.Server(emu):
+        declare_resources(emu)
+        url = str(emu.url).rstrip("/")
+        api = Api(url)
+        plane = ControlPlane(api, stage_env())
+        plane.start()
+        operator = OperatorThread(url)
+        operator.start()
+        yield SimpleNamespace(emu=emu, api=api, plane=plane, operator=operator)
+        operator.stop()
+        await plane.stop()
+        await api.close()
+
+
+def manifest(tmp: Path, model: Path, name: str = "arith", **spec: Any) -> dict[str, Any]:
+    prompts = tmp / "prompts.jsonl"
+    if not prompts.exists():
+        prompts.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
+                                   for a in range(8) for b in range(5)))
+    body: dict[str, Any] = {
+        "model": {"uri": model.as_uri()},
+        "prompts": {"uri": prompts.as_uri(), "heldOutFraction": 0.2, "labelFields": ["answer"]},
+        "storage": {"uri": (tmp / "store").as_uri()},
+        "rounds": 1,
+        "generation": {"candidates": 4, "maxNewTokens": 6, "shards": 2, "batchSize": 16},
+        "scoring": {"scorers": [{"type": "majority", "extract": r"(\d+)"},
+                                {"type": "regex", "pattern": r"\d+", "mode": "search"}]},
+        "training": {"method": "sft", "learningRate": 1e-3, "batchSize": 8, "sft": {"minScore": 0.0, "topK": 1}},
+        "evaluation": {"maxPrompts": 6, "minImprovement": -10.0,
+                       "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\d+)"}]},
+        "pods": {"default": {"backoffLimit": 0}},
+    }
+    for key, value in spec.items():
+        body[key] = body.get(key, {}) | value if isinstance(value, dict) else value
+    return {"apiVersion": "tao.dev/v1alpha1", "kind": "TAOJob", "metadata": {"name": name, "namespace": "default"},
+            "spec": body}
+
+
+async def taojob(api: Api, name: str = "arith") -> dict[str, Any]:
+    return await api.get("taojobs", name) or {}
+
+
+async def status(api: Api, name: str = "arith") -> dict[str, Any]:
+    return (await taojob(api, name)).get("status") or {}
+
+
+async def phase_is(api: Api, *phases: str, name: str = "arith") -> bool:
+    return (await status(api, name)).get("phase") in phases
+
+
+async def events(api: Api) -> list[tuple[str, str]]:
+    out = await api.call("GET", "/api/v1/namespaces/default/events") or {}
+    return [(e.get("reason", ""), e.get("message", "")) for e in out.get("items", [])]
+
+
+def creations(emu: Emulator, kind: str) -> dict[str, int]:
+    return {name: n for (plural, name), n in emu.creations.items() if plural == kind}
+
+
+async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(k8s: Any, tmp_path: Path,
+                                                                            tiny_model: Path) -> None:
+    api: Api = k8s.api
+    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, rounds=2))
+
+    # Round 1 passes the gate (minImprovement -10): its model is rolled out behind a Deployment + Service.
+    await eventually(lambda: _round(api, 1, "promoted"), timeout=300)
+    dep = await eventually(lambda: api.get("deployments", "arith-serve"))
+    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith("round-001/train/model")
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+    # Suspend, and raise the gate out of reach for round 2.
+    await api.patch("taojobs", "arith", {"spec": {"suspend": True, "evaluation": {"minImprovement": 10.0}}})
+    await eventually(lambda: phase_is(api, "Suspended"))
+    jobs_when_suspended = {j["metadata"]["name"] for j in await api.list("jobs")}
+    await asyncio.sleep(2.5)  # longer than the operator's safety timer
+    jobs_later = await api.list("jobs")
+    assert {j["metadata"]["name"] for j in jobs_later} == jobs_when_suspended, "a suspended TAOJob started a stage"
+    for job in jobs_later:
+        if not any(c["type"] in ("Complete", "Failed") for c in (job.get("status") or {}).get("conditions", [])):
+            assert job["spec"]["suspend"] is True
+    await api.patch("taojobs", "arith", {"spec": {"suspend": False}})
+
+    await eventually(lambda: phase_is(api, "Succeeded", "Failed"), timeout=300)
+    st = await status(api)
+    assert st["phase"] == "Succeeded", st.get("message")
+    r1, r2 = st["rounds"]
+    assert r1["promoted"] is True and r2["promoted"] is False
+    assert "kept the champion" in r2["verdict"]
+    for r in (r1, r2):
+        assert r["prompts"] > 0 and r["candidates"] == 4 * r["prompts"] and r["trainExamples"] > 0
+        assert set(r["champion"]) >= {"score", "accuracy"} and set(r["challenger"]) >= {"score", "accuracy"}
+        assert [s["stage"] for s in r["stages"]] == ["prepare", "generate", "score", "train", "evaluate"]
+        assert all(s["state"] == "Succeeded" for s in r["stages"])
+    # The previous champion keeps serving.
+    assert st["champion"]["round"] == 1 and st["serving"]["round"] == 1 and st["serving"]["ready"] is True
+    assert st["serving"]["url"] == "http://arith-serve.default.svc.cluster.local:8000/v1"
+    dep = await api.get("deployments", "arith-serve")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith("round-001/train/model")
+    assert await api.get("services", "arith-serve") is not None
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] >= 1
+
+    # Every stage ran as one Job, created once, owned by the TAOJob; generate and score as Indexed Jobs.
+    uid = (await taojob(api))["metadata"]["uid"]
+    jobs = {j["metadata"]["name"]: j for j in await api.list("jobs")}
+    assert set(jobs) == {f"arith-r{r}-{s}" for r in (1, 2) for s in ("prepare", "generate", "score", "train", "evaluate")}
+    assert set(creations(k8s.emu, "jobs").values()) == {1}
+    assert jobs["arith-r1-generate"]["spec"]["completionMode"] == "Indexed"
+    assert jobs["arith-r1-generate"]["spec"]["completions"] == 2
+    for obj in [*jobs.values(), dep]:
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == uid
+    reasons = [r for r, _ in await events(api)]
+    for reason in ("StageStarted", "StageSucceeded", "Promoted", "NotPromoted", "RolloutStarted", "Suspended", "Resumed"):
+        assert reason in reasons, reason
+
+
+async def _round(api: Api, round_: int, key: str) -> Any:
+    rounds = (await status(api)).get("rounds") or []
+    return len(rounds) >= round_ and rounds[round_ - 1].get(key)
+
+
+async def test_a_restarted_operator_resumes_without_duplicating_jobs(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
+    api: Api = k8s.api
+    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model))
+    await eventually(lambda: api.get("jobs", "arith-r1-generate"), timeout=120)
+    k8s.operator.stop()  # mid-stage: the generate Job runs on without an operator
+    await eventually(lambda: _complete(api, "arith-r1-generate"), timeout=120)
+    k8s.operator.start()
+    await eventually(lambda: phase_is(api, "Succeeded", "Failed"), timeout=300)
+    st = await status(api)
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert set(creations(k8s.emu, "jobs").values()) == {1}
+    assert sorted(creations(k8s.emu, "jobs")) == sorted(f"arith-r1-{s}" for s in ("prepare", "generate", "score", "train", "evaluate"))
+
+
+async def _complete(api: Api, name: str) -> bool:
+    job = await api.get("jobs", name) or {}
+    return any(c["type"] == "Complete" for c in (job.get("status") or {}).get("conditions", []))
+
+
+async def test_a_failed_stage_fails_the_taojob_once_with_the_pods_message(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
+    api: Api = k8s.api
+    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, prompts={"uri": (tmp_path / "nope.jsonl").as_uri()}))
+    await eventually(lambda: phase_is(api, "Failed"), timeout=120)
+    st = await status(api)
+    assert "prepare" in st["message"] and "nope.jsonl" in st["message"] and "pod arith-r1-prepare" in st["message"]
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "StageFailed")
+    await asyncio.sleep(3)  # the safety timer fires: a terminal round is never recreated
+    assert creations(k8s.emu, "jobs") == {"arith-r1-prepare": 1}
+    assert ("StageFailed" in [r for r, _ in await events(api)])
+
+
+async def test_an_invalid_spec_is_reported_on_the_object(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
+    api: Api = k8s.api
+    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, generation={"candidates": 0}))
+    await eventually(lambda: phase_is(api, "Failed"), timeout=30)
+    ready = next(c for c in (await status(api))["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec" and "spec.generation.candidates" in ready["message"]
+    assert any(r == "InvalidSpec" and "spec.generation.candidates" in m for r, m in await events(api))
+    assert await api.list("jobs") == []
+
+
+async def test_deleting_a_taojob_removes_children_and_keeps_artifacts(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
+    api: Api = k8s.api
+    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model))
+    await eventually(lambda: api.get("jobs", "arith-r1-generate"), timeout=120)
+    uid = (await taojob(api))["metadata"]["uid"]
+    await api.call("DELETE", f"{TAOJOBS}/arith")
+    removed = await k8s.plane.collect_garbage(uid)
+    assert "jobs/arith-r1-prepare" in removed and "configmaps/arith-r1-prepare-config" in removed
+    await asyncio.sleep(3)
+    assert await api.list("jobs") == []
+    assert (tmp_path / "store" / "default" / "arith" / uid / "round-001" / "prompts").is_dir()
