@@ -40,6 +40,11 @@ PATHS = {
 }
 
 
+# Requests from the fake control plane carry this agent; everything else came from the operator (kopf or ours).
+HARNESS_AGENT = "tao-test-harness"
+VERBS = {"fetch": "get", "list": "list", "watch": "watch", "create": "create", "update": "patch", "delete": "delete"}
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -52,8 +57,13 @@ class Emulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.creations: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.operator_calls: set[tuple[str, str, str]] = set()  # (verb, group, resource[/subresource])
 
     async def _handle(self, request: Any) -> Any:
+        if request.resource is not None and request.headers.get("User-Agent") != HARNESS_AGENT:
+            verb = VERBS.get(str(request.action).split(".")[-1].lower(), str(request.action))
+            sub = "/status" if str(request.url.path).endswith("/status") else ""
+            self.operator_calls.add((verb, request.resource.group or "", request.resource.plural + sub))
         data, rv = request.data, str(next(self._rv))
         if request.action == kmock.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
@@ -97,7 +107,7 @@ class Api:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.session = aiohttp.ClientSession()
+        self.session = aiohttp.ClientSession(headers={"User-Agent": HARNESS_AGENT})
 
     async def close(self) -> None:
         await self.session.close()
@@ -134,7 +144,7 @@ class OperatorThread:
         self.stop_flag: threading.Event | None = None
 
     def start(self) -> None:
-        registry = build_registry(self.defaults, server=self.url, safety_interval=2.0)
+        registry = build_registry(self.defaults, server=self.url, safety_interval=2.0, metrics_port=0)
 
         @kopf.on.startup(registry=registry)
         def no_scanning(settings: kopf.OperatorSettings, **_: Any) -> None:

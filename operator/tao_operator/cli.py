@@ -56,6 +56,33 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_operator(args: argparse.Namespace) -> int:
+    """Run the kopf operator (in a cluster: the Deployment's command)."""
+    import asyncio
+    import os
+
+    import kopf
+
+    from tao_operator.builders import OperatorDefaults
+    from tao_operator.handlers import build_registry
+
+    fields = OperatorDefaults.model_fields
+    defaults = OperatorDefaults.model_validate(
+        {name: os.environ[f"TAO_{name.upper()}"] for name in fields if f"TAO_{name.upper()}" in os.environ}
+    )
+    namespaces = [n for n in (args.namespace or []) if n]
+    asyncio.run(
+        kopf.operator(
+            registry=build_registry(defaults, metrics_port=int(os.environ.get("TAO_METRICS_PORT", "9090"))),
+            clusterwide=not namespaces,
+            namespaces=namespaces or None,
+            liveness_endpoint=args.liveness,
+            standalone=True,
+        )
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tao", description="Tune an LLM on its own unlabeled prompts (TAO).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     crd_to.add_argument("--output", metavar="FILE", help="write it to FILE instead of stdout")
     crd_to.add_argument("--check", metavar="FILE", help="exit 1 with a diff if FILE differs from it")
     crd.set_defaults(func=_cmd_crd)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator (reads TAO_TRAINER_IMAGE, TAO_SERVING_IMAGE, ...)")
+    op.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable); default: all")
+    op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
+    op.set_defaults(func=_cmd_operator)
 
     args = parser.parse_args(argv)
     try:

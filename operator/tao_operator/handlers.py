@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from tao_operator import builders
+from tao_operator import builders, metrics
 from tao_operator.api import (
     GROUP,
     PLURAL,
@@ -100,11 +100,19 @@ class Reconciler:
         # One pass at a time per TAOJob: Job events and TAOJob events may arrive together.
         lock = self.locks.setdefault((namespace, name), asyncio.Lock())
         async with lock:
-            body = await self.cluster.get("taojobs", namespace, name)
-            if body is not None and not body["metadata"].get("deletionTimestamp"):
-                await self._reconcile(body)
+            metrics.RECONCILES.inc()
+            try:
+                body = await self.cluster.get("taojobs", namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    metrics.set_phase(namespace, name, None)
+                    return
+                phase = await self._reconcile(body)
+                metrics.set_phase(namespace, name, phase)
+            except Exception:
+                metrics.RECONCILE_ERRORS.inc()
+                raise
 
-    async def _reconcile(self, body: dict[str, Any]) -> None:
+    async def _reconcile(self, body: dict[str, Any]) -> str:
         meta = body["metadata"]
         namespace, name, generation = meta.get("namespace", "default"), meta["name"], meta.get("generation")
         old = body.get("status") or {}
@@ -119,7 +127,7 @@ class Reconciler:
             set_condition(status, "Ready", False, "InvalidSpec", "; ".join(e.problems), generation, now)
             events.append(("Warning", "InvalidSpec", "; ".join(e.problems)))
             await self._write(body, old, status, events)
-            return
+            return status.phase
 
         spec = loop_spec(job)
         layout = RunLayout(run_uri(job))
@@ -143,6 +151,7 @@ class Reconciler:
             if not await self._advance(job, action, status, events, now):
                 break
         await self._write(body, old, status, events)
+        return status.phase
 
     async def _advance(self, job: TAOJob, action: RunStage, status: TAOJobStatus,
                        events: list[tuple[str, str, str]], now: str) -> bool:
@@ -173,6 +182,10 @@ class Reconciler:
         pods = await self.cluster.list("pods", ns, {"job-name": child})
         result = stage_result_from_pods(action, child, outcome, pods)
         record_result(status, result, now)
+        metrics.STAGE_DURATION.labels(stage=action.stage, outcome="ok" if result.ok else "failed").observe(
+            result.duration_seconds)
+        if result.ok and action.stage == "evaluate":
+            metrics.ROUNDS.labels(verdict="promoted" if result.promoted else "rejected").inc()
         if not result.ok:
             events.append(("Warning", "StageFailed", result.message))
         elif action.stage == "evaluate":
@@ -279,8 +292,9 @@ def _available(deployment: dict[str, Any] | None) -> bool:
 
 
 def build_registry(defaults: builders.OperatorDefaults, server: str | None = None,
-                   safety_interval: float = 60.0) -> kopf.OperatorRegistry:
-    """All handlers on a fresh registry; `server` points the operator at a given API URL (tests)."""
+                   safety_interval: float = 60.0, metrics_port: int | None = None) -> kopf.OperatorRegistry:
+    """All handlers on a fresh registry; `server` points the operator at a given API URL (tests);
+    `metrics_port` exposes Prometheus metrics (0: any free port, see `metrics.serve`)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -295,6 +309,8 @@ def build_registry(defaults: builders.OperatorDefaults, server: str | None = Non
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.posting.level = 20  # INFO: post Normal events too
+        if metrics_port is not None:
+            metrics.serve(metrics_port)
         memo.reconciler = Reconciler(Cluster.for_url(server) if server else Cluster.from_environment(), defaults)
 
     @kopf.on.cleanup(registry=registry)

@@ -7,7 +7,6 @@ A failed stage is not recorded as done, so fixing the cause and re-running retri
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -168,7 +167,3 @@ def describe_champion(report: dict[str, Any]) -> str:
     if champ["round"] == 0:
         return f"champion: the base model (no round beat it): {champ['uri']}"
     return f"champion: round {champ['round']} model at {champ['uri']}"
-
-
-def dumps(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -44,6 +45,21 @@ async def k8s() -> Any:
         operator.stop()
         await plane.stop()
         await api.close()
+        check_recorded_calls(emu.operator_calls)
+
+
+# Every API call the operator made in these tests, as (verb, group, resource); the chart's RBAC is tested against
+# this file, and each test fails if the operator makes a call missing from it (TAO_RECORD_API=1 adds them).
+API_CALLS = Path(__file__).parent / "api_calls.json"
+
+
+def check_recorded_calls(calls: set[tuple[str, str, str]]) -> None:
+    recorded = {tuple(c) for c in json.loads(API_CALLS.read_text())} if API_CALLS.exists() else set()
+    if os.environ.get("TAO_RECORD_API") == "1":
+        API_CALLS.write_text(json.dumps(sorted(recorded | calls), indent=1) + "\n")
+        return
+    missing = calls - recorded
+    assert not missing, f"API calls not in {API_CALLS.name} (and so not in the chart's RBAC): {sorted(missing)}"
 
 
 def manifest(tmp: Path, model: Path, name: str = "arith", **spec: Any) -> dict[str, Any]:
@@ -146,6 +162,28 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(k8s
     reasons = [r for r, _ in await events(api)]
     for reason in ("StageStarted", "StageSucceeded", "Promoted", "NotPromoted", "RolloutStarted", "Suspended", "Resumed"):
         assert reason in reasons, reason
+
+    # Prometheus sees the run: phases, stage durations, one promoted and one rejected round.
+    scraped = await scrape_metrics(api)
+    assert scraped['tao_taojobs{phase="Succeeded"}'] >= 1
+    assert scraped['tao_rounds_total{verdict="promoted"}'] >= 1
+    assert scraped['tao_rounds_total{verdict="rejected"}'] >= 1
+    for stage in ("prepare", "generate", "score", "train", "evaluate"):
+        assert scraped[f'tao_stage_duration_seconds_count{{outcome="ok",stage="{stage}"}}'] >= 2
+    assert "tao_reconcile_errors_total" in scraped
+
+
+async def scrape_metrics(api: Api) -> dict[str, float]:
+    from tao_operator import metrics
+
+    async with api.session.get(f"http://127.0.0.1:{metrics.serve(0)}/metrics") as resp:
+        text = await resp.text()
+    series = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            series[key] = float(value)
+    return series
 
 
 async def _round(api: Api, round_: int, key: str) -> Any:
