@@ -155,3 +155,31 @@ def test_stage_cli_reports_a_failure_as_a_result(workspace: dict[str, Path], tmp
     result = json.loads(result_path.read_text())
     assert result["ok"] is False and "FileNotFoundError" in result["message"] and "shard-00000" in result["message"]
     assert len(result_path.read_bytes()) < 4096
+
+
+def test_a_whole_round_on_s3_storage_with_the_model_in_s3(tmp_path: Path, tiny_model: Path, s3_bucket: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real loading code: the model, the prompts and every artifact on an S3 protocol server."""
+    from tao_trainer.cli import _runner
+
+    monkeypatch.setenv("TAO_CACHE_DIR", str(tmp_path / "cache"))
+    model_uri = f"s3://{s3_bucket}/models/tiny"
+    storage.upload_dir(tiny_model, model_uri)
+    prompts = "".join(json.dumps({"prompt": f"{a}*{b}=", "answer": str(a * b)}) + "\n" for a in range(6) for b in range(4))
+    storage.write_text(f"s3://{s3_bucket}/data/prompts.jsonl", prompts)
+    spec = LoopSpec.model_validate({
+        "model": {"uri": model_uri},
+        "prompts": {"uri": f"s3://{s3_bucket}/data/", "heldOutFraction": 0.25, "labelFields": ["answer"]},
+        "storage": {"uri": f"s3://{s3_bucket}/runs"},
+        "generation": {"candidates": 2, "maxNewTokens": 4},
+        "scoring": {"scorers": [{"type": "regex", "pattern": r"\d", "mode": "search"}]},
+        "training": {"learningRate": 1e-3, "batchSize": 4, "sft": {"minScore": 0.0}},
+        "evaluation": {"maxPrompts": 4, "minImprovement": -1.0},
+    })
+    run_uri = f"s3://{s3_bucket}/runs/ns/job/uid"
+    for stage in ("prepare", "generate", "score", "train", "evaluate"):
+        result = _runner(stage)(StageConfig(stage=stage, round=1, run_uri=run_uri, model_uri=model_uri, spec=spec))
+        assert result.ok, (stage, result.message)
+    lay = RunLayout(run_uri)
+    assert storage.exists(f"{lay.model(1)}/config.json") and storage.exists(lay.eval_report(1))
+    assert not any(uri.startswith("file:") for uri in storage.list_uris(run_uri))
