@@ -60,7 +60,7 @@ class Emulator(kmock.KubernetesEmulator):
         self.operator_calls: set[tuple[str, str, str]] = set()  # (verb, group, resource[/subresource])
 
     async def _handle(self, request: Any) -> Any:
-        if request.resource is not None and request.headers.get("User-Agent") != HARNESS_AGENT:
+        if request.resource is not None and request.resource.plural and request.headers.get("User-Agent") != HARNESS_AGENT:
             verb = VERBS.get(str(request.action).split(".")[-1].lower(), str(request.action))
             sub = "/status" if str(request.url.path).endswith("/status") else ""
             self.operator_calls.add((verb, request.resource.group or "", request.resource.plural + sub))
@@ -93,8 +93,10 @@ class Emulator(kmock.KubernetesEmulator):
 def declare_resources(emu: Emulator) -> None:
     emu.resources["tao.dev/v1alpha1/taojobs"] = kmock.ResourceInfo(
         kind="TAOJob", namespaced=True, subresources={"status"}, verbs={"list", "watch", "patch", "get", "create", "delete"})
-    emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"})
-    emu.resources["apps/v1/deployments"] = kmock.ResourceInfo(kind="Deployment", namespaced=True, subresources={"status"})
+    verbs = {"list", "watch", "get", "create", "patch", "delete"}  # without verbs, kopf does not watch a resource
+    emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=verbs)
+    emu.resources["apps/v1/deployments"] = kmock.ResourceInfo(kind="Deployment", namespaced=True, subresources={"status"},
+                                                              verbs=verbs)
     emu.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status"})
     emu.resources["v1/configmaps"] = kmock.ResourceInfo(kind="ConfigMap", namespaced=True)
     emu.resources["v1/services"] = kmock.ResourceInfo(kind="Service", namespaced=True)
@@ -147,8 +149,7 @@ class OperatorThread:
         registry = build_registry(self.defaults, server=self.url, safety_interval=2.0, metrics_port=0)
 
         @kopf.on.startup(registry=registry)
-        def no_scanning(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.scanning.disabled = True  # kmock 0.8 fails on GET /api/v1/namespaces
+        def watch_timeout(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings.watching.server_timeout = 30
 
         self.stop_flag = threading.Event()

@@ -65,7 +65,7 @@ NUM_STOP_EVAL = 400
 ANSWER_REGEX = r";(\d+)$"
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-CHARS = "0123456789+=,;"
+CHARS = "0123456789+-=,;"
 
 # --- pretraining ------------------------------------------------------------------------------
 
@@ -74,7 +74,7 @@ LEARNING_RATE = 1e-3
 WARMUP_STEPS = 100
 EVAL_EVERY = 100
 MAX_STEPS = 8000
-TARGET_ACCURACY = 0.45
+TARGET_ACCURACY = 0.50
 MAX_NEW_TOKENS = 48
 
 
@@ -96,29 +96,27 @@ def column_route(a: int, b: int) -> str:
     return ",".join(steps) + f";{a + b}"
 
 
-def split_route(a: int, b: int) -> str:
-    """Add b's hundreds, tens and units to a in turn (zero parts skipped).
+def compensation_route(a: int, b: int) -> str:
+    """Round b up to the next hundred, add that, then take the excess back off.
 
-    >>> split_route(347, 285)
-    '347+200=547,547+80=627,627+5=632;632'
-    >>> split_route(347, 205)
-    '347+200=547,547+5=552;552'
+    >>> compensation_route(347, 285)
+    '347+300=647,647-15=632;632'
+    >>> compensation_route(347, 85)
+    '347+100=447,447-15=432;432'
+    >>> compensation_route(347, 200)
+    '347+200=547;547'
     """
-    digits = str(b)
-    parts = [int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits)]
-    steps, acc = [], a
-    for p in parts:
-        if p:
-            steps.append(f"{acc}+{p}={acc + p}")
-            acc += p
-    return ",".join(steps) + f";{a + b}"
+    if b % 100 == 0:
+        return f"{a}+{b}={a + b};{a + b}"
+    up = (b // 100 + 1) * 100
+    return f"{a}+{up}={a + up},{a + up}-{up - b}={a + b};{a + b}"
 
 
 def route_of(completion: str) -> str:
-    """Which route a completion took: 'column', 'split' or 'other'.
+    """Which route a completion took: 'column', 'compensation' or 'other'.
 
-    >>> route_of('7+5+0=12;12'), route_of('347+200=547;547'), route_of('x')
-    ('column', 'split', 'other')
+    >>> route_of('7+5+0=12;12'), route_of('347+300=647,647-15=632;632'), route_of('x')
+    ('column', 'compensation', 'other')
     """
     first = completion.split(",")[0].split(";")[0]
     lhs = first.split("=")[0]
@@ -127,7 +125,7 @@ def route_of(completion: str) -> str:
     if lhs.count("+") == 2:
         return "column"
     if lhs.count("+") == 1:
-        return "split"
+        return "compensation"
     return "other"
 
 
@@ -221,7 +219,7 @@ def training_batch(
         a, b = rng.randint(MIN_OPERAND, MAX_OPERAND), rng.randint(MIN_OPERAND, MAX_OPERAND)
         if (a, b) in reserved:
             continue
-        completion = column_route(a, b) if rng.random() < 0.5 else split_route(a, b)
+        completion = column_route(a, b) if rng.random() < 0.5 else compensation_route(a, b)
         p, c = encode(f"{a}+{b}=", vocab), encode(completion, vocab) + [eos_id]
         seqs.append(p + c)
         labels.append([-100] * len(p) + c)
@@ -241,7 +239,7 @@ def greedy_eval(
     import torch
 
     correct = 0
-    routes = {"column": [0, 0], "split": [0, 0], "other": [0, 0]}  # route -> [count, correct]
+    routes = {"column": [0, 0], "compensation": [0, 0], "other": [0, 0]}  # route -> [count, correct]
     model.eval()
     with torch.no_grad():
         for i in range(0, len(pairs), batch):
@@ -295,7 +293,7 @@ def pretrain(
             print(
                 f"step {step:5d}  loss {loss.item():.3f}  greedy {stats['accuracy']:.3f}  "
                 f"column {stats['column_share']:.2f}@{stats['column_accuracy']:.2f}  "
-                f"split {stats['split_share']:.2f}@{stats['split_accuracy']:.2f}  "
+                f"compensation {stats['compensation_share']:.2f}@{stats['compensation_accuracy']:.2f}  "
                 f"{time.monotonic() - t0:.0f}s",
                 flush=True,
             )
@@ -333,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"base greedy exact match {stats['accuracy']:.3f} after {steps} steps "
         f"(column route {stats['column_share']:.2f} of answers, {stats['column_accuracy']:.2f} correct; "
-        f"split route {stats['split_share']:.2f}, {stats['split_accuracy']:.2f} correct)"
+        f"compensation route {stats['compensation_share']:.2f}, {stats['compensation_accuracy']:.2f} correct)"
     )
     print(f"wrote {out / 'base-model'} and {len(prompts)} prompts to {out / 'prompts.jsonl'}")
     print(f"total {time.monotonic() - t0:.0f}s")

@@ -52,8 +52,9 @@ class OperatorDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     trainer_image: str = "ghcr.io/tao-operator/trainer:0.1.0"
-    serving_image: str = "vllm/vllm-openai:v0.11.0"
+    serving_image: str = "vllm/vllm-openai:v0.33.0"
     image_pull_policy: str = "IfNotPresent"
+    serving_image_pull_policy: str | None = None  # default: image_pull_policy
     # Never TTL-delete by default: a deleted child of a finished round must not look like "never ran"
     # (kubeflow/trainer#3737); the TAOJob's deletion garbage-collects its children anyway.
     ttl_seconds_after_finished: int | None = None
@@ -440,7 +441,7 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
     server: dict[str, Any] = {
         "name": "vllm",
         "image": serving.image or settings.image or defaults.serving_image,
-        "imagePullPolicy": defaults.image_pull_policy,
+        "imagePullPolicy": defaults.serving_image_pull_policy or defaults.image_pull_policy,
         # An explicit command: the image's ENTRYPOINT is already `vllm serve` in some tags and not in others.
         # The model is positional: `--model` under `vllm serve` is deprecated and slated for removal.
         "command": ["vllm", "serve"],

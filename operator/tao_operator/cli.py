@@ -73,7 +73,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     namespaces = [n for n in (args.namespace or []) if n]
     asyncio.run(
         kopf.operator(
-            registry=build_registry(defaults, metrics_port=int(os.environ.get("TAO_METRICS_PORT", "9090"))),
+            registry=build_registry(defaults, metrics_port=int(port) if (port := os.environ.get("TAO_METRICS_PORT", "9090")) else None),
             clusterwide=not namespaces,
             namespaces=namespaces or None,
             liveness_endpoint=args.liveness,

@@ -301,7 +301,8 @@ def build_registry(defaults: builders.OperatorDefaults, server: str | None = Non
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         if server is not None:
             return kopf.ConnectionInfo(server=server, insecure=True)
-        return kopf.login_via_client(**kwargs)
+        # The operator image has no `kubernetes` client: log in as kopf does without it.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -309,6 +310,8 @@ def build_registry(defaults: builders.OperatorDefaults, server: str | None = Non
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.posting.level = 20  # INFO: post Normal events too
+        # No CRD/namespace scanning: the resources are known, and the chart's RBAC grants nothing for it.
+        settings.scanning.disabled = True
         if metrics_port is not None:
             metrics.serve(metrics_port)
         memo.reconciler = Reconciler(Cluster.for_url(server) if server else Cluster.from_environment(), defaults)

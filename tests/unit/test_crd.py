@@ -26,7 +26,7 @@ from tao_trainer.scorers import specs
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "taojob.yaml"
-CHART_CRD_FILE = ROOT / "charts" / "tao-operator" / "crds" / "taojob.yaml"
+CHART_CRD_FILE = ROOT / "charts" / "tao-operator" / "files" / "taojob.yaml"
 
 Schema = dict[str, Any]
 
