@@ -18,21 +18,23 @@ How the base is produced
 The model is pretrained from random init on synthetic additions ``a+b`` (operands 10-999) whose
 completions are worked solutions in one of two routes, chosen 50/50 at random per example::
 
-    347+285=7+5+0=12,4+8+1=13,3+2+1=06;632<eos>        column route: one digit pair + carry per step
-    347+285=347+200=547,547+80=627,627+5=632;632<eos>  split route: add hundreds, tens, units of b
+    347+285=7+5+0=12,4+8+1=13,3+2+1=06;632<eos>   column: one digit pair plus carry per step
+    347+285=347+300=647,647-15=632;632<eos>       compensation: round b up to the next hundred,
+                                                  add that, subtract the excess
 
-Every step of the column route is a one-digit addition, which such a small model learns quickly
-and reliably. The split route needs multi-digit additions in every step, which it learns much
-more slowly. Pretraining stops as soon as held-out greedy exact match reaches a target (0.45 by
-default), checked every few hundred steps: at that point the column route is mostly right and the
-split route mostly wrong, and greedy decoding picks one or the other per prompt. Stopping on a
+Every step of the column route is a one-digit addition. The compensation route needs the
+complement (300-285=15) and a multi-digit subtraction with borrows written most significant digit
+first, which a model this small learns later and less reliably. Pretraining stops as soon as
+held-out greedy exact match (mean of the last three checks, 50 steps apart) reaches a target
+(0.40 by default). At that point the column route is mostly right and the compensation route
+mostly wrong, and greedy decoding takes one or the other depending on the prompt. Stopping on a
 target rather than after a fixed number of steps makes the base reproducible across seeds.
 
 Why the TAO loop can improve it
 -------------------------------
 Sampling 8 completions per prompt at temperature 1.0 gives a mix of both routes. The column
-answers agree with each other (they are mostly right), the split answers scatter (they are mostly
-wrong, in different ways), so the label-free majority vote over final answers keeps mostly
+answers agree with each other (they are mostly right), the compensation answers scatter (they are
+mostly wrong, in different ways), so the label-free majority vote over final answers keeps mostly
 column-route candidates. Fine-tuning on the kept candidates makes greedy decoding take the
 reliable route. The gain is in strategy selection, not in new arithmetic skill: the loop unlocks a
 mode the base already had. The prompts' operand pairs are disjoint from the pretraining data.
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,9 +75,12 @@ CHARS = "0123456789+-=,;"
 BATCH_SIZE = 64
 LEARNING_RATE = 1e-3
 WARMUP_STEPS = 100
-EVAL_EVERY = 100
-MAX_STEPS = 8000
-TARGET_ACCURACY = 0.50
+EVAL_EVERY = 50
+#: stop when the mean greedy accuracy of the last SMOOTH_CHECKS checks reaches the target: one check
+#: alone swings by +-10 points with the share of prompts greedy decoding sends down each route
+SMOOTH_CHECKS = 3
+MAX_STEPS = 4000
+TARGET_ACCURACY = 0.40
 MAX_NEW_TOKENS = 48
 
 
@@ -135,8 +141,6 @@ def final_answer(completion: str) -> str | None:
     >>> final_answer('7+5+0=12;12'), final_answer('7+5')
     ('12', None)
     """
-    import re
-
     m = re.search(ANSWER_REGEX, completion)
     return m.group(1) if m else None
 
@@ -164,6 +168,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
+def portable_tokenizer_class(model_dir: Path) -> None:
+    """Name the tokenizer class so that transformers 4.x loads it too (5.x writes its own name)."""
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def build_model(tok: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -181,6 +193,7 @@ def build_model(tok: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
         pad_token_id=tok.pad_token_id,
     )
     model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"  # the class name does not say so; avoids a warning per process
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.bos_token_id = tok.eos_token_id
@@ -270,7 +283,7 @@ def pretrain(
     stop_eval: list[tuple[int, int]],
     target: float,
 ) -> tuple[int, dict[str, float]]:
-    """Train until greedy exact match on stop_eval reaches target (or MAX_STEPS)."""
+    """Train until greedy exact match on stop_eval, averaged over the last checks, reaches target."""
     import torch
 
     rng = random.Random(seed)
@@ -280,6 +293,7 @@ def pretrain(
     model.train()
     t0 = time.monotonic()
     stats: dict[str, float] = {"accuracy": 0.0}
+    recent: list[float] = []
     for step in range(1, MAX_STEPS + 1):
         ids, labels = training_batch(rng, reserved, vocab, tok.eos_token_id, tok.pad_token_id)
         loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels).loss
@@ -297,7 +311,8 @@ def pretrain(
                 f"{time.monotonic() - t0:.0f}s",
                 flush=True,
             )
-            if stats["accuracy"] >= target:
+            recent = [*recent[-(SMOOTH_CHECKS - 1) :], stats["accuracy"]]
+            if len(recent) == SMOOTH_CHECKS and sum(recent) / SMOOTH_CHECKS >= target:
                 return step, stats
     return MAX_STEPS, stats
 
@@ -306,7 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "work")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=TARGET_ACCURACY, help="stop pretraining at this greedy accuracy")
+    parser.add_argument(
+        "--target", type=float, default=TARGET_ACCURACY, help="stop pretraining at this greedy accuracy"
+    )
     args = parser.parse_args(argv)
 
     t0 = time.monotonic()
@@ -325,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out / "base-model")
     tok.save_pretrained(out / "base-model")
+    portable_tokenizer_class(out / "base-model")
     with open(out / "prompts.jsonl", "w") as f:
         for a, b in prompts:
             f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")

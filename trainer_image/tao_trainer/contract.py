@@ -187,6 +187,9 @@ class TrainingSpec(CamelModel):
     )
     learning_rate: float = Field(default=1e-5, gt=0.0, lt=1.0, description="Peak learning rate.")
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of steps spent warming up.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="Learning-rate schedule after warmup."
+    )
     epochs: float = Field(default=1.0, gt=0.0, description="Passes over the round's training set.")
     batch_size: int = Field(default=8, ge=1, description="Examples per optimizer step (per device).")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per step.")

@@ -101,7 +101,7 @@ def _common_args(t: TrainingSpec, out: str) -> dict[str, Any]:
         "per_device_train_batch_size": t.batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "warmup_steps": t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
-        "lr_scheduler_type": "linear",
+        "lr_scheduler_type": t.lr_scheduler,
         "seed": t.seed,
         "logging_steps": 10,
         "save_strategy": "no",
@@ -109,6 +109,8 @@ def _common_args(t: TrainingSpec, out: str) -> dict[str, Any]:
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "bf16": models.device() == "cuda",
+        # TRL turns checkpointing on by default: it saves GPU memory and only costs time on a CPU.
+        "gradient_checkpointing": models.device() == "cuda",
     }
 
 
