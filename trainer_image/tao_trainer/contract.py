@@ -234,10 +234,11 @@ class EvaluationSpec(CamelModel):
     scorers: ScorerSpecList | None = Field(
         default=None,
         description="Label-free scorers for the gate (default: scoring.scorers). Group scorers such as "
-        "majority judge a greedy answer against the champion's sampled answers.",
+        "majority judge a greedy answer against samples of both models, pooled.",
     )
     reference_samples: int | None = Field(
-        default=None, ge=1, description="Samples per prompt for group scorers (default: generation.candidates)."
+        default=None, ge=1,
+        description="Samples per prompt and model for group scorers (default: generation.candidates).",
     )
     metrics: list[MetricSpec] = Field(default_factory=list, description="Reporting-only metrics (may use labels).")
 

@@ -2,8 +2,9 @@
 
 Each model answers every held-out prompt once, greedily: that is how the tuned model will be used, at the
 base model's inference cost. The gate compares mean label-free scores. Group scorers (majority) judge a
-greedy answer against N samples of the champion: "does one cheap answer now match what the champion
-reaches by spending test-time compute?", which is what TAO sets out to teach.
+greedy answer against N samples of each model, pooled: "does one cheap answer match what the models reach
+by spending test-time compute?", which is what TAO sets out to teach. Pooling both models' samples matters:
+a model's greedy answer is the mode of its own samples, so judging against one side's samples favours it.
 
 `evaluation.metrics` may read label fields; they are computed here, reported, and never consulted by the gate.
 """
@@ -89,8 +90,9 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
 
     champion_uri, challenger_uri = cfg.model_uri, lay.model(r)
     log(f"evaluate: {len(held)} held-out prompts, champion {champion_uri} vs challenger {challenger_uri}")
-    champ_greedy, references = _answers(champion_uri, rendered_for, cfg, n_refs)
-    chall_greedy, _ = _answers(challenger_uri, rendered_for, cfg, 0)
+    champ_greedy, champ_refs = _answers(champion_uri, rendered_for, cfg, n_refs)
+    chall_greedy, chall_refs = _answers(challenger_uri, rendered_for, cfg, n_refs)
+    references = [a + b for a, b in zip(champ_refs, chall_refs, strict=True)]
 
     prompts_, _, kwargs = flatten([{**rec, "candidates": [""]} for rec in held])
     sides = {"champion": champ_greedy, "challenger": chall_greedy}
@@ -140,7 +142,7 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
             "champion": champion_uri,
             "challenger": challenger_uri,
             "heldOutPrompts": len(held),
-            "referenceSamples": n_refs,
+            "referenceSamples": 2 * n_refs,
             "metrics": metrics,
             "gateScorers": [s.name for s in scorers],
             "labelMetrics": {m.name: {"field": m.field, "usesLabels": True, "gates": False} for m in spec.evaluation.metrics},
