@@ -128,6 +128,9 @@ def _peft_config(spec: LoopSpec) -> Any:
 
 def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[str, Any]], out: str) -> Any:
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # per-map bars of dataset preparation drown the stage's own progress lines
 
     spec, t = cfg.spec, cfg.spec.training
     dataset = Dataset.from_list(rows)
