@@ -8,13 +8,12 @@ Everything here is pure pydantic: no torch, no Kubernetes, no I/O. The operator 
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from tao_trainer.scorers.specs import ScorerSpecList
+from tao_trainer.scorers.specs import ScorerSpecList, check_regex
 
 STAGES = ("prepare", "generate", "score", "train", "evaluate")
 Stage = Literal["prepare", "generate", "score", "train", "evaluate"]
@@ -214,12 +213,7 @@ class MetricSpec(CamelModel):
     @field_validator("extract")
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"extract is not a valid regular expression: {e}") from e
-        return v
+        return None if v is None else check_regex(v, "extract")
 
 
 class EvaluationSpec(CamelModel):

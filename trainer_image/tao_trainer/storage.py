@@ -223,22 +223,8 @@ def _object_key(uri: str, bucket: str, key: str) -> str:
 
 
 def read_bytes(uri: str) -> bytes:
-    scheme, where, key = _split(uri)
-    if scheme == "file":
-        try:
-            with open(where, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise _not_found(uri) from None
-    key = _object_key(uri, where, key)
-    try:
-        body = _client().get_object(Bucket=where, Key=key)["Body"]
-    except Exception as exc:
-        if _is_missing(exc):
-            raise _not_found(uri) from None
-        raise
-    with contextlib.closing(body):
-        return body.read()
+    with open_read(uri) as f:
+        return f.read()
 
 
 def read_text(uri: str) -> str:

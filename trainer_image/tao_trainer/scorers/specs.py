@@ -50,6 +50,7 @@ __all__ = [
     "RegexSpec",
     "ScorerSpec",
     "ScorerSpecList",
+    "check_regex",
     "parse_scorer_spec",
     "validate_scorer_list",
 ]
@@ -70,7 +71,8 @@ _ALLOWED_TYPES_TEXT = (
 )
 
 
-def _compile(pattern: str, field: str) -> str:
+def check_regex(pattern: str, field: str) -> str:
+    """The pattern, if it compiles; else a ValueError naming the field."""
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -143,7 +145,7 @@ class MajoritySpec(_SpecBase):
     @field_validator("extract")
     @classmethod
     def _check_extract(cls, value: str) -> str:
-        return _compile(value, "extract")
+        return check_regex(value, "extract")
 
 
 class RegexSpec(_SpecBase):
@@ -162,7 +164,7 @@ class RegexSpec(_SpecBase):
     @field_validator("pattern")
     @classmethod
     def _check_pattern(cls, value: str) -> str:
-        return _compile(value, "pattern")
+        return check_regex(value, "pattern")
 
 
 class JsonSpec(_SpecBase):
