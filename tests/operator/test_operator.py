@@ -168,6 +168,13 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(k8s
     for reason in ("StageStarted", "StageSucceeded", "Promoted", "NotPromoted", "RolloutStarted", "Suspended", "Resumed"):
         assert reason in reasons, reason
 
+    # Rollback: pinning round 0 serves the base model; unpinning serves the champion again.
+    await api.patch("taojobs", "arith", {"spec": {"serving": {"pinnedRound": 0}}})
+    await eventually(lambda: _served(api, tiny_model.as_uri()))
+    assert (await status(api))["serving"]["round"] == 0
+    await api.patch("taojobs", "arith", {"spec": {"serving": {"pinnedRound": None}}})
+    await eventually(lambda: _served(api, r1["modelUri"]))
+
     # Prometheus sees the run: phases, stage durations, one promoted and one rejected round.
     scraped = await scrape_metrics(api)
     assert scraped['tao_taojobs{phase="Succeeded"}'] >= 1
@@ -189,6 +196,12 @@ async def scrape_metrics(api: Api) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             series[key] = float(value)
     return series
+
+
+async def _served(api: Api, model_uri: str) -> bool:
+    dep = await api.get("deployments", "arith-serve") or {}
+    served = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get("tao.dev/model-uri")
+    return served == model_uri and (await status(api)).get("serving", {}).get("modelUri") == model_uri
 
 
 async def _round(api: Api, round_: int, key: str) -> Any:
