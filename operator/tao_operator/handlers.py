@@ -150,6 +150,10 @@ class Reconciler:
                 break
             if not await self._advance(job, action, status, events, now):
                 break
+        was_suspended, is_suspended = old.get("phase") == "Suspended", status.phase == "Suspended"
+        if was_suspended != is_suspended:
+            events.append(("Normal", "Suspended", "spec.suspend is true: no new stage starts") if is_suspended
+                          else ("Normal", "Resumed", "spec.suspend is false: the run continues"))
         await self._write(body, old, status, events)
         return status.phase
 
@@ -205,11 +209,11 @@ class Reconciler:
         if suspend and not is_suspended:
             await self.cluster.patch("jobs", meta["namespace"], meta["name"],
                                      {"metadata": {"annotations": {SUSPENDED_BY_US: "true"}}, "spec": {"suspend": True}})
-            events.append(("Normal", "Suspended", f"Job {meta['name']}"))
+            events.append(("Normal", "JobSuspended", f"Job {meta['name']}"))
         elif not suspend and ours:
             await self.cluster.patch("jobs", meta["namespace"], meta["name"],
                                      {"metadata": {"annotations": {SUSPENDED_BY_US: None}}, "spec": {"suspend": False}})
-            events.append(("Normal", "Resumed", f"Job {meta['name']}"))
+            events.append(("Normal", "JobResumed", f"Job {meta['name']}"))
 
     async def _ensure_serving(self, job: TAOJob, layout: RunLayout, status: TAOJobStatus,
                               events: list[tuple[str, str, str]], now: str) -> None:

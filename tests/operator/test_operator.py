@@ -174,6 +174,7 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(k8s
     assert (await status(api))["serving"]["round"] == 0
     await api.patch("taojobs", "arith", {"spec": {"serving": {"pinnedRound": None}}})
     await eventually(lambda: _served(api, r1["modelUri"]))
+    await eventually(lambda: phase_is(api, "Succeeded"))  # the Deployment rolled back to the champion
 
     # Prometheus sees the run: phases, stage durations, one promoted and one rejected round.
     scraped = await scrape_metrics(api)

@@ -21,8 +21,8 @@ ADAPTER_BASE_FILE = "tao_base_model.json"
 def resolve(uri: str, revision: str | None = None) -> str:
     """A model URI -> something `from_pretrained` accepts: a local directory, or a hub id for hf://.
 
-    >>> resolve("file:///models/base")
-    '/models/base'
+    >>> resolve("file:///tmp")
+    '/tmp'
     >>> resolve("hf://Qwen/Qwen3-0.6B")
     'Qwen/Qwen3-0.6B'
     """
