@@ -407,7 +407,13 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
     emptyDir; vLLM then loads it from local disk, needing no storage credentials itself.
     """
     serving = job.spec.serving
-    settings = serving.pod
+    default = job.spec.pods.default
+    # Identity and registry access are set once for all pods: the init container reads the same storage
+    # (IRSA / workload identity) and pulls from the same registry as the stages.
+    settings = serving.pod.model_copy(update={
+        "service_account_name": serving.pod.service_account_name or default.service_account_name,
+        "image_pull_secrets": serving.pod.image_pull_secrets or default.image_pull_secrets,
+    })
     name = serving_name(job)
     labels = _with_extra_labels(child_labels(job, round_, component=COMPONENT_SERVING), settings.labels)
     served_name = serving.served_model_name or job.metadata.name

@@ -741,3 +741,12 @@ def test_golden_files_are_the_only_ones_expected() -> None:
         "serving_deployment.yaml",
         "stage_job_generate.yaml",
     ]
+
+
+def test_serving_inherits_the_default_identity_and_pull_secrets_unless_it_sets_its_own() -> None:
+    job = taojob(pods={"default": {"serviceAccountName": "tao-s3", "imagePullSecrets": ["regcred"]}})
+    dep = serving_deployment(job, "s3://m/r1", 1, DEFAULTS)
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "tao-s3"
+    assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    own = taojob(pods={"default": {"serviceAccountName": "tao-s3"}}, serving={"pod": {"serviceAccountName": "serve"}})
+    assert serving_deployment(own, "s3://m/r1", 1, DEFAULTS)["spec"]["template"]["spec"]["serviceAccountName"] == "serve"

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         code = 1
     result.duration_seconds = round(time.monotonic() - started, 2)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return code  # torchrun ranks share the container's termination log: rank 0 alone reports
     text = compact(result)
     if args.result:
         if args.result.startswith(("file://", "s3://")):

@@ -10,6 +10,7 @@ The result is an HF-format model (or a LoRA adapter) under round-NNN/train/model
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,6 +199,9 @@ def run_train(cfg: StageConfig) -> StageResult:
     with tempfile.TemporaryDirectory(prefix="tao-train-") as tmp:
         trainer = _trainer(cfg, model_path, tokenizer, rows, str(Path(tmp) / "trainer"))
         output = trainer.train()
+        if not is_main_process():
+            # Under torchrun every rank trains; only rank 0 saves, uploads and reports.
+            return StageResult(stage="train", round=r, message="not the main process")
         model = trainer.model
         lora = spec.training.lora
         base_uri = None
@@ -225,6 +229,11 @@ def run_train(cfg: StageConfig) -> StageResult:
     )
     storage.write_text(done, result.model_dump_json(by_alias=True))
     return result
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _finite(x: Any) -> float | None:
