@@ -48,10 +48,16 @@ def compact(result: StageResult) -> str:
 def download(argv: list[str]) -> int:
     """`tao-stage download --uri URI --to DIR`: fetch a model for serving (the init container's job)."""
     parser = argparse.ArgumentParser(prog="tao-stage download", description="copy a model directory from storage")
-    parser.add_argument("--uri", required=True, help="file:// or s3:// model directory")
+    parser.add_argument("--uri", required=True, help="file:// or s3:// model directory, or hf://org/name")
     parser.add_argument("--to", required=True, help="local directory")
     args = parser.parse_args(argv)
-    storage.download_dir(args.uri, Path(args.to))
+    if args.uri.startswith("hf://"):
+        # Clusters with hub access: the same snapshot `from_pretrained` would fetch.
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id=args.uri.removeprefix("hf://"), local_dir=args.to)
+    else:
+        storage.download_dir(args.uri, Path(args.to))
     print(f"downloaded {args.uri} to {args.to}", file=sys.stderr)
     return 0
 
