@@ -19,6 +19,7 @@ from tao_operator.api import (
     GROUP,
     PLURAL,
     VERSION,
+    ChampionStatus,
     ServingStatus,
     SpecError,
     TAOJob,
@@ -264,9 +265,7 @@ def _champion_text(status: TAOJobStatus) -> str:
     return f"champion: round {status.champion.round}"
 
 
-def _champion_status(status: TAOJobStatus, round_: int, uri: str) -> Any:
-    from tao_operator.api import ChampionStatus
-
+def _champion_status(status: TAOJobStatus, round_: int, uri: str) -> ChampionStatus:
     score = None
     for r in status.rounds:
         if r.round == round_ and r.challenger:

@@ -84,7 +84,12 @@ def next_action(spec: LoopSpec, layout: RunLayout, results: Results) -> Action:
     return Finished(*champion(spec, layout, results, spec.rounds + 1))
 
 
-def _side(metrics: dict[str, float | None], side: str) -> dict[str, float | None]:
+def side_metrics(metrics: dict[str, float | None], side: str) -> dict[str, float | None]:
+    """One model's values from an evaluate result: `champion.score` -> `score` for side `champion`.
+
+    >>> side_metrics({"champion.score": 0.4, "challenger.score": 0.8, "winRate": 1.0}, "challenger")
+    {'score': 0.8}
+    """
     prefix = f"{side}."
     return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
@@ -116,8 +121,8 @@ def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results)
             row["trainLoss"] = trained.metrics.get("trainLoss")
             row["candidates"] = row.get("candidates", trained.counts.get("candidates", 0))
         if evaluated is not None and evaluated.ok:
-            row["champion"] = _side(evaluated.metrics, "champion")
-            row["challenger"] = _side(evaluated.metrics, "challenger")
+            row["champion"] = side_metrics(evaluated.metrics, "champion")
+            row["challenger"] = side_metrics(evaluated.metrics, "challenger")
             row.update(row["challenger"])
             row["winRate"] = evaluated.metrics.get("winRate")
             row["promoted"] = bool(evaluated.promoted)

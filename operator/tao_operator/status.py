@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tao_operator.api import Condition, Phase, RoundStatus, StageStatus, TAOJobStatus
-from tao_operator.plan import Results, RunStage
+from tao_operator.plan import Results, RunStage, side_metrics
 from tao_trainer.contract import StageResult
 
 STAGE_PHASE: dict[str, Phase] = {
@@ -140,15 +140,10 @@ def record_result(status: TAOJobStatus, result: StageResult, now: str) -> None:
         rnd.train_loss = result.metrics.get("trainLoss")
         rnd.model_uri = result.outputs.get("model")
     elif result.stage == "evaluate":
-        rnd.champion = _side(result.metrics, "champion")
-        rnd.challenger = _side(result.metrics, "challenger")
+        rnd.champion = side_metrics(result.metrics, "champion")
+        rnd.challenger = side_metrics(result.metrics, "challenger")
         rnd.promoted = bool(result.promoted)
         rnd.verdict = result.message[:1000]
-
-
-def _side(metrics: dict[str, float | None], side: str) -> dict[str, float | None]:
-    prefix = f"{side}."
-    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def set_condition(
