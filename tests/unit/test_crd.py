@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -365,7 +366,8 @@ def _scorer_items(where: str) -> Schema:
 @pytest.mark.parametrize("where", ["scoring", "evaluation"])
 def test_scorer_item_is_the_union_of_all_families(where: str) -> None:
     item = _scorer_items(where)
-    models = [specs.MajoritySpec, specs.RegexSpec, specs.JsonSpec, specs.PythonSpec, specs.CustomSpec]
+    models = list(typing.get_args(specs.AnyScorerSpec))
+    assert len(models) == len(specs.SCORER_UNION_TAGS)
     names = {n for m in models for n in m.model_json_schema(by_alias=True)["properties"]}
     assert set(item["properties"]) == names
     assert item["required"] == ["type"]

@@ -19,11 +19,13 @@ import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
 __all__ = [
+    "Detail",
+    "Detailed",
     "Score",
     "Scorer",
     "ScorerError",
@@ -34,7 +36,16 @@ __all__ = [
 ]
 
 Score = float | None
+Detail = dict[str, Any] | None
 SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+class Detailed(NamedTuple):
+    """A scorer's values plus, per completion, why it got them (sub-checks, the judge's reasoning,
+    a raw value); `details` is None for scorers that have nothing to add."""
+
+    values: list[Score]
+    details: list[Detail] | None = None
 
 
 class ScorerError(Exception):
@@ -160,6 +171,12 @@ class Scorer(ABC, Generic[SpecT]):
         self.name: str = spec.name  # type: ignore[attr-defined]
         self.weight: float = spec.weight  # type: ignore[attr-defined]
         self.__name__ = self.name
+        # Counters a stage reports in its StageResult (e.g. a judge's calls, parse failures, tokens).
+        self.stats: dict[str, int] = {}
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add `n` to the counter `key` of `stats`."""
+        self.stats[key] = self.stats.get(key, 0) + n
 
     @classmethod
     def _spec_from_fields(cls, fields: dict[str, Any]) -> SpecT:
@@ -178,6 +195,15 @@ class Scorer(ABC, Generic[SpecT]):
 
     @abstractmethod
     def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]: ...
+
+    def detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
+        """Like calling the scorer, plus per-completion details for the scores file. Scorers with
+        something to explain override `_detailed` (and let `_score` return its values)."""
+        check_batch(self.name, prompts, completions)
+        return self._detailed(prompts, completions, **kwargs)
+
+    def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
+        return Detailed(self._score(prompts, completions, **kwargs))
 
     def score_against(
         self,

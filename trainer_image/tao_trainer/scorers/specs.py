@@ -44,10 +44,16 @@ __all__ = [
     "SCORER_UNION_TAGS",
     "AnyScorerSpec",
     "CustomSpec",
+    "EndpointSpec",
     "JsonSpec",
+    "JudgeSpec",
     "MajoritySpec",
     "PythonSpec",
+    "PythonTestsSpec",
     "RegexSpec",
+    "RewardModelSpec",
+    "SecretKeySelector",
+    "SqlSpec",
     "ScorerSpec",
     "ScorerSpecList",
     "check_regex",
@@ -62,7 +68,9 @@ _MODULE_PATTERN = rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*$"
 # `pkg.mod:fn` or `pkg.mod.fn`; a bare `mod:fn` is allowed too (a top-level module).
 _DOTTED_PATH_PATTERN = rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*([:.]{_IDENTIFIER})$"
 
-BUILTIN_SCORER_TYPES: tuple[str, ...] = ("majority", "regex", "json", "python")
+BUILTIN_SCORER_TYPES: tuple[str, ...] = (
+    "majority", "regex", "json", "python", "judge", "reward_model", "sql", "python_tests"
+)
 SCORER_UNION_TAGS: tuple[str, ...] = (*BUILTIN_SCORER_TYPES, "custom")
 """Tags pydantic puts into error locations (`scorers.0.majority.extract`); drop them when showing a path."""
 _ALLOWED_TYPES_TEXT = (
@@ -103,6 +111,36 @@ class _SpecBase(BaseModel):
         ),
     )
 
+    require: bool = Field(
+        default=False,
+        description=(
+            "Gate: a candidate whose value from this scorer is below `passAt` gets a combined score of 0, "
+            "whatever the other scorers say (no value at all gives no combined score). Use it for a "
+            "verifier that must pass before a judge's ranking counts."
+        ),
+    )
+    pass_at: float = Field(
+        default=1.0,
+        allow_inf_nan=False,
+        description="Smallest value (after normalization) that passes a `require` gate.",
+    )
+    normalization: Literal["none", "range", "sigmoid", "group_minmax", "group_zscore"] = Field(
+        default="none",
+        description=(
+            "How this scorer's values are mapped before they are combined. none: as is; range: "
+            "(v - lo) / (hi - lo) with `valueRange`, clipped to 0..1; sigmoid: 1 / (1 + e^-v) (reward "
+            "model logits); group_minmax: 0..1 within the candidates of one prompt (0.5 when all are "
+            "equal); group_zscore: (v - mean) / std within the candidates of one prompt (0 when all are "
+            "equal). The scores file keeps both the raw and the normalized values."
+        ),
+    )
+    value_range: list[float] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="[lo, hi] of the raw values; required by normalization: range.",
+    )
+
     def _default_name(self) -> str:
         return str(getattr(self, "type"))  # noqa: B009 - every subclass declares `type`
 
@@ -111,6 +149,13 @@ class _SpecBase(BaseModel):
         # Resolved once here so that every consumer (combine, logs, status) sees the same name.
         if self.name is None:
             self.name = self._default_name()
+        if self.normalization == "range":
+            if self.value_range is None:
+                raise ValueError("normalization: range needs valueRange: [lo, hi]")
+            if not self.value_range[0] < self.value_range[1]:
+                raise ValueError(f"valueRange: lo must be below hi, got {self.value_range}")
+        elif self.value_range is not None:
+            raise ValueError("valueRange is only used with normalization: range; set both or neither")
         return self
 
 
@@ -231,6 +276,150 @@ class PythonSpec(_SpecBase):
         return self.function
 
 
+class SecretKeySelector(BaseModel):
+    """A key of a Kubernetes Secret in the TAOJob's namespace (as in a pod's `secretKeyRef`)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, description="Key in the Secret.")
+
+
+class EndpointSpec(BaseModel):
+    """An OpenAI-compatible HTTP endpoint: in-cluster vLLM, `tao serve`, or an external API."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    url: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL including the API prefix, e.g. http://judge.ml.svc:8000/v1.",
+    )
+    model: str = Field(min_length=1, description="Model name sent in each request.")
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description=(
+            "Environment variable that holds the API key (sent as a Bearer token). The key itself "
+            "never appears in specs, status, logs or artifacts."
+        ),
+    )
+    api_key_secret_ref: SecretKeySelector | None = Field(
+        default=None,
+        description=(
+            "On a cluster: the Secret key the operator exposes to stage pods as `apiKeyEnv` "
+            "(which is then required)."
+        ),
+    )
+    timeout_seconds: float = Field(default=60.0, gt=0, le=3600, description="Time limit of one HTTP request.")
+    max_retries: int = Field(
+        default=3, ge=0, le=20, description="Retries of a failed request (connection errors, 429, 5xx), with backoff."
+    )
+    concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight at once.")
+
+    @model_validator(mode="after")
+    def _secret_needs_env(self) -> EndpointSpec:
+        if self.api_key_secret_ref is not None and self.api_key_env is None:
+            raise ValueError("apiKeySecretRef needs apiKeyEnv: the variable the key is exposed as")
+        return self
+
+
+class JudgeSpec(_SpecBase):
+    """An LLM judge over an OpenAI-compatible endpoint. pointwise: each candidate is rated on the
+    rubric's scale on its own, normalized to 0..1; relative: all candidates of a prompt are judged
+    together (shuffled) and scored 0..1 relative to each other, as RULER does."""
+
+    type: Literal["judge"] = Field(description="Scorer family: an LLM judge.")
+    endpoint: EndpointSpec = Field(description="Where the judge model is served.")
+    mode: Literal["pointwise", "relative"] = Field(default="pointwise", description="How candidates are judged.")
+    rubric: str = Field(min_length=1, description="What makes a response good, in plain words.")
+    scale: list[int] = Field(
+        default_factory=lambda: [1, 10],
+        min_length=2,
+        max_length=2,
+        description="pointwise: [lowest, highest] score the judge may give; mapped to 0..1.",
+    )
+    include_fields: list[str] = Field(
+        default_factory=list,
+        description="Prompt-record fields shown to the judge beside the prompt (e.g. a source document).",
+    )
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature of the judge.")
+    max_tokens: int = Field(default=512, ge=1, le=32768, description="Most tokens of one judgement.")
+    cache: bool = Field(
+        default=True, description="Reuse judgements of identical (prompt, candidate, rubric) within a stage."
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _check_scale(cls, value: list[int]) -> list[int]:
+        if not value[0] < value[1]:
+            raise ValueError(f"scale: lowest must be below highest, got {value}")
+        return value
+
+
+class RewardModelSpec(_SpecBase):
+    """A sequence-classification reward model (one logit per text), from storage or a local path."""
+
+    type: Literal["reward_model"] = Field(description="Scorer family: a reward model.")
+    model: str = Field(
+        min_length=1,
+        description="Model location: s3://, file://, a local path, or hf://org/name on clusters with hub access.",
+    )
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Texts per forward pass.")
+    max_length: int = Field(default=2048, ge=8, description="Longest input in tokens; longer inputs are truncated.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: a GPU when present.")
+
+
+_CODE_FENCE_HELP = (
+    "Regular expression that finds the code in a completion (group 1 if it has a group, else the "
+    "whole match; the last match is used). Default: the last fenced code block, else the whole completion."
+)
+
+
+class SqlSpec(_SpecBase):
+    """Executable SQL: run the candidate's query against a SQLite database, read-only, with a time limit.
+    1 when it returns rows (or, when the record carries a reference query, the same result set), 0.5
+    when it runs but returns no rows (or a different result set: 0.1), 0 when it fails."""
+
+    type: Literal["sql"] = Field(description="Scorer family: execute SQL against a SQLite database.")
+    database: str = Field(min_length=1, description="The SQLite file: s3://, file:// or a local path.")
+    extract: str | None = Field(default=None, description=_CODE_FENCE_HELP)
+    reference_field: str = Field(
+        default="reference_sql",
+        description="Prompt-record field with a reference query; when present, result sets are compared.",
+    )
+    order_matters: bool = Field(default=False, description="Compare result rows in order (else as multisets).")
+    timeout_seconds: float = Field(default=5.0, gt=0, le=600, description="Time limit of one query.")
+    max_rows: int = Field(default=10000, ge=1, description="Rows fetched at most; more count as a mismatch.")
+
+    @field_validator("extract")
+    @classmethod
+    def _check_extract(cls, value: str | None) -> str | None:
+        return None if value is None else check_regex(value, "extract")
+
+
+class PythonTestsSpec(_SpecBase):
+    """Executable Python: run the candidate's code with tests in a subprocess (time, memory and file
+    limits, no network); the score is the share of tests passed."""
+
+    type: Literal["python_tests"] = Field(description="Scorer family: run candidate code against tests.")
+    tests_field: str = Field(
+        default="tests",
+        description=(
+            "Prompt-record field with the test code: `test_*` functions (each one test) or plain asserts "
+            "(one test)."
+        ),
+    )
+    extract: str | None = Field(default=None, description=_CODE_FENCE_HELP)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="Wall-clock limit of one candidate's run.")
+    memory_mb: int = Field(default=512, ge=32, le=65536, description="Address-space limit of the subprocess.")
+    concurrency: int = Field(default=2, ge=1, le=256, description="Subprocesses at once.")
+
+    @field_validator("extract")
+    @classmethod
+    def _check_extract(cls, value: str | None) -> str | None:
+        return None if value is None else check_regex(value, "extract")
+
+
 class CustomSpec(_SpecBase):
     """A TRL-style reward function named by its import path in `type`, e.g. `my_pkg.rewards:accuracy`."""
 
@@ -286,6 +475,10 @@ ScorerSpec = Annotated[
         Annotated[RegexSpec, Tag("regex")],
         Annotated[JsonSpec, Tag("json")],
         Annotated[PythonSpec, Tag("python")],
+        Annotated[JudgeSpec, Tag("judge")],
+        Annotated[RewardModelSpec, Tag("reward_model")],
+        Annotated[SqlSpec, Tag("sql")],
+        Annotated[PythonTestsSpec, Tag("python_tests")],
         Annotated[CustomSpec, Tag("custom")],
     ],
     Discriminator(
@@ -296,7 +489,10 @@ ScorerSpec = Annotated[
 ]
 """One entry of `spec.scorers` (use as a pydantic field type)."""
 
-AnyScorerSpec = MajoritySpec | RegexSpec | JsonSpec | PythonSpec | CustomSpec
+AnyScorerSpec = (
+    MajoritySpec | RegexSpec | JsonSpec | PythonSpec | JudgeSpec | RewardModelSpec | SqlSpec | PythonTestsSpec
+    | CustomSpec
+)
 """The same models as a plain union, for type hints on already validated specs."""
 
 
