@@ -112,7 +112,7 @@ class TAOJobSpec(LoopSpec):
 # --------------------------------------------------------------------------------------------- status
 
 PHASES = ("Pending", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended")
-Phase = Literal["Pending", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Preflight", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(CamelModel):
@@ -152,6 +152,19 @@ class RoundStatus(CamelModel):
     stages: list[StageStatus] = Field(default_factory=list)
 
 
+class PreflightStatus(CamelModel):
+    """The scorer preflight's summary (the whole report is in storage, beside round 1)."""
+
+    signal: bool = Field(description="Whether the scorers told the sampled candidates apart.")
+    informative_share: float | None = Field(
+        default=None, description="Share of sampled prompts whose candidates got different scores."
+    )
+    mean_spread: float | None = Field(default=None, description="Mean (max - min) score within a prompt.")
+    unscored_share: float | None = Field(default=None, description="Share of candidates no scorer judged.")
+    verdict: str = ""
+    report: str | None = Field(default=None, description="URI of the full report.")
+
+
 class ChampionStatus(CamelModel):
     round: int = Field(description="0: the base model.")
     uri: str
@@ -173,6 +186,7 @@ class TAOJobStatus(CamelModel):
     run_uri: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     rounds: list[RoundStatus] = Field(default_factory=list)
+    preflight: PreflightStatus | None = None
     champion: ChampionStatus | None = None
     serving: ServingStatus | None = None
     message: str | None = None

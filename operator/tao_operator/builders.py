@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from tao_operator.api import API_VERSION, KIND, PodSettings, TAOJob
-from tao_trainer.contract import STAGES, StageConfig
+from tao_trainer.contract import ALL_STAGES, StageConfig
 
 Manifest = dict[str, Any]
 
@@ -158,10 +158,11 @@ _MERGED_FIELDS = ("labels", "annotations")
 
 def effective_pod_settings(job: TAOJob, stage: str) -> PodSettings:
     """The stage's settings over `spec.pods.default`, field by field (labels/annotations merged, stage wins)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if stage not in ALL_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(ALL_STAGES)}")
     base: PodSettings = job.spec.pods.default
-    over: PodSettings = getattr(job.spec.pods, stage)
+    # The preflight generates (then scores) a sample as round 1 will: it needs the generate stage's GPUs.
+    over: PodSettings = getattr(job.spec.pods, "generate" if stage == "preflight" else stage)
     merged: dict[str, Any] = {}
     for field in PodSettings.model_fields:
         b, o = getattr(base, field), getattr(over, field)

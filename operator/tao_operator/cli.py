@@ -1,4 +1,4 @@
-"""`tao`: run a TAOJob on this machine (`tao run`), or check one (`tao validate`)."""
+"""`tao`: run a TAOJob on this machine (`tao run`), check one (`tao validate`, `tao preflight`), or run the operator."""
 
 from __future__ import annotations
 
@@ -34,6 +34,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(local.describe_champion(report))
     print(f"report: {local.RunLayout(report['runUri']).report}")
     return 0
+
+
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from tao_operator import local
+
+    job = load_taojob_file(args.file)
+    if args.prompts is not None:
+        job.spec.preflight.prompts = args.prompts
+    result, report = local.preflight_local(job)
+    if report is None:
+        print(f"error: preflight failed: {result.message}", file=sys.stderr)
+        return 1
+    print(local.format_preflight(report))
+    return 0 if report["signal"] else 2
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
@@ -83,6 +97,16 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # Lazy: the operator image has no torch; `tao serve` needs the `train` extra.
+    from tao_trainer.serve import serve_cli
+
+    return serve_cli(
+        args.model, host=args.host, port=args.port, served_model_name=args.served_model_name,
+        api_key=args.api_key, default_max_tokens=args.max_tokens, quiet=args.quiet,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tao", description="Tune an LLM on its own unlabeled prompts (TAO).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--fresh", action="store_true", help="delete this job's earlier run artifacts and start over")
     run.add_argument("--rounds", type=int, help="override spec.rounds (e.g. to add rounds to a finished run)")
     run.set_defaults(func=_cmd_run)
+
+    preflight = sub.add_parser(
+        "preflight",
+        help="generate and score a sample of prompts: can the scorers tell candidates apart? (exit 2: no signal)",
+    )
+    preflight.add_argument("file", help="TAOJob manifest (YAML)")
+    preflight.add_argument("--prompts", type=int, help="override spec.preflight.prompts (the sample size)")
+    preflight.set_defaults(func=_cmd_preflight)
 
     validate = sub.add_parser("validate", help="check a TAOJob manifest and name every invalid field")
     validate.add_argument("file")
@@ -107,6 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable); default: all")
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
     op.set_defaults(func=_cmd_operator)
+
+    serve = sub.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API (transformers; for local runs and tests)"
+    )
+    serve.add_argument("model", metavar="MODEL_URI", help="model directory: a path, file://, s3:// or hf://")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: 8000)")
+    serve.add_argument("--served-model-name", help="model name in requests (default: the directory name)")
+    serve.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $TAO_SERVE_API_KEY; prefer the variable)"
+    )
+    serve.add_argument("--max-tokens", type=int, default=256, help="completion length when a request sets none")
+    serve.add_argument("--quiet", action="store_true", help="do not log requests to stderr")
+    serve.set_defaults(func=_cmd_serve)
 
     args = parser.parse_args(argv)
     try:

@@ -187,6 +187,10 @@ class Reconciler:
         pods = await self.cluster.list("pods", ns, {"job-name": child})
         result = stage_result_from_pods(action, child, outcome, pods)
         record_result(status, result, now)
+        if action.stage == "preflight" and status.preflight is not None:
+            signal = status.preflight.signal
+            set_condition(status, "ScorersInformative", signal, "Signal" if signal else "NoSignal",
+                          status.preflight.verdict, job.metadata.generation, now)
         metrics.STAGE_DURATION.labels(stage=action.stage, outcome="ok" if result.ok else "failed").observe(
             result.duration_seconds)
         if result.ok and action.stage == "evaluate":

@@ -58,7 +58,13 @@ def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
         before = storage.read_json(layout.spec_snapshot)
         now = _identity(spec)
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-        if changed:
+        results = observe(spec, layout)
+        if changed and set(results) <= {(1, "preflight")}:
+            # Nothing was built on the old spec yet (a preflight that stopped the run, typically, and the user
+            # has just fixed the scorers): start over under the new spec, without asking for --fresh.
+            for key in results:
+                storage.delete(layout.result(*key))
+        elif changed:
             raise RunError(
                 f"the run at {layout.root} was started with a different spec (changed: "
                 f"{', '.join('spec.' + k for k in changed)}). Restore it to continue that run, or pass "
@@ -88,6 +94,42 @@ def run_stage(action: RunStage, job: TAOJob, layout: RunLayout) -> StageResult:
             return StageResult.model_validate_json(f.read())
 
 
+def preflight_local(job: TAOJob) -> tuple[StageResult, dict[str, Any] | None]:
+    """`tao preflight`: the scorer preflight alone, in a scratch directory (the run's artifacts are untouched,
+    so the user can iterate on scorers); returns its result and report (None if the stage crashed)."""
+    spec = job.spec
+    s = spec.storage
+    storage.configure(storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style))
+    with tempfile.TemporaryDirectory(prefix="tao-preflight-") as tmp:
+        layout = RunLayout(storage.normalize(tmp))
+        result = run_stage(RunStage(1, "preflight", spec.model.uri), job, layout)
+        report_uri = layout.preflight_report(1)
+        report = storage.read_json(report_uri) if storage.exists(report_uri) else None
+    return result, report
+
+
+def format_preflight(report: dict[str, Any]) -> str:
+    """The preflight report as a short table: the whole sample, then each scorer."""
+    lines = [
+        f"{report['prompts']} prompts, {report['candidates']} candidates: informative share "
+        f"{_fmt(report['informativeShare'])}, mean spread {_fmt(report['meanSpread'])}, score std "
+        f"{_fmt(report['scoreStd'])}, unscored share {_fmt(report['unscoredShare'])}",
+        "",
+    ]
+    header = ["scorer", "informative", "abstain", "mean", "greedy = vote"]
+    rows = [header] + [
+        [name, _fmt(v.get("informativeShare")), _fmt(v.get("abstainShare")), _fmt(v.get("meanScore")),
+         _fmt(v.get("greedyAgreement"))]
+        for name, v in report["scorers"].items()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if report.get("scorerCounters"):
+        lines += ["", "counters: " + " ".join(f"{k}={v}" for k, v in report["scorerCounters"].items())]
+    lines += ["", report["verdict"]]
+    return "\n".join(lines)
+
+
 def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dict[str, Any]:
     """Run the TAOJob to the end on this machine; return the report (also written to storage)."""
     spec = job.spec
@@ -105,7 +147,7 @@ def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dic
             return report
         if isinstance(action, Failed):  # only an executor that records failures gets here (the operator)
             raise RunError(f"round {action.round} {action.stage} failed: {action.message}")
-        if action.stage == spec.stages()[0]:
+        if action.stage == spec.stages(action.round)[0]:
             echo(f"round {action.round}/{spec.rounds}: starting from {action.model_uri}")
         started = time.monotonic()
         result = run_stage(action, job, layout)
@@ -124,7 +166,7 @@ def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dic
 
 def summarize(result: StageResult) -> str:
     """One line per stage for the terminal."""
-    if result.stage == "evaluate":
+    if result.stage in ("evaluate", "preflight"):
         return result.message
     parts = [f"{k}={v}" for k, v in result.counts.items() if v]
     parts += [f"{k}={v}" for k, v in result.metrics.items() if v is not None]

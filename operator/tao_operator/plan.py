@@ -65,8 +65,8 @@ def next_action(spec: LoopSpec, layout: RunLayout, results: Results) -> Action:
     >>> spec = _example_spec()
     >>> lay = RunLayout("file:///runs/x")
     >>> next_action(spec, lay, {})
-    RunStage(round=1, stage='prepare', model_uri='file:///base')
-    >>> done = {(1, s): StageResult(stage=s, round=1) for s in ("prepare", "generate")}
+    RunStage(round=1, stage='preflight', model_uri='file:///base')
+    >>> done = {(1, s): StageResult(stage=s, round=1) for s in ("preflight", "prepare", "generate")}
     >>> next_action(spec, lay, done)
     RunStage(round=1, stage='score', model_uri='file:///base')
     >>> done[(1, "score")] = StageResult(stage="score", round=1, ok=False, message="boom")
@@ -75,7 +75,7 @@ def next_action(spec: LoopSpec, layout: RunLayout, results: Results) -> Action:
     """
     for r in range(1, spec.rounds + 1):
         _, start = champion(spec, layout, results, r)
-        for stage in spec.stages():
+        for stage in spec.stages(r):
             result = results.get((r, stage))
             if result is None:
                 return RunStage(r, stage, start)
@@ -132,9 +132,11 @@ def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results)
                 base = dict(row["champion"])
         rounds.append(row)
     champ_round, champ_uri = champion(spec, layout, results, spec.rounds + 1)
+    preflight = results.get((1, "preflight"))
     return {
         "job": name,
         "runUri": layout.root,
+        "preflight": {"message": preflight.message, **preflight.metrics} if preflight is not None else None,
         "base": base,
         "rounds": rounds,
         "champion": {"round": champ_round, "uri": champ_uri},

@@ -10,11 +10,12 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from tao_operator.api import Condition, Phase, RoundStatus, StageStatus, TAOJobStatus
+from tao_operator.api import Condition, Phase, PreflightStatus, RoundStatus, StageStatus, TAOJobStatus
 from tao_operator.plan import Results, RunStage, side_metrics
 from tao_trainer.contract import StageResult
 
 STAGE_PHASE: dict[str, Phase] = {
+    "preflight": "Preflight",
     "prepare": "Generating",
     "generate": "Generating",
     "score": "Scoring",
@@ -127,6 +128,16 @@ def record_result(status: TAOJobStatus, result: StageResult, now: str) -> None:
     st.state = "Succeeded" if result.ok else "Failed"
     st.finished_at = now
     st.message = result.message[:1000]
+    if result.stage == "preflight" and "signal" in result.metrics:
+        # Recorded whether or not it stopped the run: "no signal" is the finding the user needs to see.
+        status.preflight = PreflightStatus(
+            signal=result.metrics["signal"] == 1.0,
+            informative_share=result.metrics.get("informativeShare"),
+            mean_spread=result.metrics.get("meanSpread"),
+            unscored_share=result.metrics.get("unscoredShare"),
+            verdict=result.message[:1000],
+            report=result.outputs.get("report"),
+        )
     if not result.ok:
         return
     if result.stage == "prepare":

@@ -8,7 +8,7 @@ from tao_trainer.contract import STAGES, LoopSpec, RunLayout, StageResult
 LAYOUT = RunLayout("s3://runs/default/demo/uid-1")
 
 
-def spec(rounds: int = 2, method: str = "sft") -> LoopSpec:
+def spec(rounds: int = 2, method: str = "sft", preflight: bool = False) -> LoopSpec:
     return LoopSpec.model_validate(
         {
             "model": {"uri": "s3://models/base"},
@@ -18,6 +18,7 @@ def spec(rounds: int = 2, method: str = "sft") -> LoopSpec:
             "scoring": {"scorers": [{"type": "majority", "extract": r"(\d+)$"}]},
             "training": {"method": method},
             "evaluation": {"metrics": [{"name": "accuracy", "field": "answer"}]},
+            "preflight": {"enabled": preflight},
         }
     )
 
@@ -58,6 +59,27 @@ def test_a_rejected_round_leaves_the_previous_champion() -> None:
 def test_a_failed_stage_is_terminal_and_named() -> None:
     results = done(1, "prepare") | {(1, "generate"): StageResult(stage="generate", round=1, ok=False, message="OOM")}
     assert next_action(spec(), LAYOUT, results) == Failed(1, "generate", "OOM")
+
+
+def test_the_preflight_runs_once_before_round_one_on_the_base_model() -> None:
+    s = spec(preflight=True)
+    results: dict = {}
+    seen = []
+    while isinstance(action := next_action(s, LAYOUT, results), RunStage):
+        seen.append((action.round, action.stage))
+        if action.stage == "preflight":
+            assert action.model_uri == "s3://models/base"
+        results |= done(action.round, action.stage, promoted=False)
+    assert seen == [(1, "preflight")] + [(r, st) for r in (1, 2) for st in STAGES]
+
+
+def test_a_preflight_that_finds_no_signal_stops_the_run_before_any_training() -> None:
+    stopped = {(1, "preflight"): StageResult(stage="preflight", round=1, ok=False, message="no signal: 0/16")}
+    assert next_action(spec(preflight=True), LAYOUT, stopped) == Failed(1, "preflight", "no signal: 0/16")
+
+
+def test_preflight_is_on_by_default() -> None:
+    assert LoopSpec.model_validate(spec().model_dump(by_alias=True, exclude={"preflight"})).preflight.enabled
 
 
 def test_grpo_rounds_skip_offline_generation_and_scoring() -> None:

@@ -1,4 +1,4 @@
-"""`tao-stage prepare|generate|score|train|evaluate --config URI`: one stage, one process.
+"""`tao-stage preflight|prepare|generate|score|train|evaluate --config URI`: one stage, one process.
 
 The StageResult is written as JSON to `--result` (or $TAO_RESULT_PATH; in a pod, /dev/termination-log) and
 to stdout. A failing stage still writes a result (ok=false, with the error) and exits 1, so that the
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tao_trainer import storage
-from tao_trainer.contract import STAGES, StageConfig, StageResult
+from tao_trainer.contract import ALL_STAGES, StageConfig, StageResult
 
 # Pod termination messages are capped at 4096 bytes by Kubernetes.
 RESULT_LIMIT = 4000
@@ -31,6 +31,10 @@ def _runner(stage: str) -> Callable[[StageConfig], StageResult]:
         from tao_trainer.evaluate import run_evaluate
 
         return run_evaluate
+    if stage == "preflight":
+        from tao_trainer.preflight import run_preflight
+
+        return run_preflight
     from tao_trainer import stages
 
     return {"prepare": stages.run_prepare, "generate": stages.run_generate, "score": stages.run_score}[stage]
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["download"]:
         return download(argv[1:])
     parser = argparse.ArgumentParser(prog="tao-stage", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=ALL_STAGES)
     parser.add_argument("--config", required=True, help="StageConfig JSON: a path, file:// or s3:// URI")
     parser.add_argument("--result", default=os.environ.get("TAO_RESULT_PATH"), help="where to write the StageResult")
     args = parser.parse_args(argv)

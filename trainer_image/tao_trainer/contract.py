@@ -16,7 +16,9 @@ from pydantic.alias_generators import to_camel
 from tao_trainer.scorers.specs import ScorerSpecList, check_regex
 
 STAGES = ("prepare", "generate", "score", "train", "evaluate")
-Stage = Literal["prepare", "generate", "score", "train", "evaluate"]
+ALL_STAGES = ("preflight", *STAGES)
+"""Every stage a `tao-stage` process runs: the per-round stages, plus the scorer preflight before round 1."""
+Stage = Literal["preflight", "prepare", "generate", "score", "train", "evaluate"]
 
 MODEL_SCHEMES = ("file://", "s3://", "hf://")
 STORAGE_SCHEMES = ("file://", "s3://")
@@ -237,6 +239,29 @@ class EvaluationSpec(CamelModel):
     metrics: list[MetricSpec] = Field(default_factory=list, description="Reporting-only metrics (may use labels).")
 
 
+class PreflightSpec(CamelModel):
+    """Before round 1 spends GPUs on training: can the scorers tell candidates apart at all?
+
+    A sample of prompts is generated and scored as round 1 would; the report gives the score spread, the
+    share of prompts whose candidates differ in score, each scorer's share of abstentions (a judge's parse
+    failures), and for majority scorers how often the greedy answer already agrees with the vote.
+    """
+
+    enabled: bool = Field(default=True, description="Run the preflight before round 1.")
+    prompts: int = Field(default=16, ge=1, le=4096, description="Prompts sampled (from the training pool).")
+    min_informative_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Least share of sampled prompts whose candidates must get different combined scores for "
+        "the scorers to count as giving a signal.",
+    )
+    stop_on_no_signal: bool = Field(
+        default=True,
+        description="Stop the run (preflight stage failed) when the scorers give no signal; false only reports it.",
+    )
+
+
 class LoopSpec(CamelModel):
     """The TAO loop: what both `tao run` and the operator execute."""
 
@@ -248,6 +273,7 @@ class LoopSpec(CamelModel):
     scoring: ScoringSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec)
 
     @model_validator(mode="after")
     def _metric_fields_are_labels(self) -> LoopSpec:
@@ -263,11 +289,13 @@ class LoopSpec(CamelModel):
     def gate_scorers(self) -> list[Any]:
         return self.evaluation.scorers if self.evaluation.scorers is not None else self.scoring.scorers
 
-    def stages(self) -> tuple[Stage, ...]:
-        """GRPO samples and scores online inside training; the other methods use the offline stages."""
-        if self.training.method == "grpo":
-            return ("prepare", "train", "evaluate")
-        return STAGES
+    def stages(self, round_: int = 1) -> tuple[Stage, ...]:
+        """The stages of one round, in order. GRPO samples and scores online inside training; the other
+        methods use the offline stages. Round 1 starts with the scorer preflight when it is enabled."""
+        per_round: tuple[Stage, ...] = ("prepare", "train", "evaluate") if self.training.method == "grpo" else STAGES
+        if round_ == 1 and self.preflight.enabled:
+            return ("preflight", *per_round)
+        return per_round
 
 
 # --------------------------------------------------------------------------------------------- stage I/O
@@ -324,6 +352,12 @@ class RunLayout:
 
     def rejects(self, round_: int) -> str:
         return f"{self.round_dir(round_)}/prompts/rejects.jsonl"
+
+    def preflight_report(self, round_: int) -> str:
+        return f"{self.round_dir(round_)}/preflight/report.json"
+
+    def preflight_samples(self, round_: int) -> str:
+        return f"{self.round_dir(round_)}/preflight/samples.jsonl"
 
     def heldout(self, round_: int) -> str:
         return f"{self.round_dir(round_)}/heldout/prompts.jsonl"
