@@ -278,6 +278,27 @@ def _stage_command(stage: str, gpus: int) -> list[str]:
     return ["tao-stage", stage, "--config", CONFIG_PATH]
 
 
+def scorer_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, Any]]:
+    """Judges' API keys (`endpoint.apiKeySecretRef`) as `secretKeyRef` variables, on the stages that score.
+
+    The key stays in its Secret: the manifest names the Secret and key only. Variables the user set in
+    `pods` win (they are in `taken`), and prepare, generate and non-GRPO training never see a key.
+    """
+    scoring = {"preflight", "score", "evaluate"} | ({"train"} if job.spec.training.method == "grpo" else set())
+    if stage not in scoring:
+        return []
+    out: list[dict[str, Any]] = []
+    seen = set(taken)
+    for scorer in [*job.spec.scoring.scorers, *(job.spec.evaluation.scorers or [])]:
+        endpoint = getattr(scorer, "endpoint", None)
+        if endpoint is None or endpoint.api_key_secret_ref is None or endpoint.api_key_env in seen:
+            continue
+        seen.add(endpoint.api_key_env)
+        ref = endpoint.api_key_secret_ref
+        out.append({"name": endpoint.api_key_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return out
+
+
 def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults) -> Manifest:
     """The batch/v1 Job running one stage of one round (Indexed over shards for generate and score)."""
     stage, round_ = config.stage, config.round
@@ -300,6 +321,7 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults) -> M
         # The operator reads the result from the termination message: that path is not the user's to move.
         fixed=frozenset({"TAO_RESULT_PATH"}),
     )
+    env += scorer_key_env(job, stage, {e.get("name") for e in env})
     container: dict[str, Any] = {
         "name": "stage",
         "image": settings.image or defaults.trainer_image,

@@ -548,6 +548,33 @@ def test_secret_is_referenced_by_name_only(monkeypatch: pytest.MonkeyPatch) -> N
         assert SECRET_NAME not in cm["data"]["config.json"]
 
 
+JUDGE = {
+    "type": "judge",
+    "rubric": "Is the answer correct?",
+    "endpoint": {"url": "https://api.example.com/v1", "model": "judge-large", "apiKeyEnv": "JUDGE_API_KEY",
+                 "apiKeySecretRef": {"name": "judge-creds", "key": "token"}},
+}
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo"])
+def test_a_judges_api_key_reaches_only_the_stages_that_score_as_a_secret_reference(method: str) -> None:
+    job = taojob(scoring={"scorers": [JUDGE]}, training={"method": method})
+    scoring = {"preflight", "score", "evaluate"} | ({"train"} if method == "grpo" else set())
+    for stage in ("preflight", *STAGES):
+        env = env_of(container(build(job, stage)))
+        if stage in scoring:
+            assert env["JUDGE_API_KEY"] == {"secretKeyRef": {"name": "judge-creds", "key": "token"}}, stage
+        else:
+            assert "JUDGE_API_KEY" not in env, stage
+        kubernetes_validate.validate(build(job, stage), K8S_VERSIONS[0], strict=True)
+
+
+def test_a_user_variable_of_the_same_name_wins_over_the_judges_secret_reference() -> None:
+    job = taojob(scoring={"scorers": [JUDGE]}, pods={"default": {"env": [{"name": "JUDGE_API_KEY", "value": "x"}]}})
+    entries = [e for e in container(build(job, "score"))["env"] if e["name"] == "JUDGE_API_KEY"]
+    assert entries == [{"name": "JUDGE_API_KEY", "value": "x"}]
+
+
 def test_configmap_holds_the_stage_config_the_pod_parses() -> None:
     job = taojob(credentials={"secretRef": {"name": SECRET_NAME}}, pods={"default": FULL_SETTINGS})
     cfg = config(job, "score", 3, "s3://runs/tao/round-002/train/model")
