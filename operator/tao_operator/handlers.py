@@ -82,8 +82,12 @@ def stage_result_from_pods(action: RunStage, job_name: str, outcome: str, pods: 
     if outcome == "Failed":
         failures = [(pod, res) for _, pod, res in parsed if not res.ok]
         detail = f"pod {failures[-1][0]}: {failures[-1][1].message}" if failures else "no pod reported a result"
+        # Keep what the failing pod measured (a preflight that found no signal reports its figures).
+        last = failures[-1][1] if failures else None
         return StageResult(stage=action.stage, round=action.round, ok=False,
-                           message=f"stage {action.stage} of round {action.round} failed (Job {job_name}, {detail})")
+                           message=f"stage {action.stage} of round {action.round} failed (Job {job_name}, {detail})",
+                           counts=last.counts if last else {}, metrics=last.metrics if last else {},
+                           outputs=last.outputs if last else {})
     latest = {index: res for index, _, res in parsed if res.ok}
     if not latest:
         return StageResult(stage=action.stage, round=action.round, ok=False,

@@ -244,6 +244,26 @@ async def test_a_failed_stage_fails_the_taojob_once_with_the_pods_message(k8s: A
     assert ("StageFailed" in [r for r, _ in await events(api)])
 
 
+async def test_a_preflight_that_finds_no_signal_stops_the_taojob_before_round_one(k8s: Any, tmp_path: Path,
+                                                                                   tiny_model: Path) -> None:
+    api: Api = k8s.api
+    # The random tiny model never writes ';123', so the vote never reaches a majority: every candidate scores 0.
+    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, preflight={"enabled": True, "prompts": 4}))
+    await eventually(lambda: phase_is(api, "Failed"), timeout=120)
+    st = await status(api)
+    assert "preflight" in st, st.get("message")
+    assert st["preflight"]["signal"] is False and st["preflight"]["informativeShare"] == 0.0
+    assert st["preflight"]["report"].endswith("round-001/preflight/report.json")
+    assert "no signal" in st["preflight"]["verdict"] and "stopOnNoSignal" in st["message"]
+    informative = next(c for c in st["conditions"] if c["type"] == "ScorersInformative")
+    assert (informative["status"], informative["reason"]) == ("False", "NoSignal")
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "StageFailed")
+    # Nothing else was started: no GPU was spent on prompts, generation or training.
+    assert creations(k8s.emu, "jobs") == {"arith-r1-preflight": 1}
+    assert any(r == "StageFailed" and "no signal" in m for r, m in await events(api))
+
+
 async def test_an_invalid_spec_is_reported_on_the_object(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
     api: Api = k8s.api
     await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, generation={"candidates": 0}))

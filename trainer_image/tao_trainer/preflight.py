@@ -113,7 +113,7 @@ def analyse(
         verdict = (
             f"no signal: only {informative}/{len(groups)} sampled prompts have candidates with different scores "
             f"(at least {min_informative_share:.0%} needed); training would have nothing to prefer. Check each "
-            "scorer's abstainShare and meanScore below, or raise generation.candidates / temperature"
+            "scorer's abstainShare and meanScore in the report, or raise generation.candidates / temperature"
         )
     return {
         "prompts": len(groups),
