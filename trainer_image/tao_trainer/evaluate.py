@@ -74,8 +74,44 @@ def _answers(model_uri: str, rendered_for: Any, cfg: StageConfig, references: in
     return greedy, refs
 
 
+def score_sides(
+    scorers: list[Any], prompts_: list[Any], sides: dict[str, list[str]], references: list[list[str]],
+    kwargs: dict[str, list[Any]],
+) -> dict[str, Any]:
+    """Each side's `ScoredBatch`, scored in one batch with a prompt's answers side by side: a group_*
+    normalisation then compares the models' answers to the same prompt (each alone would be a group of one,
+    and the scorer would drop out of the gate).
+
+    >>> from tao_trainer.scorers import build_scorers
+    >>> scorers = build_scorers([{"type": "regex", "pattern": "4", "normalization": "group_minmax"}])
+    >>> out = score_sides(scorers, ["2+2", "3+1"], {"champion": ["4", "5"], "challenger": ["5", "4"]}, [[], []], {})
+    >>> out["champion"].total, out["challenger"].total
+    ([1.0, 0.0], [0.0, 1.0])
+    """
+    from tao_trainer.scorers import ScoredBatch, score_against_all
+
+    names, k = list(sides), len(sides)
+
+    def each(values: list[Any]) -> list[Any]:
+        return [v for v in values for _ in range(k)]
+
+    answers = [sides[name][i] for i in range(len(prompts_)) for name in names]
+    both = score_against_all(
+        scorers, each(prompts_), answers, each(references), **{key: each(v) for key, v in kwargs.items()}
+    )
+
+    def side(j: int) -> ScoredBatch:
+        def cut(by_name: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            return {name: values[j::k] for name, values in by_name.items()}
+
+        return ScoredBatch(total=both.total[j::k], per_scorer=cut(both.per_scorer), raw=cut(both.raw),
+                           details=cut(both.details))
+
+    return {name: side(j) for j, name in enumerate(names)}
+
+
 def run_evaluate(cfg: StageConfig) -> StageResult:
-    from tao_trainer.scorers import build_scorer, score_against_all
+    from tao_trainer.scorers import build_scorer, stats_counts
     from tao_trainer.stages import flatten
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
@@ -96,7 +132,7 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
 
     prompts_, _, kwargs = flatten([{**rec, "candidates": [""]} for rec in held])
     sides = {"champion": champ_greedy, "challenger": chall_greedy}
-    scores = {side: score_against_all(scorers, prompts_, answers, references, **kwargs) for side, answers in sides.items()}
+    scores = score_sides(scorers, prompts_, sides, references, kwargs)
     metrics: dict[str, float | None] = {}
     per_metric: dict[str, dict[str, list[float]]] = {}
     for side, answers in sides.items():
@@ -153,7 +189,7 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     return StageResult(
         stage="evaluate",
         round=r,
-        counts={"heldOut": len(held), "wins": wins, "losses": losses},
+        counts={"heldOut": len(held), "wins": wins, "losses": losses} | stats_counts(scorers),
         metrics=metrics,
         promoted=promoted,
         message=verdict,

@@ -221,6 +221,24 @@ class Scorer(ABC, Generic[SpecT]):
             )
         return self(prompts, completions, **kwargs)
 
+    def detailed_against(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        references: Sequence[Sequence[Any]],
+        **kwargs: Any,
+    ) -> Detailed:
+        """`score_against` plus details, for evaluation. A scorer that overrides `score_against` (a
+        group scorer judging against references) gives its values without details, unless it
+        overrides this method too; the others give what `detailed` gives."""
+        if type(self).score_against is not Scorer.score_against:
+            return Detailed(self.score_against(prompts, completions, references, **kwargs))
+        if len(references) != len(completions):
+            raise ValueError(
+                f"scorer {self.name!r}: got {len(references)} reference groups for {len(completions)} completions"
+            )
+        return self.detailed(prompts, completions, **kwargs)
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuild from the spec: compiled patterns and loaded user modules need not pickle, and
         # TRL / datasets may send reward functions to worker processes.
