@@ -107,12 +107,16 @@ class TAOJobSpec(LoopSpec):
     pods: PodsSpec = Field(default_factory=PodsSpec, description="Stage pod settings.")
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec, description="Storage credentials.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Serving of the champion.")
+    history_limit: int = Field(
+        default=20, ge=1, le=200,
+        description="Rounds kept in status.rounds; older ones are in storage (<run>/history.jsonl, round reports).",
+    )
 
 
 # --------------------------------------------------------------------------------------------- status
 
 PHASES = ("Pending", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended")
-Phase = Literal["Pending", "Preflight", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Preflight", "Watching", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(CamelModel):
@@ -186,6 +190,9 @@ class TAOJobStatus(CamelModel):
     run_uri: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     rounds: list[RoundStatus] = Field(default_factory=list)
+    pruned_rounds: int = Field(
+        default=0, description="Rounds 1..prunedRounds, all complete, are no longer listed (see spec.historyLimit)."
+    )
     preflight: PreflightStatus | None = None
     champion: ChampionStatus | None = None
     serving: ServingStatus | None = None

@@ -19,7 +19,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     job = load_taojob_file(args.file)
     if args.rounds is not None:
+        if job.spec.continuous is not None:
+            print("error: --rounds is for a fixed number of rounds; this TAOJob is continuous: use --cycles",
+                  file=sys.stderr)
+            return 2
         job.spec.rounds = args.rounds
+    if args.cycles is not None:
+        if job.spec.continuous is None:
+            print("error: --cycles needs spec.continuous (interval, minNewPrompts); use --rounds otherwise",
+                  file=sys.stderr)
+            return 2
+        job.spec.continuous.max_rounds = args.cycles
+    elif job.spec.continuous is not None and job.spec.continuous.max_rounds is None:
+        print("continuous: runs until interrupted (Ctrl-C; the same command continues); --cycles N stops after N rounds",
+              file=sys.stderr)
     try:
         report = local.run_local(job, fresh=args.fresh)
     except KeyboardInterrupt:
@@ -115,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("file", help="TAOJob manifest (YAML)")
     run.add_argument("--fresh", action="store_true", help="delete this job's earlier run artifacts and start over")
     run.add_argument("--rounds", type=int, help="override spec.rounds (e.g. to add rounds to a finished run)")
+    run.add_argument(
+        "--cycles", type=int,
+        help="continuous TAOJobs: stop after this many rounds (each later round waits for minNewPrompts new prompts)",
+    )
     run.set_defaults(func=_cmd_run)
 
     preflight = sub.add_parser(

@@ -28,7 +28,7 @@ from tao_operator.api import (
 )
 from tao_operator.cluster import Cluster
 from tao_operator.local import run_uri
-from tao_operator.plan import Failed, Finished, RunStage, champion, next_action
+from tao_operator.plan import Failed, Finished, RunStage, champion, next_action, rounds_seen
 from tao_operator.status import (
     STAGE_PHASE,
     aggregate,
@@ -37,6 +37,7 @@ from tao_operator.status import (
     merge_patch,
     own_status,
     parse_termination_message,
+    prune_history,
     record_result,
     results_from_status,
     set_condition,
@@ -191,6 +192,7 @@ class Reconciler:
         pods = await self.cluster.list("pods", ns, {"job-name": child})
         result = stage_result_from_pods(action, child, outcome, pods)
         record_result(status, result, now)
+        prune_history(status, job.spec.history_limit)
         if action.stage == "preflight" and status.preflight is not None:
             signal = status.preflight.signal
             set_condition(status, "ScorersInformative", signal, "Signal" if signal else "NoSignal",
@@ -228,13 +230,15 @@ class Reconciler:
                               events: list[tuple[str, str, str]], now: str) -> None:
         """Serve the champion (or the pinned round); never the base unless pinned; never a rejected model."""
         spec = loop_spec(job)
-        champ_round, champ_uri = champion(spec, layout, results_from_status(status), spec.rounds + 1)
+        results = results_from_status(status)
+        champ_round, champ_uri = champion(spec, layout, results, rounds_seen(spec, results) + 1)
         status.champion = _champion_status(status, champ_round, champ_uri)
         pinned = job.spec.serving.pinned_round
         target = (pinned, spec.model.uri if pinned == 0 else layout.model(pinned)) if pinned is not None else (champ_round, champ_uri)
         if not job.spec.serving.enabled or (pinned is None and champ_round == 0):
             return
-        if pinned and not any(r.round == pinned and r.model_uri for r in status.rounds):
+        # A round older than status' window (pruned) trained a model, or the run could not have gone on.
+        if pinned and pinned > status.pruned_rounds and not any(r.round == pinned and r.model_uri for r in status.rounds):
             set_condition(status, "Serving", False, "PinnedRoundUnknown",
                           f"spec.serving.pinnedRound {pinned} has no trained model", job.metadata.generation, now)
             return

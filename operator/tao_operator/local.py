@@ -40,14 +40,17 @@ def observe(spec: LoopSpec, layout: RunLayout) -> Results:
         if "/results/" not in uri or not uri.endswith(".json"):
             continue
         result = StageResult.model_validate_json(storage.read_text(uri))
-        if result.round <= spec.rounds:
+        if (last := spec.last_round()) is None or result.round <= last:
             results[(result.round, result.stage)] = result
     return results
 
 
 def _identity(spec: LoopSpec) -> dict[str, Any]:
     """The parts of a spec that must not change under an existing run (rounds may grow: more rounds)."""
-    return spec.model_dump(mode="json", by_alias=True, exclude={"rounds"})
+    identity = spec.model_dump(mode="json", by_alias=True, exclude={"rounds"})
+    if identity.get("continuous"):
+        identity["continuous"].pop("maxRounds", None)  # `tao run --cycles` may ask for more
+    return identity
 
 
 def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
@@ -148,7 +151,8 @@ def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dic
         if isinstance(action, Failed):  # only an executor that records failures gets here (the operator)
             raise RunError(f"round {action.round} {action.stage} failed: {action.message}")
         if action.stage == spec.stages(action.round)[0]:
-            echo(f"round {action.round}/{spec.rounds}: starting from {action.model_uri}")
+            of = f"/{spec.last_round()}" if spec.last_round() is not None else ""
+            echo(f"round {action.round}{of}: starting from {action.model_uri}")
         started = time.monotonic()
         result = run_stage(action, job, layout)
         if not result.ok:

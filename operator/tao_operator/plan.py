@@ -73,7 +73,9 @@ def next_action(spec: LoopSpec, layout: RunLayout, results: Results) -> Action:
     >>> next_action(spec, lay, done)
     Failed(round=1, stage='score', message='boom')
     """
-    for r in range(1, spec.rounds + 1):
+    last = spec.last_round()
+    r = 1
+    while last is None or r <= last:  # continuous without a limit: some stage of a later round is always next
         _, start = champion(spec, layout, results, r)
         for stage in spec.stages(r):
             result = results.get((r, stage))
@@ -81,7 +83,15 @@ def next_action(spec: LoopSpec, layout: RunLayout, results: Results) -> Action:
                 return RunStage(r, stage, start)
             if not result.ok:
                 return Failed(r, stage, result.message)
-    return Finished(*champion(spec, layout, results, spec.rounds + 1))
+        r += 1
+    return Finished(*champion(spec, layout, results, last + 1))
+
+
+def rounds_seen(spec: LoopSpec, results: Results) -> int:
+    """The rounds a report covers: the fixed count, or in continuous mode every round that has begun."""
+    if spec.continuous is None:
+        return spec.rounds
+    return max((r for r, _ in results), default=0)
 
 
 def side_metrics(metrics: dict[str, float | None], side: str) -> dict[str, float | None]:
@@ -103,7 +113,7 @@ def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results)
     """
     rounds: list[dict[str, Any]] = []
     base: dict[str, float | None] = {}
-    for r in range(1, spec.rounds + 1):
+    for r in range(1, rounds_seen(spec, results) + 1):
         row: dict[str, Any] = {"round": r}
         prepared, generated, scored = (results.get((r, s)) for s in ("prepare", "generate", "score"))
         trained, evaluated = results.get((r, "train")), results.get((r, "evaluate"))
@@ -131,7 +141,7 @@ def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results)
             if r == 1:
                 base = dict(row["champion"])
         rounds.append(row)
-    champ_round, champ_uri = champion(spec, layout, results, spec.rounds + 1)
+    champ_round, champ_uri = champion(spec, layout, results, rounds_seen(spec, results) + 1)
     preflight = results.get((1, "preflight"))
     return {
         "job": name,

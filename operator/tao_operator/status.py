@@ -12,10 +12,11 @@ from typing import Any
 
 from tao_operator.api import Condition, Phase, PreflightStatus, RoundStatus, StageStatus, TAOJobStatus
 from tao_operator.plan import Results, RunStage, side_metrics
-from tao_trainer.contract import StageResult
+from tao_trainer.contract import ALL_STAGES, StageResult
 
 STAGE_PHASE: dict[str, Phase] = {
     "preflight": "Preflight",
+    "watch": "Watching",
     "prepare": "Generating",
     "generate": "Generating",
     "score": "Scoring",
@@ -25,8 +26,25 @@ STAGE_PHASE: dict[str, Phase] = {
 
 
 def results_from_status(status: TAOJobStatus) -> Results:
-    """What the plan needs from status: which stages finished, how, and which rounds were promoted."""
+    """What the plan needs from status: which stages finished, how, and which rounds were promoted.
+
+    Rounds pruned from status (`prunedRounds`, see `prune_history`) were all complete: each stage of them reads
+    as succeeded, and the champion's round, if pruned, as promoted (later promoted rounds are still listed).
+
+    >>> st = TAOJobStatus(pruned_rounds=2, champion={"round": 1, "uri": "s3://m/1"})
+    >>> res = results_from_status(st)
+    >>> res[(1, "evaluate")].promoted, res[(2, "evaluate")].promoted, res[(2, "train")].ok
+    (True, False, True)
+    """
     results: Results = {}
+    champion_round = status.champion.round if status.champion is not None else 0
+    for r in range(1, status.pruned_rounds + 1):
+        for stage in ALL_STAGES:
+            results[(r, stage)] = StageResult(
+                stage=stage,  # type: ignore[arg-type]
+                round=r,
+                promoted=(r == champion_round) if stage == "evaluate" else None,
+            )
     for rnd in status.rounds:
         for st in rnd.stages:
             if st.state == "Running":
@@ -155,6 +173,28 @@ def record_result(status: TAOJobStatus, result: StageResult, now: str) -> None:
         rnd.challenger = side_metrics(result.metrics, "challenger")
         rnd.promoted = bool(result.promoted)
         rnd.verdict = result.message[:1000]
+
+
+def prune_history(status: TAOJobStatus, keep: int) -> int:
+    """Keep the latest `keep` rounds in status (etcd objects must stay small; a continuous TAOJob runs
+    rounds for months); older complete rounds are dropped and counted in `prunedRounds`. Their full
+    records stay in storage (history.jsonl and each round's reports). Returns how many were dropped.
+
+    >>> st = TAOJobStatus(rounds=[RoundStatus(round=r, promoted=True) for r in (1, 2, 3)])
+    >>> prune_history(st, 2), [r.round for r in st.rounds], st.pruned_rounds
+    (1, [2, 3], 1)
+    """
+    ordered = sorted(status.rounds, key=lambda rnd: rnd.round)
+    drop = ordered[: max(0, len(ordered) - keep)]
+    # Only a prefix of complete rounds may go: results_from_status treats every pruned round as complete.
+    dropped = 0
+    for rnd in drop:
+        if rnd.round != status.pruned_rounds + 1 or rnd.promoted is None:
+            break
+        status.pruned_rounds += 1
+        dropped += 1
+    status.rounds = ordered[dropped:]
+    return dropped
 
 
 def set_condition(

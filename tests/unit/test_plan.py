@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tao_operator.plan import Failed, Finished, RunStage, build_report, champion, next_action
 from tao_trainer.contract import STAGES, LoopSpec, RunLayout, StageResult
 
@@ -110,3 +112,53 @@ def test_report_has_base_and_per_round_values() -> None:
     assert report["rounds"][0]["prompts"] == 100
     assert report["champion"] == {"round": 1, "uri": LAYOUT.model(1)}
     assert report["labelMetrics"] == ["accuracy"]
+
+
+# --------------------------------------------------------------------------------------------- continuous mode
+
+
+def continuous(max_rounds: int | None = None) -> LoopSpec:
+    body = spec().model_dump(by_alias=True, exclude={"rounds"})
+    body["continuous"] = {"interval": "1m", "minNewPrompts": 10, "maxRounds": max_rounds}
+    return LoopSpec.model_validate(body)
+
+
+def test_continuous_rounds_after_the_first_wait_for_new_prompts() -> None:
+    s = continuous(max_rounds=3)
+    results: dict = {}
+    seen = []
+    while isinstance(action := next_action(s, LAYOUT, results), RunStage):
+        seen.append((action.round, action.stage))
+        results |= done(action.round, action.stage, promoted=action.round == 2)
+    assert seen == [(1, st) for st in STAGES] + [(r, st) for r in (2, 3) for st in ("watch", *STAGES)]
+    assert action == Finished(2, LAYOUT.model(2))  # round 3's challenger was not better: round 2 stays champion
+
+
+def test_continuous_without_a_limit_always_has_a_next_round() -> None:
+    results = {key: res for r in range(1, 51) for key, res in done(r, "watch", *STAGES, promoted=r == 7).items()}
+    assert next_action(continuous(), LAYOUT, results) == RunStage(51, "watch", LAYOUT.model(7))
+    report = build_report("demo", continuous(), LAYOUT, results)
+    assert len(report["rounds"]) == 50 and report["champion"] == {"round": 7, "uri": LAYOUT.model(7)}
+
+
+def test_rounds_and_continuous_together_are_rejected() -> None:
+    body = spec().model_dump(by_alias=True) | {"continuous": {"minNewPrompts": 5}}
+    with pytest.raises(ValueError, match="either rounds .* or continuous"):
+        LoopSpec.model_validate(body)
+
+
+def test_a_pruned_status_history_still_plans_from_the_right_champion() -> None:
+    from tao_operator.api import RoundStatus, StageStatus, TAOJobStatus
+    from tao_operator.status import prune_history, results_from_status
+
+    s = continuous()
+    status = TAOJobStatus(champion={"round": 2, "uri": LAYOUT.model(2)})
+    for r in range(1, 6):
+        stages = [StageStatus(stage=st, state="Succeeded") for st in s.stages(r)]
+        status.rounds.append(RoundStatus(round=r, promoted=r == 2, stages=stages))
+    assert prune_history(status, keep=2) == 3
+    assert [r.round for r in status.rounds] == [4, 5] and status.pruned_rounds == 3
+    assert next_action(s, LAYOUT, results_from_status(status)) == RunStage(6, "watch", LAYOUT.model(2))
+    # A running round is never pruned, nor anything after it.
+    status.rounds.append(RoundStatus(round=6, stages=[StageStatus(stage="watch", state="Running")]))
+    assert prune_history(status, keep=1) == 2 and [r.round for r in status.rounds] == [6]

@@ -1,4 +1,4 @@
-"""`tao-stage preflight|prepare|generate|score|train|evaluate --config URI`: one stage, one process.
+"""`tao-stage preflight|watch|prepare|generate|score|train|evaluate --config URI`: one stage, one process.
 
 The StageResult is written as JSON to `--result` (or $TAO_RESULT_PATH; in a pod, /dev/termination-log) and
 to stdout. A failing stage still writes a result (ok=false, with the error) and exits 1, so that the
@@ -31,6 +31,10 @@ def _runner(stage: str) -> Callable[[StageConfig], StageResult]:
         from tao_trainer.evaluate import run_evaluate
 
         return run_evaluate
+    if stage == "watch":
+        from tao_trainer.flywheel import run_watch
+
+        return run_watch
     if stage == "preflight":
         from tao_trainer.preflight import run_preflight
 

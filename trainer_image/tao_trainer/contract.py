@@ -8,6 +8,7 @@ Everything here is pure pydantic: no torch, no Kubernetes, no I/O. The operator 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,9 +17,10 @@ from pydantic.alias_generators import to_camel
 from tao_trainer.scorers.specs import ScorerSpecList, check_regex
 
 STAGES = ("prepare", "generate", "score", "train", "evaluate")
-ALL_STAGES = ("preflight", *STAGES)
-"""Every stage a `tao-stage` process runs: the per-round stages, plus the scorer preflight before round 1."""
-Stage = Literal["preflight", "prepare", "generate", "score", "train", "evaluate"]
+ALL_STAGES = ("preflight", "watch", *STAGES)
+"""Every stage a `tao-stage` process runs: the per-round stages, the scorer preflight before round 1, and in
+continuous mode the watch that waits for enough new prompts before each later round."""
+Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
 
 MODEL_SCHEMES = ("file://", "s3://", "hf://")
 STORAGE_SCHEMES = ("file://", "s3://")
@@ -262,6 +264,36 @@ class PreflightSpec(CamelModel):
     )
 
 
+_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+class ContinuousSpec(CamelModel):
+    """The data flywheel: after round 1, each new round starts from the champion once enough new prompts
+    (e.g. captured from serving) have arrived under `prompts.uri` since the previous round's watermark."""
+
+    interval: str = Field(
+        default="10m",
+        pattern=_DURATION.pattern,
+        description="How often the prompts location is checked for new prompts: a number and s, m or h.",
+    )
+    min_new_prompts: int = Field(
+        default=100, ge=1, description="New prompts (not seen by an earlier round) that start the next round."
+    )
+    max_rounds: int | None = Field(
+        default=None, ge=1, description="Stop after this many rounds (default: keep improving as prompts arrive)."
+    )
+
+    def interval_seconds(self) -> int:
+        """
+        >>> ContinuousSpec(interval="15m").interval_seconds()
+        900
+        """
+        match = _DURATION.match(self.interval)
+        assert match is not None  # the field's pattern guarantees it
+        return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 class LoopSpec(CamelModel):
     """The TAO loop: what both `tao run` and the operator execute."""
 
@@ -274,6 +306,9 @@ class LoopSpec(CamelModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     preflight: PreflightSpec = Field(default_factory=PreflightSpec)
+    continuous: ContinuousSpec | None = Field(
+        default=None, description="Keep running rounds as new prompts arrive (instead of a fixed `rounds`)."
+    )
 
     @model_validator(mode="after")
     def _metric_fields_are_labels(self) -> LoopSpec:
@@ -286,6 +321,18 @@ class LoopSpec(CamelModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _rounds_or_continuous(self) -> LoopSpec:
+        if self.continuous is not None and "rounds" in self.model_fields_set:
+            raise ValueError("set either rounds (a fixed count) or continuous (with continuous.maxRounds), not both")
+        return self
+
+    def last_round(self) -> int | None:
+        """The last round to run; None: continuous without a limit."""
+        if self.continuous is not None:
+            return self.continuous.max_rounds
+        return self.rounds
+
     def gate_scorers(self) -> list[Any]:
         return self.evaluation.scorers if self.evaluation.scorers is not None else self.scoring.scorers
 
@@ -295,6 +342,8 @@ class LoopSpec(CamelModel):
         per_round: tuple[Stage, ...] = ("prepare", "train", "evaluate") if self.training.method == "grpo" else STAGES
         if round_ == 1 and self.preflight.enabled:
             return ("preflight", *per_round)
+        if round_ > 1 and self.continuous is not None:
+            return ("watch", *per_round)
         return per_round
 
 
@@ -352,6 +401,19 @@ class RunLayout:
 
     def rejects(self, round_: int) -> str:
         return f"{self.round_dir(round_)}/prompts/rejects.jsonl"
+
+    def watermark(self, round_: int) -> str:
+        """Version tags of the prompt objects as round `round_`'s prepare saw them (continuous mode)."""
+        return f"{self.round_dir(round_)}/prepare/watermark.json"
+
+    def new_ids(self, round_: int) -> str:
+        """Ids of the prompts round `round_` used first (continuous mode: the union over rounds is 'seen')."""
+        return f"{self.round_dir(round_)}/prepare/ids.txt"
+
+    @property
+    def history(self) -> str:
+        """One line per evaluated round: the full history (status keeps only the latest rounds)."""
+        return f"{self.root}/history.jsonl"
 
     def preflight_report(self, round_: int) -> str:
         return f"{self.round_dir(round_)}/preflight/report.json"

@@ -110,6 +110,14 @@ def score_sides(
     return {name: side(j) for j, name in enumerate(names)}
 
 
+def append_history(layout: RunLayout, report: dict[str, Any]) -> None:
+    """Add (or replace, on a re-run) the round's line in the run's history: the full record of every round,
+    while a TAOJob's status keeps only the latest ones. Rewritten whole: object stores have no append."""
+    rows = storage.read_jsonl(layout.history) if storage.exists(layout.history) else []
+    rows = [row for row in rows if row.get("round") != report["round"]]
+    storage.write_jsonl(layout.history, sorted([*rows, report], key=lambda row: row["round"]))
+
+
 def run_evaluate(cfg: StageConfig) -> StageResult:
     from tao_trainer.scorers import build_scorer, stats_counts
     from tao_trainer.stages import flatten
@@ -171,21 +179,20 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
             }
         )
     storage.write_jsonl(lay.eval_samples(r), samples)
-    storage.write_json(
-        lay.eval_report(r),
-        {
-            "round": r,
-            "champion": champion_uri,
-            "challenger": challenger_uri,
-            "heldOutPrompts": len(held),
-            "referenceSamples": 2 * n_refs,
-            "metrics": metrics,
-            "gateScorers": [s.name for s in scorers],
-            "labelMetrics": {m.name: {"field": m.field, "usesLabels": True, "gates": False} for m in spec.evaluation.metrics},
-            "promoted": promoted,
-            "verdict": verdict,
-        },
-    )
+    report = {
+        "round": r,
+        "champion": champion_uri,
+        "challenger": challenger_uri,
+        "heldOutPrompts": len(held),
+        "referenceSamples": 2 * n_refs,
+        "metrics": metrics,
+        "gateScorers": [s.name for s in scorers],
+        "labelMetrics": {m.name: {"field": m.field, "usesLabels": True, "gates": False} for m in spec.evaluation.metrics},
+        "promoted": promoted,
+        "verdict": verdict,
+    }
+    storage.write_json(lay.eval_report(r), report)
+    append_history(lay, report)
     return StageResult(
         stage="evaluate",
         round=r,

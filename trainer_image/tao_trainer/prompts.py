@@ -179,6 +179,20 @@ def load_prompts(uri: str, field: str = "prompt") -> LoadResult:
             gc.enable()
 
 
+def is_prompt_source(uri: str) -> bool:
+    """Whether an object is a prompt file by its name (what a prefix listing loads).
+
+    >>> is_prompt_source("s3://b/p/part-1.jsonl"), is_prompt_source("s3://b/p/_SUCCESS")
+    (True, False)
+    """
+    return _source_format(uri) is not None
+
+
+def load_sources(sources: list[str], field: str = "prompt") -> LoadResult:
+    """`load_prompts` over given objects (e.g. only those that changed since a watermark)."""
+    return _load([storage.normalize(s) for s in sources], field)
+
+
 def _load(sources: list[str], field: str) -> LoadResult:
     records: list[PromptRecord] = []
     rejects: list[Reject] = []

@@ -47,6 +47,8 @@ def split_shards(items: Sequence[Any], shards: int) -> list[list[Any]]:
 
 def run_prepare(cfg: StageConfig) -> StageResult:
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
+    # Listed before loading: an object that arrives while this round loads counts as new for the next one.
+    versions = storage.list_versions(spec.prompts.uri) if spec.continuous is not None else {}
     loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field)
     if loaded.rejects:
         # Never silently dropped: every bad line is kept with its file, line number and reason.
@@ -63,12 +65,22 @@ def run_prepare(cfg: StageConfig) -> StageResult:
     if not pool:
         raise ValueError("every prompt landed in the held-out set: lower prompts.heldOutFraction")
     labels = spec.prompts.label_fields
-    held = held[: spec.evaluation.max_prompts]
+    held_all, held = held, held[: spec.evaluation.max_prompts]
     storage.write_jsonl(lay.heldout(r), (_public(p, labels) for p in held))
     storage.write_jsonl(
         lay.heldout_labels(r), ({"id": p.id, **{k: p.fields.get(k) for k in labels}} for p in held)
     )
-    chosen = round_slice(pool, r, spec.prompts.max_per_round)
+    if spec.continuous is None:
+        chosen = round_slice(pool, r, spec.prompts.max_per_round)
+    else:
+        # The flywheel trains each round on prompts no earlier round used (a backlog beyond maxPerRound waits).
+        from tao_trainer import flywheel
+
+        seen = flywheel.seen_ids(lay, r)
+        chosen = round_slice([p for p in pool if p.id not in seen], 1, spec.prompts.max_per_round)
+        if not chosen:
+            raise ValueError(f"round {r}: no prompt under {spec.prompts.uri!r} that an earlier round has not used")
+        flywheel.record_round(lay, r, versions, [p.id for p in chosen] + [p.id for p in held_all])
     for i, shard in enumerate(split_shards(chosen, spec.generation.shards)):
         storage.write_jsonl(lay.shard("prompts", r, i), (_public(p, labels) for p in shard))
     return StageResult(
@@ -180,8 +192,44 @@ def flatten(records: Sequence[dict[str, Any]]) -> tuple[list[Any], list[str], di
     return prompts_, completions, kwargs
 
 
+def score_rows(records: Sequence[dict[str, Any]], batch: Any) -> list[dict[str, Any]]:
+    """One scores-file row per candidates record, from the `ScoredBatch` of the records' flattened candidates.
+
+    A row holds, per candidate in order: `scores` (the combined score that training reads), `perScorer`
+    (each scorer's value as used in it, i.e. normalised), `raw` (values before normalisation, for
+    scorers with a normalization) and `details` (what scorers said about each candidate, for scorers that
+    said something about one of the record's candidates). `raw` and `details` are left out when empty.
+
+    >>> from tao_trainer.scorers import ScoredBatch
+    >>> batch = ScoredBatch(total=[0.0, 0.7, 0.5], per_scorer={"rm": [0.0, 1.0, 0.5]},
+    ...                     raw={"rm": [-2.0, 1.0, 0.3]}, details={"rm": [None, {"truncatedTo": 8}, None]})
+    >>> first, second = score_rows([{"id": "a", "candidates": ["x", "y"]}, {"id": "b", "candidates": ["z"]}], batch)
+    >>> first["raw"], first["details"]
+    ({'rm': [-2.0, 1.0]}, {'rm': [None, {'truncatedTo': 8}]})
+    >>> sorted(second)  # nothing to explain about candidate z
+    ['id', 'perScorer', 'raw', 'scores']
+    """
+    rows, pos = [], 0
+    for rec in records:
+        end = pos + len(rec["candidates"])
+        row: dict[str, Any] = {
+            "id": rec["id"],
+            "scores": batch.total[pos:end],
+            "perScorer": {name: vals[pos:end] for name, vals in batch.per_scorer.items()},
+        }
+        raw = {name: vals[pos:end] for name, vals in batch.raw.items()}
+        details = {name: d[pos:end] for name, d in batch.details.items() if any(x is not None for x in d[pos:end])}
+        if raw:
+            row["raw"] = raw
+        if details:
+            row["details"] = details
+        rows.append(row)
+        pos = end
+    return rows
+
+
 def run_score(cfg: StageConfig) -> StageResult:
-    from tao_trainer.scorers import build_scorer, score_all
+    from tao_trainer.scorers import build_scorer, score_all, stats_counts
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     scorers = [build_scorer(s) for s in spec.scoring.scorers]
@@ -191,25 +239,15 @@ def run_score(cfg: StageConfig) -> StageResult:
         records = storage.read_jsonl(lay.shard("candidates", r, i))
         prompts_, completions, kwargs = flatten(records)
         batch = score_all(scorers, prompts_, completions, **kwargs)
-        rows, pos = [], 0
-        for rec in records:
-            n = len(rec["candidates"])
-            rows.append(
-                {
-                    "id": rec["id"],
-                    "scores": batch.total[pos : pos + n],
-                    "perScorer": {name: vals[pos : pos + n] for name, vals in batch.per_scorer.items()},
-                }
-            )
-            pos += n
-        storage.write_jsonl(lay.shard("scores", r, i), rows)
+        storage.write_jsonl(lay.shard("scores", r, i), score_rows(records, batch))
     totals = [s for i in shards for row in storage.read_jsonl(lay.shard("scores", r, i)) for s in row["scores"]]
     valued = [s for s in totals if s is not None]
     return StageResult(
         stage="score",
         round=r,
+        # Scorer counters (judge calls, parse failures, truncations) as "<scorer>.<counter>", this run's shards only.
         counts={"candidates": len(totals), "unscored": len(totals) - len(valued), "shardsDone": len(todo),
-                "shardsSkipped": len(shards) - len(todo)},
+                "shardsSkipped": len(shards) - len(todo)} | stats_counts(scorers),
         metrics={"meanScore": round(sum(valued) / len(valued), 4) if valued else None},
         outputs={"scores": f"{lay.round_dir(r)}/scores/"},
     )

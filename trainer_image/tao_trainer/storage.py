@@ -439,6 +439,33 @@ def list_uris(prefix_uri: str) -> list[str]:
     return [f"s3://{where}/{o['Key']}" for o in _s3_objects(prefix_uri, where, key)]
 
 
+def list_versions(uri: str) -> dict[str, str]:
+    """Each object at ``uri`` (one file or a directory prefix) with a version tag that changes when the
+    object does: ``size:etag`` on S3, ``size:mtime_ns`` on a file system. Missing -> {}.
+
+    The continuous mode's watermark: comparing two listings tells which objects are new or changed
+    without reading them.
+    """
+    scheme, where, key = _split(uri)
+    if scheme == "file":
+        if os.path.isfile(where):
+            st = os.stat(where)
+            return {normalize(uri): f"{st.st_size}:{st.st_mtime_ns}"}
+        out = {}
+        for full in list_uris(uri):
+            st = os.stat(_split(full)[1])
+            out[full] = f"{st.st_size}:{st.st_mtime_ns}"
+        return out
+    if key and not key.endswith("/"):
+        try:
+            head = _client().head_object(Bucket=where, Key=key)
+            return {f"s3://{where}/{key}": f"{head['ContentLength']}:{head['ETag'].strip(chr(34))}"}
+        except Exception as exc:
+            if not _is_missing(exc):
+                raise
+    return {f"s3://{where}/{o['Key']}": f"{o['Size']}:{o['ETag'].strip(chr(34))}" for o in _s3_objects(uri, where, key)}
+
+
 def _safe_relative(uri: str, rel: str) -> str:
     """Refuse keys that would land outside the target directory when downloaded."""
     parts = rel.split("/")
