@@ -142,7 +142,7 @@ def test_continuous_without_a_limit_always_has_a_next_round() -> None:
 
 
 def test_rounds_and_continuous_together_are_rejected() -> None:
-    body = spec().model_dump(by_alias=True) | {"continuous": {"minNewPrompts": 5}}
+    body = spec(rounds=2).model_dump(by_alias=True) | {"continuous": {"minNewPrompts": 5}}
     with pytest.raises(ValueError, match="either rounds .* or continuous"):
         LoopSpec.model_validate(body)
 

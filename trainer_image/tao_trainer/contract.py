@@ -323,7 +323,8 @@ class LoopSpec(CamelModel):
 
     @model_validator(mode="after")
     def _rounds_or_continuous(self) -> LoopSpec:
-        if self.continuous is not None and "rounds" in self.model_fields_set:
+        # `rounds` keeps its default under continuous (a serialised spec carries it, so presence proves nothing).
+        if self.continuous is not None and self.rounds != 1:
             raise ValueError("set either rounds (a fixed count) or continuous (with continuous.maxRounds), not both")
         return self
 
