@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from tao_trainer.contract import CamelModel, LoopSpec
 from tao_trainer.scorers.specs import SCORER_UNION_TAGS
@@ -61,9 +61,13 @@ class PodSettings(CamelModel):
 
 
 class PodsSpec(CamelModel):
-    """Per-stage pod settings; each stage's settings are merged over `default`."""
+    """Per-stage pod settings; each stage's settings are merged over `default`. The preflight uses `generate`'s."""
 
     default: PodSettings = Field(default_factory=PodSettings)
+    watch: PodSettings = Field(
+        default_factory=PodSettings,
+        description="Continuous mode's watch pod, which polls for new prompts between rounds (no GPU from default).",
+    )
     prepare: PodSettings = Field(default_factory=PodSettings)
     generate: PodSettings = Field(default_factory=PodSettings)
     score: PodSettings = Field(default_factory=PodSettings)
@@ -85,6 +89,29 @@ class CredentialsSpec(CamelModel):
     )
 
 
+class CaptureSpec(CamelModel):
+    """Prompt capture: a proxy beside vLLM in each serving pod appends the prompts it forwards to storage, in
+    batched JSONL objects, so that serving feeds the next round (continuous mode). A slow or failing store
+    never fails a request: the proxy buffers up to `maxBuffer` prompts and counts what it drops."""
+
+    enabled: bool = Field(default=False, description="Put the capture proxy in front of the server.")
+    uri: str | None = Field(
+        default=None,
+        description="Where batches are written (default: <prompts.uri>/captured/, which needs prompts.uri to be "
+        "a directory prefix ending in '/'). The serving pods need write access there.",
+    )
+    port: int = Field(default=8080, ge=1, le=65535, description="Port of the proxy (the Service sends traffic here).")
+    batch_size: int = Field(default=500, ge=1, description="Prompts per stored object, at most.")
+    flush_seconds: int = Field(default=30, ge=1, description="Longest time a captured prompt waits in memory.")
+    max_buffer: int = Field(default=10000, ge=1, description="Prompts held while storage is slow or down; more are dropped.")
+    redact: str | None = Field(
+        default="tao_trainer.capture:redact_basic",
+        description="'module:function' applied to each record before it is stored (returns the record or None to "
+        "drop it); the default masks e-mail addresses, phone and card numbers. null stores prompts as received.",
+    )
+    capture_responses: bool = Field(default=False, description="Also store the server's answers (fields.response).")
+
+
 class ServingSpec(CamelModel):
     """The rollout: a vLLM OpenAI-compatible Deployment + Service on the champion model."""
 
@@ -98,6 +125,7 @@ class ServingSpec(CamelModel):
     pinned_round: int | None = Field(
         default=None, ge=0, description="Serve this round's model (0: the base) instead of the champion: a rollback."
     )
+    capture: CaptureSpec = Field(default_factory=CaptureSpec, description="Capture served prompts for later rounds.")
 
 
 class TAOJobSpec(LoopSpec):
@@ -107,6 +135,22 @@ class TAOJobSpec(LoopSpec):
     pods: PodsSpec = Field(default_factory=PodsSpec, description="Stage pod settings.")
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec, description="Storage credentials.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Serving of the champion.")
+    @model_validator(mode="after")
+    def _capture_has_a_place(self) -> TAOJobSpec:
+        capture = self.serving.capture
+        if capture.enabled and capture.uri is None and not self.prompts.uri.endswith("/"):
+            raise ValueError(
+                "serving.capture.uri is required when prompts.uri is not a directory prefix ending in '/' "
+                f"(now {self.prompts.uri!r}): captured batches must land where the next round reads prompts"
+            )
+        if capture.enabled and capture.port == self.serving.port:
+            raise ValueError(f"serving.capture.port must differ from serving.port ({self.serving.port})")
+        return self
+
+    def capture_uri(self) -> str:
+        """Where captured prompts go."""
+        return self.serving.capture.uri or self.prompts.uri.rstrip("/") + "/captured/"
+
     history_limit: int = Field(
         default=20, ge=1, le=200,
         description="Rounds kept in status.rounds; older ones are in storage (<run>/history.jsonl, round reports).",

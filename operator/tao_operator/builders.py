@@ -36,6 +36,8 @@ RESULT_PATH = "/dev/termination-log"
 MODELS_DIR = "/models"
 SERVED_MODEL_DIR = f"{MODELS_DIR}/model"
 SERVING_PORT_NAME = "http"
+CAPTURED_SERVER_PORT_NAME = "server"  # vLLM's port when the capture proxy takes `http`
+CAPTURE_HEALTH_PATH = "/capture/health"
 HEALTH_PATH = "/health"
 UID = 1000
 
@@ -161,6 +163,9 @@ def effective_pod_settings(job: TAOJob, stage: str) -> PodSettings:
     if stage not in ALL_STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(ALL_STAGES)}")
     base: PodSettings = job.spec.pods.default
+    if stage == "watch":
+        # The watch idles between rounds, possibly for days: it never holds the default's GPUs.
+        base = base.model_copy(update={"gpus": None})
     # The preflight generates (then scores) a sample as round 1 will: it needs the generate stage's GPUs.
     over: PodSettings = getattr(job.spec.pods, "generate" if stage == "preflight" else stage)
     merged: dict[str, Any] = {}
@@ -463,9 +468,13 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
         "securityContext": _container_security_context(),
     }
 
+    capture = serving.capture
+    # With capture, the proxy owns the `http` port the Service targets, and vLLM's port gets another name.
+    server_port_name = CAPTURED_SERVER_PORT_NAME if capture.enabled else SERVING_PORT_NAME
+
     def probe(**timing: int) -> dict[str, Any]:
         # A fresh dict each: shared sub-objects would let a caller's edit of one probe change all three.
-        return {"httpGet": {"path": HEALTH_PATH, "port": SERVING_PORT_NAME}, "timeoutSeconds": 5, **timing}
+        return {"httpGet": {"path": HEALTH_PATH, "port": server_port_name}, "timeoutSeconds": 5, **timing}
 
     server: dict[str, Any] = {
         "name": "vllm",
@@ -494,7 +503,7 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
             settings.env,
             frozenset(),
         ),
-        "ports": [{"name": SERVING_PORT_NAME, "containerPort": serving.port, "protocol": "TCP"}],
+        "ports": [{"name": server_port_name, "containerPort": serving.port, "protocol": "TCP"}],
         # Loading and compiling a large model takes minutes: allow up to 30 before the kubelet gives up;
         # liveness and readiness only start counting once startup has passed.
         "startupProbe": probe(periodSeconds=10, failureThreshold=180),
@@ -529,7 +538,7 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
         "securityContext": _pod_security_context(),
         **_pod_placement(settings),
         "initContainers": [download],
-        "containers": [server],
+        "containers": [server, _capture_container(job, defaults)] if capture.enabled else [server],
         "volumes": [
             {"name": "models", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
@@ -551,6 +560,44 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
             "progressDeadlineSeconds": 3600,
             "template": {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": pod_spec},
         },
+    }
+
+
+def _capture_container(job: TAOJob, defaults: OperatorDefaults) -> dict[str, Any]:
+    """The prompt-capture proxy: forwards every request to vLLM in the same pod and stores the prompts."""
+    serving, capture = job.spec.serving, job.spec.serving.capture
+    args = [
+        "capture",
+        "--upstream", f"http://127.0.0.1:{serving.port}",
+        "--listen", f"0.0.0.0:{capture.port}",
+        "--prompts-uri", job.spec.capture_uri(),
+        "--batch-size", str(capture.batch_size),
+        "--flush-seconds", str(capture.flush_seconds),
+        "--max-buffer", str(capture.max_buffer),
+    ]
+    if capture.redact:
+        args += ["--redact", capture.redact]
+    if capture.capture_responses:
+        args.append("--capture-responses")
+    container: dict[str, Any] = {
+        "name": "capture",
+        "image": job.spec.pods.default.image or defaults.trainer_image,
+        "imagePullPolicy": defaults.image_pull_policy,
+        "command": ["tao-stage"],
+        "args": args,
+        "env": _env([("HOME", "/tmp"), ("TAO_CACHE_DIR", "/tmp/cache"), *_storage_env(job)], None, frozenset()),
+    }
+    if env_from := _env_from(job):
+        container["envFrom"] = env_from  # it writes to the prompts location
+    return container | {
+        "ports": [{"name": SERVING_PORT_NAME, "containerPort": capture.port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": CAPTURE_HEALTH_PATH, "port": SERVING_PORT_NAME},
+                           "periodSeconds": 5, "timeoutSeconds": 2},
+        # A proxy with a bounded buffer (maxBuffer prompts) needs little; set so that a ResourceQuota admits it.
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _container_security_context(),
     }
 
 

@@ -22,7 +22,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from tao_operator import builders
-from tao_operator.api import PodSettings, TAOJob, parse_taojob
+from tao_operator.api import PodSettings, SpecError, TAOJob, parse_taojob
 from tao_operator.builders import (
     OperatorDefaults,
     child_labels,
@@ -163,6 +163,11 @@ def all_manifests() -> list[tuple[str, dict[str, Any]]]:
         out.append((f"deployment-only-{field}", serving_deployment(one, "s3://m", 2, DEFAULTS)))
     out.append(("service-bare", serving_service(bare)))
     out.append(("service-full", serving_service(full)))
+    captured = taojob(serving={"capture": {"enabled": True, "redact": None, "captureResponses": True}},
+                      prompts={"uri": "s3://data/prompts/"}, credentials={"secretRef": {"name": SECRET_NAME}})
+    out.append(("deployment-capture", serving_deployment(captured, "s3://m", 1, DEFAULTS)))
+    for stage in ("preflight", "watch"):
+        out.append((f"job-{stage}", build(taojob(continuous={"minNewPrompts": 5}), stage, 2)))
     return out
 
 
@@ -548,6 +553,34 @@ def test_secret_is_referenced_by_name_only(monkeypatch: pytest.MonkeyPatch) -> N
         assert SECRET_NAME not in cm["data"]["config.json"]
 
 
+def test_capture_puts_the_proxy_between_the_service_and_vllm() -> None:
+    job = taojob(serving={"capture": {"enabled": True, "batchSize": 50}}, prompts={"uri": "s3://data/prompts/"},
+                 credentials={"secretRef": {"name": SECRET_NAME}})
+    dep = serving_deployment(job, "s3://m", 1, DEFAULTS)
+    vllm, proxy = pod(dep)["containers"]
+    assert (vllm["name"], proxy["name"]) == ("vllm", "capture")
+    # The Service targets `http`, which is now the proxy's port; vLLM's probes hit vLLM itself.
+    assert serving_service(job)["spec"]["ports"][0]["targetPort"] == "http"
+    assert proxy["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert vllm["ports"][0]["name"] == "server" and vllm["readinessProbe"]["httpGet"]["port"] == "server"
+    args = proxy["args"]
+    assert args[:3] == ["capture", "--upstream", "http://127.0.0.1:8000"]
+    assert args[args.index("--prompts-uri") + 1] == "s3://data/prompts/captured/"
+    assert args[args.index("--batch-size") + 1] == "50"
+    assert args[args.index("--redact") + 1] == "tao_trainer.capture:redact_basic"  # PII masked by default
+    assert proxy["envFrom"] == [{"secretRef": {"name": SECRET_NAME}}]  # it writes to storage
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
+    # Without capture, nothing changes.
+    assert [c["name"] for c in pod(serving_deployment(taojob(), "s3://m", 1, DEFAULTS))["containers"]] == ["vllm"]
+
+
+def test_capture_needs_a_place_beside_the_prompts() -> None:
+    with pytest.raises(SpecError, match=r"serving.capture.uri is required"):
+        taojob(serving={"capture": {"enabled": True}})  # prompts.uri is one file
+    job = taojob(serving={"capture": {"enabled": True, "uri": "s3://data/captured/"}})
+    assert job.spec.capture_uri() == "s3://data/captured/"
+
+
 JUDGE = {
     "type": "judge",
     "rubric": "Is the answer correct?",
@@ -777,3 +810,11 @@ def test_serving_inherits_the_default_identity_and_pull_secrets_unless_it_sets_i
     assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     own = taojob(pods={"default": {"serviceAccountName": "tao-s3"}}, serving={"pod": {"serviceAccountName": "serve"}})
     assert serving_deployment(own, "s3://m/r1", 1, DEFAULTS)["spec"]["template"]["spec"]["serviceAccountName"] == "serve"
+
+
+def test_the_watch_pod_never_holds_the_default_gpus_while_it_waits_for_prompts() -> None:
+    job = taojob(pods={"default": {"gpus": 2}}, continuous={"minNewPrompts": 5})
+    assert "resources" not in container(build(job, "watch", 2))
+    assert container(build(job, "prepare", 2))["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    job = taojob(pods={"default": {"gpus": 2}, "watch": {"gpus": 1}}, continuous={"minNewPrompts": 5})
+    assert container(build(job, "watch", 2))["resources"]["limits"]["nvidia.com/gpu"] == "1"
