@@ -16,30 +16,51 @@ completion), and None means "no judgement". Scorers are built from the `scorers:
 ```
 
 Modules: `specs` (the CRD models), `base` (the Scorer base class), one module per family
-(`majority`, `regex`, `json_check`, `function`), `registry` (type name -> scorer) and `combine`.
+(`majority`, `regex`, `json_check`, `function`, `reward_model`, `sql`, `python_tests`; `code` and
+`sandbox` serve the last two), `registry` (type name -> scorer) and `combine`.
 """
 
 from .base import Score, Scorer, ScorerError, completion_text, group_spans
-from .combine import ScoredBatch, as_reward_funcs, combine_scores, score_against_all, score_all
+from .code import extract_code
+from .combine import (
+    ScoredBatch,
+    as_reward_funcs,
+    combine_scores,
+    compose,
+    needs_combined,
+    normalize_values,
+    score_against_all,
+    score_all,
+    stats_counts,
+)
 from .function import FunctionScorer, load_function
 from .json_check import JsonScorer
+from .judge import JudgeScorer
 from .majority import MajorityScorer
+from .python_tests import PythonTestsScorer
 from .regex import RegexScorer
 from .registry import SCORER_TYPES, build_scorer, build_scorers
+from .reward_model import RewardModelScorer
 from .specs import (
     BUILTIN_SCORER_TYPES,
     SCORER_UNION_TAGS,
     AnyScorerSpec,
     CustomSpec,
+    FieldCheck,
     JsonSpec,
+    JudgeSpec,
     MajoritySpec,
     PythonSpec,
+    PythonTestsSpec,
     RegexSpec,
+    RewardModelSpec,
     ScorerSpec,
     ScorerSpecList,
+    SqlSpec,
     parse_scorer_spec,
     validate_scorer_list,
 )
+from .sql import SqlScorer
 
 __all__ = [
     "BUILTIN_SCORER_TYPES",
@@ -47,29 +68,43 @@ __all__ = [
     "SCORER_UNION_TAGS",
     "AnyScorerSpec",
     "CustomSpec",
+    "FieldCheck",
     "FunctionScorer",
     "JsonScorer",
     "JsonSpec",
+    "JudgeScorer",
+    "JudgeSpec",
     "MajorityScorer",
     "MajoritySpec",
     "PythonSpec",
+    "PythonTestsScorer",
+    "PythonTestsSpec",
     "RegexScorer",
     "RegexSpec",
+    "RewardModelScorer",
+    "RewardModelSpec",
     "Score",
     "ScoredBatch",
     "Scorer",
     "ScorerError",
     "ScorerSpec",
     "ScorerSpecList",
+    "SqlScorer",
+    "SqlSpec",
     "as_reward_funcs",
     "build_scorer",
     "build_scorers",
     "combine_scores",
     "completion_text",
+    "compose",
+    "extract_code",
     "group_spans",
     "load_function",
+    "needs_combined",
+    "normalize_values",
     "parse_scorer_spec",
     "score_against_all",
     "score_all",
+    "stats_counts",
     "validate_scorer_list",
 ]

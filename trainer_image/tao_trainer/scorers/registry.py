@@ -10,17 +10,25 @@ from typing import Any
 from .base import Scorer
 from .function import FunctionScorer
 from .json_check import JsonScorer
+from .judge import JudgeScorer
 from .majority import MajorityScorer
+from .python_tests import PythonTestsScorer
 from .regex import RegexScorer
+from .reward_model import RewardModelScorer
 from .specs import AnyScorerSpec, CustomSpec, parse_scorer_spec, validate_scorer_list
+from .sql import SqlScorer
 
 __all__ = ["SCORER_TYPES", "build_scorer", "build_scorers"]
 
 SCORER_TYPES: dict[str, type[Scorer[Any]]] = {
     "majority": MajorityScorer,
     "regex": RegexScorer,
+    "sql": SqlScorer,
     "json": JsonScorer,
+    "judge": JudgeScorer,
     "python": FunctionScorer,
+    "python_tests": PythonTestsScorer,
+    "reward_model": RewardModelScorer,
 }
 """Built-in `type` names. Any other `type` must be a dotted path and becomes a FunctionScorer."""
 

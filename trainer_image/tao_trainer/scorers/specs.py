@@ -45,6 +45,7 @@ __all__ = [
     "AnyScorerSpec",
     "CustomSpec",
     "EndpointSpec",
+    "FieldCheck",
     "JsonSpec",
     "JudgeSpec",
     "MajoritySpec",
@@ -212,9 +213,74 @@ class RegexSpec(_SpecBase):
         return check_regex(value, "pattern")
 
 
+_FIELD_PATH_PATTERN = r"^[^.]+(\.[^.]+)*$"
+_CHECK_KINDS = ("pattern", "equals", "equals_field", "type")
+
+
+class FieldCheck(BaseModel):
+    """One check of a field of the parsed JSON: exactly one of `pattern`, `equals`, `equalsField`, `type`
+    (a null counts as not set, so a spec survives serialization; to require null, use `type: null`).
+
+    >>> FieldCheck(path="items.0.name", pattern=r"[A-Z].*").kind
+    'pattern'
+    >>> FieldCheck.model_validate({"path": "answer", "equals": 42, "pattern": None}).kind
+    'equals'
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    path: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=_FIELD_PATH_PATTERN,
+        description=(
+            "Dotted path of the field; numbers index lists (items.0.name). An object key that is a "
+            "number is found too."
+        ),
+    )
+    pattern: str | None = Field(
+        default=None, description="Python regular expression the whole string value must match (fullmatch)."
+    )
+    equals: Any = Field(
+        default=None,
+        description="JSON value the field must equal (1 equals 1.0; true does not equal 1); for null use type: null.",
+    )
+    equals_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Prompt-record field whose value the field must equal. A record without it skips the check "
+            "(it counts neither way)."
+        ),
+    )
+    type: Literal["string", "number", "integer", "boolean", "object", "array", "null"] | None = Field(
+        default=None, description="JSON type the field must have (integer: a number with no fraction)."
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        return None if value is None else check_regex(value, "pattern")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FieldCheck:
+        given = [name for name in _CHECK_KINDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"check of {self.path!r}: set exactly one of pattern, equals, equalsField, type (got "
+                f"{', '.join(to_camel(name) for name in given) or 'none'})"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which of pattern, equals, equals_field, type this check uses."""
+        return next(name for name in _CHECK_KINDS if getattr(self, name) is not None)
+
+
 class JsonSpec(_SpecBase):
     """Structured-output check: 1 if the completion holds valid JSON (matching the schema if one
-    is given), else 0."""
+    is given), else 0. With `checks`: the share of field checks passed, 0 for invalid JSON."""
 
     type: Literal["json"] = Field(description="Scorer family: JSON validity, optionally against a schema.")
     # Not called `schema`: that name is taken by a (deprecated) BaseModel method.
@@ -228,6 +294,14 @@ class JsonSpec(_SpecBase):
         description=(
             "whole: the completion, trimmed, is the JSON text; first_object: the first {...} object "
             "that parses, wherever it is (e.g. inside a ```json fence)."
+        ),
+    )
+    checks: list[FieldCheck] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "Checks of single fields; the score becomes the share that pass (among checks that apply), "
+            "0 when the JSON is invalid or fails the schema."
         ),
     )
 
