@@ -11,10 +11,12 @@ import datetime
 import itertools
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -172,8 +174,14 @@ class ControlPlane:
         self.started: set[str] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self.pod_log: list[tuple[str, int, int]] = []  # (job, index, exit code)
+        self.pods: dict[str, asyncio.subprocess.Process] = {}
         self.workdir = Path(tempfile.mkdtemp(prefix="tao-pods-"))
         self.task: asyncio.Task[None] | None = None
+        # Opt-in (it costs a model load): run each rolled-out Deployment's model behind a real HTTP server, `tao
+        # serve` standing in for vLLM, with the pod's capture proxy started from the manifest in front of it.
+        self.serve_models = False
+        self.endpoints: dict[str, str] = {}  # Deployment name -> base URL clients use (the proxy's, if any)
+        self.servers: dict[str, list[asyncio.subprocess.Process]] = {}
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop())
@@ -182,6 +190,12 @@ class ControlPlane:
         for t in [*self.tasks, *([self.task] if self.task else [])]:
             t.cancel()
         await asyncio.gather(*self.tasks, *([self.task] if self.task else []), return_exceptions=True)
+        for name in list(self.servers):
+            await self._stop_servers(name)
+        for proc in self.pods.values():  # a pod still running (a continuous TAOJob's watch) dies with the node
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
     async def _loop(self) -> None:
         while True:
@@ -240,6 +254,7 @@ class ControlPlane:
             cmd = [sys.executable, "-m", "tao_trainer.cli", *cmd[1:]]
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.DEVNULL,
                                                     stderr=asyncio.subprocess.PIPE)
+        self.pods[pod_name] = proc
         _, err = await proc.communicate()
         code = proc.returncode or 0
         message = term.read_text() if term.exists() else err.decode()[-1000:]
@@ -265,10 +280,57 @@ class ControlPlane:
                                                         stderr=asyncio.subprocess.DEVNULL)
             if await proc.wait() != 0:
                 return  # stays unavailable, as a crash-looping init container would
+        if self.serve_models:
+            await self._serve(dep)
         n = dep["spec"].get("replicas", 1)
         await self.api.patch("deployments", meta["name"], {"status": {
             "observedGeneration": meta.get("generation"), "replicas": n, "updatedReplicas": n,
             "readyReplicas": n, "availableReplicas": n}})
+
+    async def _serve(self, dep: dict[str, Any]) -> None:
+        """Start the pod's servers on local ports: the model (`tao serve`, for vLLM) and, if the manifest has one,
+        the capture container with exactly its arguments but for the two addresses that differ outside a pod."""
+        name = dep["metadata"]["name"]
+        await self._stop_servers(name)
+        pod_spec = dep["spec"]["template"]["spec"]
+        vllm = next(c for c in pod_spec["containers"] if c["name"] == "vllm")
+        served_name = vllm["args"][vllm["args"].index("--served-model-name") + 1]
+        model_dir = self.workdir / name / "models" / "model"
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tao_operator.cli", "serve", str(model_dir), "--port", "0",
+            "--served-model-name", served_name, "--quiet", env=self.env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        self.servers[name] = [server]
+        assert server.stdout is not None
+        line = (await asyncio.wait_for(server.stdout.readline(), timeout=120)).decode()
+        model_url = line.rsplit(" at ", 1)[1].strip()  # "serving NAME at http://127.0.0.1:PORT/v1"
+        url = model_url
+        capture = next((c for c in pod_spec["containers"] if c["name"] == "capture"), None)
+        if capture is not None:
+            port = _free_port()
+            args = list(capture["args"])
+            args[args.index("--upstream") + 1] = model_url.removesuffix("/v1")
+            args[args.index("--listen") + 1] = f"127.0.0.1:{port}"
+            env = dict(self.env) | {v["name"]: v["value"] for v in capture.get("env", []) if "value" in v}
+            env |= {"HOME": str(self.workdir), "TAO_CACHE_DIR": str(self.workdir / "cache")}
+            proxy = await asyncio.create_subprocess_exec(sys.executable, "-m", "tao_trainer.cli", *args, env=env,
+                                                         stdout=asyncio.subprocess.DEVNULL,
+                                                         stderr=asyncio.subprocess.DEVNULL)
+            self.servers[name].append(proxy)
+            url = f"http://127.0.0.1:{port}/v1"
+            await eventually(lambda: _answers(f"http://127.0.0.1:{port}/capture/health"), timeout=60)
+        self.endpoints[name] = url
+
+    async def _stop_servers(self, name: str) -> None:
+        for proc in self.servers.pop(name, []):
+            if proc.returncode is None:
+                proc.terminate()  # SIGTERM: the proxy flushes what it holds, as in a pod's shutdown
+                try:
+                    await asyncio.wait_for(proc.wait(), timeout=15)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+        self.endpoints.pop(name, None)
 
     async def collect_garbage(self, owner_uid: str) -> list[str]:
         """What the garbage collector does after an owner is deleted: delete its dependents."""
@@ -280,6 +342,20 @@ class ControlPlane:
                     await self.api.call("DELETE", f"{PATHS[kind]}/{obj['metadata']['name']}")
                     removed.append(f"{kind}/{obj['metadata']['name']}")
         return removed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def _finished(job: dict[str, Any]) -> bool:

@@ -207,8 +207,8 @@ async def _served(api: Api, model_uri: str) -> bool:
     return served == model_uri and (await status(api)).get("serving", {}).get("modelUri") == model_uri
 
 
-async def _round(api: Api, round_: int, key: str) -> Any:
-    rounds = (await status(api)).get("rounds") or []
+async def _round(api: Api, round_: int, key: str, name: str = "arith") -> Any:
+    rounds = (await status(api, name)).get("rounds") or []
     return len(rounds) >= round_ and rounds[round_ - 1].get(key)
 
 
@@ -262,6 +262,70 @@ async def test_a_preflight_that_finds_no_signal_stops_the_taojob_before_round_on
     # Nothing else was started: no GPU was spent on prompts, generation or training.
     assert creations(k8s.emu, "jobs") == {"arith-r1-preflight": 1}
     assert any(r == "StageFailed" and "no signal" in m for r, m in await events(api))
+
+
+async def _chat(url: str, text: str) -> dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{url}/chat/completions", json={"model": "flywheel", "max_tokens": 4,
+                                         "messages": [{"role": "user", "content": text}]}) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_the_flywheel_serves_captures_and_starts_the_next_round_by_itself(k8s: Any, tmp_path: Path,
+                                                                               tiny_model: Path) -> None:
+    api: Api = k8s.api
+    k8s.plane.serve_models = True
+    data = tmp_path / "prompts"
+    data.mkdir()
+    (data / "seed.jsonl").write_text("".join(json.dumps({"prompt": f"{a}+{b}="}) + "\n"
+                                             for a in range(6) for b in range(5)))
+    body = manifest(tmp_path, tiny_model, name="flywheel", rounds=1)
+    del body["spec"]["rounds"]
+    body["spec"]["prompts"] = {"uri": data.as_uri() + "/", "heldOutFraction": 0.2}
+    body["spec"]["evaluation"].pop("metrics", None)
+    body["spec"]["continuous"] = {"interval": "1s", "minNewPrompts": 6}
+    body["spec"]["serving"] = {"capture": {"enabled": True, "batchSize": 3, "flushSeconds": 1}}
+    await api.call("POST", TAOJOBS, body)
+
+    # Round 1 promotes and is served; round 2 waits for prompts (a watch Job), not for a fixed schedule.
+    await eventually(lambda: _round(api, 1, "promoted", name="flywheel"), timeout=300)
+    url = await eventually(lambda: k8s.plane.endpoints.get("flywheel-serve"), timeout=120)
+    await eventually(lambda: phase_is(api, "Watching", name="flywheel"), timeout=60)
+    assert await api.get("jobs", "flywheel-r2-watch") is not None
+    assert await api.get("jobs", "flywheel-r2-prepare") is None
+    # A gate out of reach: round 2's challenger must not replace the champion.
+    await api.patch("taojobs", "flywheel", {"spec": {"evaluation": {"minImprovement": 10.0}}})
+
+    # Users talk to the served model through the capture proxy; their prompts (e-mails masked) land in storage.
+    for i in range(8):
+        answer = await _chat(url, f"{i}+7= (from user{i}@example.com)")
+        assert answer["choices"][0]["message"]["role"] == "assistant"
+    captured = await eventually(lambda: sorted((data / "captured").glob("*.jsonl")), timeout=60)
+    assert captured and all(name.parent == data / "captured" for name in captured)
+
+    # Round 2 starts by itself once 6 new prompts arrived, trains from the champion, and is not promoted.
+    await eventually(lambda: _round(api, 2, "verdict", name="flywheel"), timeout=300)
+    st = await status(api, "flywheel")
+    r1, r2 = st["rounds"][:2]  # round 3 may have begun: its watch
+    assert r1["promoted"] is True and r2["promoted"] is False and "kept the champion" in r2["verdict"]
+    run = Path(st["runUri"].removeprefix("file://"))
+    round2 = [json.loads(line) for line in (run / "round-002/prompts/shard-00000.jsonl").open()] + \
+             [json.loads(line) for line in (run / "round-002/prompts/shard-00001.jsonl").open()]
+    texts = json.dumps([p["prompt"] for p in round2])
+    assert round2 and "+7=" in texts and "@example.com" not in texts  # the captured prompts, redacted
+    watch = next(s for s in r2["stages"] if s["stage"] == "watch")
+    assert watch["state"] == "Succeeded" and "new prompts since round 1" in watch["message"]
+    # The champion keeps serving: the Deployment still runs round 1's model.
+    assert st["champion"]["round"] == 1 and st["serving"]["round"] == 1
+    dep = await api.get("deployments", "flywheel-serve")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith("round-001/train/model")
+    assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == ["vllm", "capture"]
+    # ...and the flywheel turns on: round 3 waits for the next prompts.
+    await eventually(lambda: api.get("jobs", "flywheel-r3-watch"), timeout=60)
+    assert (await status(api, "flywheel"))["phase"] == "Watching"
 
 
 async def test_an_invalid_spec_is_reported_on_the_object(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:

@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["download"]:
         return download(argv[1:])
+    if argv[:1] == ["capture"]:
+        # The serving Deployment's prompt-capture sidecar (tao_trainer.capture); aiohttp is imported there.
+        from tao_trainer.capture import main as capture_main
+
+        return capture_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tao-stage", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=ALL_STAGES)
     parser.add_argument("--config", required=True, help="StageConfig JSON: a path, file:// or s3:// URI")

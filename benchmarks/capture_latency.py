@@ -1,0 +1,285 @@
+"""Latency the prompt-capture proxy adds per request, with storage up, refusing connections, or hanging.
+
+    python benchmarks/capture_latency.py [--requests 2000] [--concurrency 1,16]
+
+Three processes on one machine: a fast upstream (aiohttp answering a fixed chat completion at once, so
+that no model time hides the proxy's cost), `tao-stage capture` in front of it as the sidecar runs, and
+this load generator. Requests alternate between the upstream (direct) and the proxy in blocks of 100, so
+that background load on a shared machine falls on both alike. Storage scenarios:
+
+- ``ok``: file:// in a temp dir (what the proxy does while flushing is counted in its figures);
+- ``refusing``: s3:// at a closed port: every write fails (boto3 retries 5 times inside each write);
+- ``hanging``: s3:// at a server that accepts connections and never answers: writes hang.
+
+A stream row measures a 20-event SSE answer end to end. The proxy's CPU time per request comes from
+/proc. The printed table is the result; nothing is written elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ANSWER = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "model": "champion",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "The answer is 4."}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
+}
+BLOCK = 100
+SSE_EVENTS = 20
+
+
+# ------------------------------------------------------------------------------------------ the upstream
+
+
+def serve_upstream() -> None:
+    from aiohttp import web
+
+    body = json.dumps(ANSWER).encode()
+    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "tok "}}]}
+    event = f"data: {json.dumps(chunk)}\n\n".encode()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        payload = await request.json()
+        if not payload.get("stream"):
+            return web.Response(body=body, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(SSE_EVENTS):
+            await response.write(event)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        print(f"listening on 127.0.0.1:{runner.addresses[0][1]}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def start(cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"{cmd[:4]} did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def black_hole() -> int:
+    """A TCP server that accepts connections and never answers (a hung S3)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            conn, _ = server.accept()
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------------------------------------- load
+
+
+async def one(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    async with session.post(url, json=payload, headers={"Authorization": "Bearer bench"}) as r:
+        await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status}")
+    return time.perf_counter() - started
+
+
+async def measure(
+    direct: str, proxied: str, requests: int, concurrency: int, stream: bool = False
+) -> tuple[list[float], list[float]]:
+    """Latencies (seconds) direct and through the proxy, in alternating blocks."""
+    results: dict[str, list[float]] = {direct: [], proxied: []}
+    counter = 0
+
+    def payload() -> dict[str, Any]:
+        nonlocal counter
+        counter += 1
+        text = f"Question {counter}: what is {counter} + {counter}? Show your work briefly."
+        return {"model": "champion", "messages": [{"role": "user", "content": text}], "stream": stream}
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for url in (direct, proxied):  # warm connections and code paths
+            await asyncio.gather(*(one(session, url, payload()) for _ in range(min(50, requests))))
+        for block in range(0, requests, BLOCK):
+            n = min(BLOCK, requests - block)
+            for url in (direct, proxied) if (block // BLOCK) % 2 == 0 else (proxied, direct):
+                queue = list(range(n))
+
+                async def worker(url: str = url, queue: list[int] = queue) -> None:
+                    while queue:
+                        queue.pop()
+                        results[url].append(await one(session, url, payload()))
+
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results[direct], results[proxied]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] * 1000
+
+
+def stats_of(port: int) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/capture/stats", timeout=5) as r:
+        return json.loads(r.read())
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream()
+        return
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    upstream, up_port = start([sys.executable, __file__, "--serve-upstream"])
+    direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+    tmp = Path(tempfile.mkdtemp(prefix="capture-bench-"))
+    base_env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "TAO_S3_PATH_STYLE": "1",
+        "TAO_LOG_LEVEL": "ERROR",
+    }
+    scenarios = [
+        ("ok", f"file://{tmp}/captured", {}),
+        ("refusing", "s3://bench/captured", {"TAO_S3_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}),
+        ("hanging", "s3://bench/captured", {"TAO_S3_ENDPOINT_URL": f"http://127.0.0.1:{black_hole()}"}),
+    ]
+    rows: list[list[str]] = []
+    counters: list[str] = []
+    print(f"machine: {os.cpu_count()} cores (shared); {args.requests} requests per row, each way", flush=True)
+    try:
+        for name, uri, env in scenarios:
+            cmd = [
+                sys.executable,
+                "-m",
+                "tao_trainer.cli",
+                "capture",
+                "--upstream",
+                f"http://127.0.0.1:{up_port}",
+            ]
+            cmd += [
+                "--listen",
+                "127.0.0.1:0",
+                "--prompts-uri",
+                uri,
+                "--batch-size",
+                "500",
+                "--flush-seconds",
+                "1",
+            ]
+            cmd += ["--max-buffer", "2000", "--write-timeout", "2", "--shutdown-deadline", "2"]
+            proxy, port = start(cmd, {**base_env, **env})
+            proxied = f"http://127.0.0.1:{port}/v1/chat/completions"
+            try:
+                runs = [(c, False) for c in levels] + ([(1, True)] if name == "ok" else [])
+                for concurrency, stream in runs:
+                    cpu0 = cpu_seconds(proxy.pid)
+                    d, p = asyncio.run(measure(direct, proxied, args.requests, concurrency, stream))
+                    cpu = (cpu_seconds(proxy.pid) - cpu0) / (len(p) + min(50, args.requests)) * 1e6
+                    md, mp = statistics.median(d) * 1000, statistics.median(p) * 1000
+                    label = f"{name}{' sse' if stream else ''}"
+                    rows.append(
+                        [label, str(concurrency)]
+                        + [f"{pct(d, q):.2f}" for q in (50, 95, 99)]
+                        + [f"{pct(p, q):.2f}" for q in (50, 95, 99)]
+                        + [
+                            f"{mp - md:+.2f}",
+                            f"{pct(p, 95) - pct(d, 95):+.2f}",
+                            f"{mp / md:.2f}x",
+                            f"{cpu:.0f}",
+                        ]
+                    )
+                    print("  done:", label, concurrency, flush=True)
+                time.sleep(2.5)  # let a flush (or a failed one) happen
+                s = stats_of(port)
+                keys = ("forwarded", "captured", "flushed_records", "flushed_objects", "buffered")
+                keys += ("dropped_full", "storage_errors", "storage")
+                counters.append(f"{name:9s} " + "  ".join(f"{k}={s[k]}" for k in keys))
+            finally:
+                proxy.terminate()
+                try:
+                    proxy.wait(30)
+                except subprocess.TimeoutExpired:
+                    proxy.kill()
+                err = proxy.stderr.read() if proxy.stderr else ""
+                if "Traceback" in err:
+                    print(err, file=sys.stderr)
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+
+    header = ["storage", "conc", "dir p50", "dir p95", "dir p99", "prx p50", "prx p95", "prx p99"]
+    header += ["+p50", "+p95", "p50 ratio", "proxy cpu us/req"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print("\nlatency in ms (direct = client -> upstream; prx = client -> proxy -> upstream)")
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    for r in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+    print("\ncounters after each scenario (/capture/stats):")
+    for line in counters:
+        print(" ", line)
+
+
+if __name__ == "__main__":
+    main()
