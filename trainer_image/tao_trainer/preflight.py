@@ -160,7 +160,8 @@ def greedy_agreement(
 def run_preflight(cfg: StageConfig) -> StageResult:
     from tao_trainer import generate, models
     from tao_trainer.scorers import MajorityScorer, build_scorer, score_all
-    from tao_trainer.stages import flatten
+    from tao_trainer.scorers.combine import stats_counts
+    from tao_trainer.stages import flatten, score_rows
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field)
@@ -204,23 +205,14 @@ def run_preflight(cfg: StageConfig) -> StageResult:
         spec.preflight.min_informative_share,
         greedy_agreement(scorers, sampled, greedy) if greedy else None,
     )
-    stats = {f"{s.name}.{key}": n for s in scorers for key, n in s.stats.items()}
+    stats = stats_counts(scorers)
     report["scorerCounters"] = stats
     storage.write_json(lay.preflight_report(r), report)
-    rows, pos = [], 0
-    for i, rec in enumerate(records):
-        n = len(rec["candidates"])
-        rows.append(
-            {
-                "id": rec["id"],
-                "prompt": rec["prompt"],
-                "candidates": rec["candidates"],
-                "scores": batch.total[pos : pos + n],
-                "perScorer": {name: vals[pos : pos + n] for name, vals in batch.per_scorer.items()},
-                **({"greedy": greedy[i]} if greedy else {}),
-            }
-        )
-        pos += n
+    # The same rows as a scores file (raw values, each scorer's details), with the candidates beside them.
+    rows = [
+        {"prompt": rec["prompt"], "candidates": rec["candidates"], **row, **({"greedy": greedy[i]} if greedy else {})}
+        for i, (rec, row) in enumerate(zip(records, score_rows(records, batch), strict=True))
+    ]
     storage.write_jsonl(lay.preflight_samples(r), rows)
     log(f"preflight: {report['verdict']}")
 
