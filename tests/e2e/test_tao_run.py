@@ -93,16 +93,17 @@ def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Pa
 
 
 def test_changed_spec_refuses_to_mix_runs_until_fresh(tmp_path: Path, tiny_model: Path) -> None:
-    # A prompts file that is missing makes the first stage fail fast; the run and its spec exist by then.
-    job = write_job(tmp_path, tiny_model, rounds=1, prompts={"uri": "missing.jsonl"})
+    # A model that is missing makes generation fail fast, after prepare completed: the run has artifacts by then.
+    missing = {"preflight": {"enabled": False}}
+    job = write_job(tmp_path, tmp_path / "missing-model", rounds=1, **missing)
     first = tao("run", str(job), tmp=tmp_path)
-    assert first.returncode == 1 and "missing.jsonl" in first.stderr and "run the same command" in first.stderr
-    job = write_job(tmp_path, tiny_model, rounds=1, prompts={"uri": "missing.jsonl"},
-                    generation={"candidates": 2, "maxNewTokens": 8})
+    assert first.returncode == 1 and "missing-model" in first.stderr and "run the same command" in first.stderr
+    job = write_job(tmp_path, tmp_path / "missing-model", rounds=1, generation={"candidates": 2, "maxNewTokens": 8},
+                    **missing)
     changed = tao("run", str(job), tmp=tmp_path)
     assert changed.returncode == 1 and "spec.generation" in changed.stderr and "--fresh" in changed.stderr
     fresh = tao("run", str(job), "--fresh", tmp=tmp_path)
-    assert "different spec" not in fresh.stderr and "missing.jsonl" in fresh.stderr
+    assert "different spec" not in fresh.stderr and "missing-model" in fresh.stderr
     # Adding rounds to a run is allowed: rounds is not part of a run's identity.
     more = tao("run", str(job), "--rounds", "3", tmp=tmp_path)
     assert "different spec" not in more.stderr
