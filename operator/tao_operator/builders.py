@@ -164,8 +164,9 @@ def effective_pod_settings(job: TAOJob, stage: str) -> PodSettings:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(ALL_STAGES)}")
     base: PodSettings = job.spec.pods.default
     if stage == "watch":
-        # The watch idles between rounds, possibly for days: it never holds the default's GPUs.
-        base = base.model_copy(update={"gpus": None})
+        # The watch idles between rounds, possibly for days: it never holds the default's GPUs, nor inherits a
+        # time limit meant for working stages.
+        base = base.model_copy(update={"gpus": None, "active_deadline_seconds": None})
     # The preflight generates (then scores) a sample as round 1 will: it needs the generate stage's GPUs.
     over: PodSettings = getattr(job.spec.pods, "generate" if stage == "preflight" else stage)
     merged: dict[str, Any] = {}

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tao_trainer import flywheel, storage
 from tao_trainer.contract import LoopSpec, RunLayout, StageConfig
 from tao_trainer.stages import run_prepare
@@ -91,3 +93,29 @@ def test_object_versions_on_s3_change_with_the_object(s3_bucket: str) -> None:
     after: dict[str, Any] = storage.list_versions(prefix)
     assert flywheel.changed_objects(after, before) == [prefix + "a.jsonl"]
     assert storage.list_versions(f"s3://{s3_bucket}/flywheel/nothing-here/") == {}
+
+
+def test_the_watch_rides_out_a_storage_outage_but_not_a_location_that_never_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, run = tmp_path / "prompts", tmp_path / "run"
+    data.mkdir()
+    write_prompts(data / "a.jsonl", [f"old {i}" for i in range(10)])
+    spec = loop_spec(data.as_uri(), min_new=1)
+    run_prepare(config(spec, run, 1))
+    write_prompts(data / "b.jsonl", ["new"])
+    real, outage = storage.list_versions, {"polls": 2}
+
+    def flaky(uri: str) -> dict[str, str]:
+        if outage["polls"] > 0:
+            outage["polls"] -= 1
+            raise ConnectionError("endpoint unreachable")
+        return real(uri)
+
+    monkeypatch.setattr(storage, "list_versions", flaky)
+    result = flywheel.run_watch(config(spec, run, 2, "watch"), sleep=lambda _: None)
+    assert result.counts["newPrompts"] == 1 and result.counts["polls"] == 3
+
+    outage["polls"] = 10**6
+    with pytest.raises(RuntimeError, match=r"unreadable in 10 polls in a row: endpoint unreachable"):
+        flywheel.run_watch(config(spec, run, 2, "watch"), sleep=lambda _: None)

@@ -813,8 +813,9 @@ def test_serving_inherits_the_default_identity_and_pull_secrets_unless_it_sets_i
 
 
 def test_the_watch_pod_never_holds_the_default_gpus_while_it_waits_for_prompts() -> None:
-    job = taojob(pods={"default": {"gpus": 2}}, continuous={"minNewPrompts": 5})
+    job = taojob(pods={"default": {"gpus": 2, "activeDeadlineSeconds": 3600}}, continuous={"minNewPrompts": 5})
     assert "resources" not in container(build(job, "watch", 2))
+    assert "activeDeadlineSeconds" not in build(job, "watch", 2)["spec"]
     assert container(build(job, "prepare", 2))["resources"]["limits"]["nvidia.com/gpu"] == "2"
     job = taojob(pods={"default": {"gpus": 2}, "watch": {"gpus": 1}}, continuous={"minNewPrompts": 5})
     assert container(build(job, "watch", 2))["resources"]["limits"]["nvidia.com/gpu"] == "1"
