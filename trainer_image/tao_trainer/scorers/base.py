@@ -30,6 +30,7 @@ __all__ = [
     "Scorer",
     "ScorerError",
     "check_batch",
+    "check_references",
     "coerce_scores",
     "completion_text",
     "group_spans",
@@ -108,6 +109,12 @@ def check_batch(name: str, prompts: Sequence[Any], completions: Sequence[Any]) -
             f"scorer {name!r}: got {len(prompts)} prompts for {len(completions)} completions; "
             "pass one prompt per completion (repeat the prompt for each of its candidates)"
         )
+
+
+def check_references(name: str, completions: Sequence[Any], references: Sequence[Sequence[Any]]) -> None:
+    """Fail early, naming the scorer, when evaluation's reference groups do not line up with the completions."""
+    if len(references) != len(completions):
+        raise ValueError(f"scorer {name!r}: got {len(references)} reference groups for {len(completions)} completions")
 
 
 def coerce_scores(values: Any, expected: int, where: str) -> list[Score]:
@@ -215,10 +222,7 @@ class Scorer(ABC, Generic[SpecT]):
         """Score each completion on its own, judged against `references[i]` (a group of samples for
         the same prompt) where the scorer needs a group. Scorers that judge a completion alone
         ignore the references, so evaluation can call every scorer the same way."""
-        if len(references) != len(completions):
-            raise ValueError(
-                f"scorer {self.name!r}: got {len(references)} reference groups for {len(completions)} completions"
-            )
+        check_references(self.name, completions, references)
         return self(prompts, completions, **kwargs)
 
     def detailed_against(
@@ -233,10 +237,7 @@ class Scorer(ABC, Generic[SpecT]):
         overrides this method too; the others give what `detailed` gives."""
         if type(self).score_against is not Scorer.score_against:
             return Detailed(self.score_against(prompts, completions, references, **kwargs))
-        if len(references) != len(completions):
-            raise ValueError(
-                f"scorer {self.name!r}: got {len(references)} reference groups for {len(completions)} completions"
-            )
+        check_references(self.name, completions, references)
         return self.detailed(prompts, completions, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:

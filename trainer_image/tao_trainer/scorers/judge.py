@@ -49,7 +49,17 @@ from email.utils import parsedate_to_datetime
 from http.client import HTTPException
 from typing import Any, NamedTuple, NoReturn
 
-from .base import Detail, Detailed, Score, Scorer, ScorerError, check_batch, completion_text, group_spans
+from .base import (
+    Detail,
+    Detailed,
+    Score,
+    Scorer,
+    ScorerError,
+    check_batch,
+    check_references,
+    completion_text,
+    group_spans,
+)
 from .specs import JudgeSpec
 
 __all__ = ["STAT_KEYS", "JudgeScorer", "parse_relative", "parse_score", "shuffle_order"]
@@ -395,10 +405,7 @@ class JudgeScorer(Scorer[JudgeSpec]):
     ) -> Detailed:
         """`score_against` with the judge's details."""
         check_batch(self.name, prompts, completions)
-        if len(references) != len(completions):
-            raise ValueError(
-                f"scorer {self.name!r}: got {len(references)} reference groups for {len(completions)} completions"
-            )
+        check_references(self.name, completions, references)
         if not self.is_group:
             return self._detailed(prompts, completions, **kwargs)
         fields = self._fields(len(completions), kwargs)

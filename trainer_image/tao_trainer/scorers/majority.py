@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Score, Scorer, check_batch, completion_text, group_spans
+from .base import Score, Scorer, check_batch, check_references, completion_text, group_spans
 from .specs import MajoritySpec
 
 __all__ = ["MajorityScorer", "extract_answer", "majority_answer", "normalize_answer"]
@@ -139,10 +139,7 @@ class MajorityScorer(Scorer[MajoritySpec]):
         """1.0 if `completions[i]` gives the confident majority answer of `references[i]`, else 0.0;
         None when `references[i]` is empty (nothing to judge against)."""
         check_batch(self.name, prompts, completions)
-        if len(references) != len(completions):
-            raise ValueError(
-                f"scorer {self.name!r}: got {len(references)} reference groups for {len(completions)} completions"
-            )
+        check_references(self.name, completions, references)
         scores: list[Score] = []
         for completion, group in zip(completions, references, strict=True):
             if not group:
