@@ -300,7 +300,8 @@ def resolve_local_paths(job: TAOJob, base_dir: Path) -> TAOJob:
     def fix(uri: str) -> str:
         if "://" in uri:
             return uri
-        return (base_dir / uri).resolve().as_uri()
+        # A trailing slash says "a prefix of files" (prompts, capture): keep it.
+        return (base_dir / uri).resolve().as_uri() + ("/" if uri.endswith("/") else "")
 
     spec = job.spec
     spec.model.uri = fix(spec.model.uri)
@@ -312,6 +313,11 @@ def resolve_local_paths(job: TAOJob, base_dir: Path) -> TAOJob:
         path = getattr(scorer, "path", None)
         if isinstance(path, str) and not Path(path).is_absolute():
             scorer.path = str((base_dir / path).resolve())
+        # Data files scorers read: an sql scorer's database, a reward model's weights.
+        for field in ("database", "model"):
+            value = getattr(scorer, field, None)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                setattr(scorer, field, fix(value))
     return job
 
 

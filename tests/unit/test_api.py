@@ -89,6 +89,22 @@ def test_relative_paths_resolve_beside_the_manifest(tmp_path: Path) -> None:
     assert job.spec.prompts.uri == "s3://data/prompts/"
 
 
+def test_scorer_data_files_and_prompt_prefixes_resolve_beside_the_manifest(tmp_path: Path) -> None:
+    doc = copy.deepcopy(VALID)
+    doc["spec"]["prompts"]["uri"] = "work/prompts/"
+    doc["spec"]["scoring"]["scorers"] = [
+        {"type": "sql", "database": "work/shop.sqlite", "require": True, "passAt": 0.5},
+        {"type": "reward_model", "model": "work/rm"},
+        {"type": "reward_model", "name": "hub_rm", "model": "hf://org/rm"},
+    ]
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
+    sql, rm, hub = load_taojob_file(str(tmp_path / "job.yaml")).spec.scoring.scorers
+    assert sql.database == (tmp_path / "work/shop.sqlite").as_uri()
+    assert rm.model == (tmp_path / "work/rm").as_uri() and hub.model == "hf://org/rm"
+    job = load_taojob_file(str(tmp_path / "job.yaml"))
+    assert job.spec.prompts.uri == (tmp_path / "work/prompts").as_uri() + "/"  # still a prefix
+
+
 def test_a_file_without_a_taojob_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "x.yaml").write_text("kind: ConfigMap\n")
     with pytest.raises(SpecError, match="expected exactly one document of kind TAOJob"):

@@ -162,3 +162,13 @@ def test_a_pruned_status_history_still_plans_from_the_right_champion() -> None:
     # A running round is never pruned, nor anything after it.
     status.rounds.append(RoundStatus(round=6, stages=[StageStatus(stage="watch", state="Running")]))
     assert prune_history(status, keep=1) == 2 and [r.round for r in status.rounds] == [6]
+
+
+def test_the_preflight_warns_about_a_scorer_that_never_answers_even_when_others_give_a_signal() -> None:
+    from tao_trainer.preflight import analyse
+
+    report = analyse([2, 2], [1.0, 0.0, 1.0, 1.0], {"sql": [1.0, 0.0, 1.0, 1.0], "judge": [None] * 4}, 0.1)
+    assert report["signal"] is True and report["scorers"]["judge"]["abstainShare"] == 1.0
+    assert "warning: judge gave no value for any candidate" in report["verdict"]
+    quiet = analyse([2], [1.0, 0.0], {"sql": [1.0, 0.0]}, 0.1)
+    assert "warning" not in quiet["verdict"]

@@ -115,6 +115,11 @@ def analyse(
             f"(at least {min_informative_share:.0%} needed); training would have nothing to prefer. Check each "
             "scorer's abstainShare and meanScore in the report, or raise generation.candidates / temperature"
         )
+    # A scorer that never answers (a judge that is down, or whose replies never parse) leaves the others to
+    # decide alone: say so even when they give a signal.
+    silent = [name for name, values in scorers.items() if values["abstainShare"] == 1.0]
+    if silent and valued:
+        verdict += f"; warning: {', '.join(silent)} gave no value for any candidate (see its counters)"
     return {
         "prompts": len(groups),
         "candidates": len(totals),
