@@ -45,8 +45,10 @@ class Cluster:
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def from_environment(cls) -> Cluster:
-        info = kopf.login_with_service_account(logger=_null_logger()) or kopf.login_with_kubeconfig(logger=_null_logger())
+    def from_environment(cls, settings: kopf.OperatorSettings) -> Cluster:
+        """The pod's service account in a cluster, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        info = (kopf.login_with_service_account(settings=settings, logger=_null_logger())
+                or kopf.login_with_kubeconfig(settings=settings, logger=_null_logger()))
         if info is None:
             raise RuntimeError("no Kubernetes credentials: neither a service account nor a kubeconfig was found")
         return cls(info)

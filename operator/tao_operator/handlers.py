@@ -329,7 +329,7 @@ def build_registry(defaults: builders.OperatorDefaults, server: str | None = Non
         settings.scanning.disabled = True
         if metrics_port is not None:
             metrics.serve(metrics_port)
-        memo.reconciler = Reconciler(Cluster.for_url(server) if server else Cluster.from_environment(), defaults)
+        memo.reconciler = Reconciler(Cluster.for_url(server) if server else Cluster.from_environment(settings), defaults)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:

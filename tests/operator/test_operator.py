@@ -328,6 +328,41 @@ async def test_the_flywheel_serves_captures_and_starts_the_next_round_by_itself(
     assert (await status(api, "flywheel"))["phase"] == "Watching"
 
 
+async def test_tao_operator_logs_in_from_a_kubeconfig_and_runs_a_taojob(tmp_path: Path, tiny_model: Path) -> None:
+    """The command the chart's Deployment runs, logging in as kopf does outside a pod (no server URL given)."""
+    import socket
+    import subprocess
+    import sys
+
+    async with Emulator() as emu, kmock.Server(emu):
+        declare_resources(emu)
+        url = str(emu.url).rstrip("/")
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+            "clusters": [{"name": "emu", "cluster": {"server": url}}],
+            "users": [{"name": "me", "user": {"token": "t0ken"}}],
+            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "me", "namespace": "default"}}],
+        }))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = stage_env() | {"KUBECONFIG": str(kubeconfig), "TAO_METRICS_PORT": ""}
+        proc = subprocess.Popen([sys.executable, "-m", "tao_operator.cli", "operator", "--namespace", "default",
+                                 "--liveness", f"http://127.0.0.1:{port}/healthz"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        api = Api(url)
+        try:
+            await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, name="via-kubeconfig"))
+            job = await eventually(lambda: api.get("jobs", "via-kubeconfig-r1-prepare"), timeout=60)
+            assert job["metadata"]["ownerReferences"][0]["name"] == "via-kubeconfig"
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+            await api.close()
+        assert "TypeError" not in err and "t0ken" not in err
+
+
 async def test_an_invalid_spec_is_reported_on_the_object(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
     api: Api = k8s.api
     await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, generation={"candidates": 0}))
