@@ -1,0 +1,357 @@
+"""The prepare stage on a million prompts in S3: prompts/s and peak memory of the stage process.
+
+    python benchmarks/data_plane.py [--prompts 1000000] [--objects 8] [--shards 8] [--smoke]
+
+Three processes: an S3 server (moto's ThreadedMotoServer, in its own process so that the objects it holds
+are not counted against the stage), this driver, and the stage itself, run as a pod runs it:
+`python -m tao_trainer.cli prepare --config cfg.json`. The driver writes the prompts as JSON-lines objects
+under one prefix (a mix of plain-text prompts and chat messages, with a label field and a metadata field,
+a few duplicates and malformed lines), uploads them, and times the stage: load every object, drop duplicates
+and set aside malformed lines, split held-out prompts by hash, write the held-out files and the training
+shards back to S3. The stage's peak RSS comes from the kernel (wait4's ru_maxrss for that child alone); a bare
+interpreter that imports the same modules gives the baseline.
+
+With --breakdown N (default 100000; 0 to skip) the same load and split run again in this process under
+tracemalloc on the first N prompts, to show where the memory goes per prompt. Figures go to
+benchmarks/results/data_plane.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "data_plane.json"
+TARGET_RSS_MB = 500.0
+BUCKET = "bench"
+
+MOTO = """
+import threading
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+host, port = server.get_host_and_port()
+print(f"listening on {host}:{port}", flush=True)
+threading.Event().wait()
+"""
+
+# What the stage process imports before it reads anything: the baseline its peak RSS is compared with.
+BASELINE = """
+import resource, sys
+from tao_trainer import cli, prompts, stages, storage
+storage._client()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+TOPICS = ["billing", "shipping", "returns", "accounts", "sql", "math", "travel", "health"]
+
+
+def prompt_line(i: int, rng: random.Random) -> str:
+    """One JSON line: ~60% plain text, ~40% chat messages; a label (answer) and metadata fields."""
+    a, b = rng.randrange(10, 10_000), rng.randrange(10, 10_000)
+    topic = TOPICS[i % len(TOPICS)]
+    text = (
+        f"Ticket {i} ({topic}): a customer asks how {a} and {b} combine; what is {a} + {b}? Answer briefly."
+    )
+    record: dict[str, Any]
+    if i % 5 < 3:
+        record = {"prompt": text}
+    else:
+        record = {
+            "prompt": [
+                {"role": "system", "content": "You are a concise support agent."},
+                {"role": "user", "content": text},
+            ]
+        }
+    record |= {"answer": str(a + b), "topic": topic, "meta": {"source": "bench", "priority": i % 3}}
+    return json.dumps(record)
+
+
+def write_objects(workdir: Path, n: int, objects: int) -> tuple[list[Path], int, int]:
+    """The prompt files; returns (paths, duplicate lines, malformed lines)."""
+    rng = random.Random(0)
+    paths, dups, bad = [], 0, 0
+    per = -(-n // objects)
+    for k in range(objects):
+        path = workdir / f"part-{k:03d}.jsonl"
+        with path.open("w", encoding="utf-8") as f:
+            first = None
+            for i in range(k * per, min(n, (k + 1) * per)):
+                line = prompt_line(i, rng)
+                first = first or line
+                f.write(line + "\n")
+            # A few lines a real export has: a repeated prompt and lines that are not prompts.
+            f.write(f"{first}\n")
+            f.write('{"prompt": ""}\n{"text": "no prompt field"}\nnot json at all\n')
+            dups, bad = dups + 1, bad + 3
+        paths.append(path)
+    return paths, dups, bad
+
+
+def start_moto() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MOTO], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"moto did not start: {line!r}")
+    return proc, "http://" + line.split("listening on ", 1)[1].strip()
+
+
+def run_child(
+    cmd: list[str], env: dict[str, str], stdout: Any = subprocess.DEVNULL
+) -> tuple[int, float, float]:
+    """(exit code, wall seconds, peak RSS in MB) of one child process, from wait4."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[2:5]} exited {proc.returncode}: {err[-2000:]}")
+    return proc.returncode, wall, usage.ru_maxrss / 1024
+
+
+def breakdown(files: list[Path], n: int) -> dict[str, Any]:
+    """tracemalloc over load + split of the first n prompts (local files: the S3 client is not what is measured)."""
+    import gc
+    import tracemalloc
+
+    sys.path.insert(0, str(ROOT / "trainer_image"))
+    from tao_trainer import prompts
+
+    with tempfile.TemporaryDirectory(prefix="tao-dp-breakdown-") as tmp:
+        src = Path(tmp) / "sample.jsonl"
+        with src.open("w", encoding="utf-8") as out:
+            left = n
+            for path in files:
+                with path.open(encoding="utf-8") as f:
+                    for line in f:
+                        if left == 0:
+                            break
+                        out.write(line)
+                        left -= 1
+        gc.collect()
+        tracemalloc.start(1)
+        t0 = tracemalloc.take_snapshot()
+        loaded = prompts.load_prompts(src.as_uri())
+        after_load, peak_load = tracemalloc.get_traced_memory()
+        t1 = tracemalloc.take_snapshot()
+        pool, held = prompts.split(loaded.records, 0.1)
+        after_split, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    count = len(loaded.records)
+    top = []
+    for stat in t1.compare_to(t0, "lineno")[:6]:
+        frame = stat.traceback[0]
+        top.append(
+            {
+                "where": f"{Path(frame.filename).name}:{frame.lineno}",
+                "bytesPerPrompt": round(stat.size_diff / count),
+                "blocks": stat.count_diff,
+            }
+        )
+    record = loaded.records[0]
+    return {
+        "prompts": count,
+        "bytesPerPromptAfterLoad": round(after_load / count),
+        "bytesPerPromptPeak": round(peak / count),
+        "bytesPerPromptAfterSplit": round(after_split / count),
+        "heldOut": len(held),
+        "top": top,
+        "sizesOfOnePrompt": {
+            "record": sys.getsizeof(record) + sys.getsizeof(record.__dict__),
+            "id": sys.getsizeof(record.id),
+            "prompt": sys.getsizeof(record.prompt),
+            "fields": sys.getsizeof(record.fields),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=1_000_000)
+    parser.add_argument("--objects", type=int, default=8, help="JSONL objects under the prompts prefix")
+    parser.add_argument("--shards", type=int, default=8, help="generation.shards: training shards written")
+    parser.add_argument(
+        "--breakdown", type=int, default=100_000, help="tracemalloc over this many prompts (0: skip)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="2,000 prompts, 2 objects, a 1,000-prompt breakdown"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where the figures go (default: {RESULTS.relative_to(ROOT)}; none with --smoke)",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.prompts, args.objects, args.shards, args.breakdown = 2000, 2, 2, 1000
+    out = args.json or (None if args.smoke else RESULTS)
+
+    load_before = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} cores (shared), load average {load_before[0]:.2f}; {args.prompts:,} prompts "
+        f"in {args.objects} objects, {args.shards} shards",
+        flush=True,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="tao-dataplane-"))
+    moto, endpoint = start_moto()
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(workdir / "absent"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "absent"),
+        "TAO_LOG_LEVEL": "ERROR",
+    }
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        env.pop(name, None)
+    try:
+        import boto3
+
+        files, dups, bad = write_objects(workdir, args.prompts, args.objects)
+        size = sum(p.stat().st_size for p in files)
+        s3 = boto3.session.Session(aws_access_key_id="bench", aws_secret_access_key="bench").client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1"
+        )
+        s3.create_bucket(Bucket=BUCKET)
+        started = time.monotonic()
+        for path in files:
+            s3.upload_file(str(path), BUCKET, f"prompts/{path.name}")
+        upload_s = time.monotonic() - started
+        print(f"  uploaded {size / 1e6:.0f} MB in {upload_s:.1f}s", flush=True)
+
+        config = {
+            "stage": "prepare",
+            "round": 1,
+            "runUri": f"s3://{BUCKET}/runs/default/bench/uid",
+            "modelUri": "s3://bench/base-model",
+            "spec": {
+                "model": {"uri": "s3://bench/base-model"},
+                "prompts": {
+                    "uri": f"s3://{BUCKET}/prompts/",
+                    "heldOutFraction": 0.1,
+                    "labelFields": ["answer"],
+                },
+                "storage": {"uri": f"s3://{BUCKET}/runs", "endpointUrl": endpoint, "pathStyle": True},
+                "generation": {"shards": args.shards},
+                "scoring": {"scorers": [{"type": "regex", "pattern": ".+"}]},
+                "evaluation": {"maxPrompts": 500},
+            },
+        }
+        cfg_path, result_path = workdir / "prepare.json", workdir / "result.json"
+        cfg_path.write_text(json.dumps(config))
+        _, _, baseline_mb = run_child(
+            [sys.executable, "-c", BASELINE], env | {"TAO_S3_ENDPOINT_URL": endpoint}
+        )
+        _, wall, peak_mb = run_child(
+            [
+                sys.executable,
+                "-m",
+                "tao_trainer.cli",
+                "prepare",
+                "--config",
+                str(cfg_path),
+                "--result",
+                str(result_path),
+            ],
+            env,
+        )
+        result = json.loads(result_path.read_text())
+        if not result.get("ok"):
+            raise RuntimeError(f"prepare failed: {result.get('message')}")
+        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/default/bench/uid/round-001/prompts/")
+        written = sum(o["Size"] for o in listed.get("Contents", []))
+    finally:
+        moto.terminate()
+        moto.wait(30)
+
+    counts = result["counts"]
+    figures: dict[str, Any] = {
+        "benchmark": "data_plane",
+        "machine": {"cores": os.cpu_count(), "loadAverageBefore": round(load_before[0], 2), "shared": True},
+        "prompts": args.prompts,
+        "objects": args.objects,
+        "shards": args.shards,
+        "inputMb": round(size / 1e6, 1),
+        "writtenMb": round(written / 1e6, 1),
+        "uploadSeconds": round(upload_s, 1),
+        "stageWallSeconds": round(wall, 2),
+        "stageReportedSeconds": result.get("durationSeconds"),
+        "promptsPerSecond": round(args.prompts / wall),
+        "peakRssMb": round(peak_mb, 1),
+        "baselineRssMb": round(baseline_mb, 1),
+        "peakRssMbPerMillionPrompts": round((peak_mb - baseline_mb) / args.prompts * 1e6, 1),
+        "counts": counts,
+        "expected": {"duplicates": dups, "rejects": bad},
+        "targetRssMb": TARGET_RSS_MB,
+        "rssTargetMet": peak_mb <= TARGET_RSS_MB,
+    }
+    if args.breakdown:
+        figures["breakdown"] = breakdown(files, min(args.breakdown, args.prompts))
+    shutil.rmtree(workdir, ignore_errors=True)
+    figures["machine"]["loadAverageAfter"] = round(os.getloadavg()[0], 2)
+
+    rows = [
+        (
+            "prompts",
+            f"{args.prompts:,} generated: pool {counts['pool']:,} (all to shards), held-out kept "
+            f"{counts['heldOut']}, duplicates {counts['duplicates']}, rejects {counts['rejects']}",
+        ),
+        (
+            "input",
+            f"{figures['inputMb']} MB in {args.objects} objects; written {figures['writtenMb']} MB "
+            f"in {args.shards} shards + held-out",
+        ),
+        ("stage wall time", f"{wall:.1f} s (the stage reports {result.get('durationSeconds')} s)"),
+        ("throughput", f"{figures['promptsPerSecond']:,} prompts/s"),
+        (
+            "peak RSS",
+            f"{peak_mb:.0f} MB (target <= {TARGET_RSS_MB:.0f} MB: "
+            f"{'met' if figures['rssTargetMet'] else 'MISSED'})",
+        ),
+        ("baseline RSS (imports + S3 client)", f"{baseline_mb:.0f} MB"),
+        ("RSS above baseline per 1M prompts", f"{figures['peakRssMbPerMillionPrompts']:.0f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\nprepare stage (tao-stage prepare) reading prompts from S3 (moto) and writing shards back")
+    for k, v in rows:
+        print(f"  {k.ljust(width)}  {v}")
+    if "breakdown" in figures:
+        b = figures["breakdown"]
+        print(
+            f"\nmemory per prompt, load + split of {b['prompts']:,} prompts under tracemalloc (Python heap only)"
+        )
+        print(
+            f"  after load {b['bytesPerPromptAfterLoad']} B, peak {b['bytesPerPromptPeak']} B, "
+            f"after split {b['bytesPerPromptAfterSplit']} B"
+        )
+        for t in b["top"]:
+            print(f"  {t['where']:<28} {t['bytesPerPrompt']:>6} B/prompt  ({t['blocks']:,} blocks)")
+        print("  one prompt: " + ", ".join(f"{k} {v} B" for k, v in b["sizesOfOnePrompt"].items()))
+    print(f"load average after: {figures['machine']['loadAverageAfter']:.2f}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"figures: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
