@@ -115,9 +115,31 @@ def save_model(model: Any, tokenizer: Any, local_dir: Path, base_uri: str | None
         (local_dir / ADAPTER_BASE_FILE).write_text(json.dumps({"uri": base_uri}))
 
 
+def cpu_quota(cpu_max: str | None) -> int | None:
+    """Whole cores allowed by a cgroup v2 `cpu.max` line ("quota period", or "max period": no limit).
+
+    A pod with `limits.cpu: 2` on a 64-core node still sees 64 cores in its affinity mask; torch with 64
+    threads under a 2-core quota is throttled into running several times slower than with 2.
+
+    >>> cpu_quota("200000 100000"), cpu_quota("150000 100000"), cpu_quota("max 100000"), cpu_quota(None)
+    (2, 1, None, None)
+    """
+    if not cpu_max:
+        return None
+    quota, _, period = cpu_max.strip().partition(" ")
+    if quota == "max" or not period:
+        return None
+    return max(1, int(quota) // int(period))
+
+
 def cpu_threads() -> None:
-    """Use every core the pod or machine grants (torch defaults can undercount in containers)."""
+    """Use every core the pod or machine grants: the affinity mask, capped by a cgroup CPU limit."""
     import torch
 
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, n))
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota = cpu_quota(f.read())
+    except OSError:
+        quota = None  # cgroup v1 or no cgroup: the affinity mask is all we know
+    torch.set_num_threads(max(1, min(n, quota or n)))
