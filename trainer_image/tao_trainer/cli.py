@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Idle OpenMP threads sleep instead of spinning: on shared or over-committed cores spinning threads made
+    # the same greedy evaluation 25x slower (benchmarks/tao_vs_labels.py); set it in the pod to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.monotonic()
     cfg: StageConfig | None = None
     try:
