@@ -222,8 +222,7 @@ class Scorer(ABC, Generic[SpecT]):
         """Score each completion on its own, judged against `references[i]` (a group of samples for
         the same prompt) where the scorer needs a group. Scorers that judge a completion alone
         ignore the references, so evaluation can call every scorer the same way."""
-        check_references(self.name, completions, references)
-        return self(prompts, completions, **kwargs)
+        return self.detailed_against(prompts, completions, references, **kwargs).values
 
     def detailed_against(
         self,
@@ -232,11 +231,8 @@ class Scorer(ABC, Generic[SpecT]):
         references: Sequence[Sequence[Any]],
         **kwargs: Any,
     ) -> Detailed:
-        """`score_against` plus details, for evaluation. A scorer that overrides `score_against` (a
-        group scorer judging against references) gives its values without details, unless it
-        overrides this method too; the others give what `detailed` gives."""
-        if type(self).score_against is not Scorer.score_against:
-            return Detailed(self.score_against(prompts, completions, references, **kwargs))
+        """`score_against` plus details, for evaluation. Group scorers override this method (and
+        `score_against` follows); the others give what `detailed` gives."""
         check_references(self.name, completions, references)
         return self.detailed(prompts, completions, **kwargs)
 

@@ -384,18 +384,6 @@ class JudgeScorer(Scorer[JudgeSpec]):
             details.extend(verdict.details)
         return Detailed(values, details)
 
-    def score_against(
-        self,
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        references: Sequence[Sequence[Any]],
-        **kwargs: Any,
-    ) -> list[Score]:
-        """Relative mode: `completions[i]` judged in one group with the samples `references[i]`, and given
-        its relative score in that group (alone when there are no references). Pointwise: the references
-        are not needed and are ignored."""
-        return self.detailed_against(prompts, completions, references, **kwargs).values
-
     def detailed_against(
         self,
         prompts: Sequence[Any],
@@ -403,7 +391,9 @@ class JudgeScorer(Scorer[JudgeSpec]):
         references: Sequence[Sequence[Any]],
         **kwargs: Any,
     ) -> Detailed:
-        """`score_against` with the judge's details."""
+        """Relative mode: `completions[i]` judged in one group with the samples `references[i]`, and given
+        its relative score in that group (alone when there are no references), with the judge's details.
+        Pointwise: the references are not needed and are ignored."""
         check_batch(self.name, prompts, completions)
         check_references(self.name, completions, references)
         if not self.is_group:

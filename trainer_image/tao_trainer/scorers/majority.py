@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Score, Scorer, check_batch, check_references, completion_text, group_spans
+from .base import Detailed, Score, Scorer, check_batch, check_references, completion_text, group_spans
 from .specs import MajoritySpec
 
 __all__ = ["MajorityScorer", "extract_answer", "majority_answer", "normalize_answer"]
@@ -129,13 +129,13 @@ class MajorityScorer(Scorer[MajoritySpec]):
             scores.extend(1.0 if winner is not None and answer == winner else 0.0 for answer in group)
         return scores
 
-    def score_against(
+    def detailed_against(
         self,
         prompts: Sequence[Any],
         completions: Sequence[Any],
         references: Sequence[Sequence[Any]],
         **kwargs: Any,
-    ) -> list[Score]:
+    ) -> Detailed:
         """1.0 if `completions[i]` gives the confident majority answer of `references[i]`, else 0.0;
         None when `references[i]` is empty (nothing to judge against)."""
         check_batch(self.name, prompts, completions)
@@ -148,4 +148,4 @@ class MajorityScorer(Scorer[MajoritySpec]):
             winner = self._confident([self._answer(sample) for sample in group])
             answer = self._answer(completion)
             scores.append(1.0 if winner is not None and answer == winner else 0.0)
-        return scores
+        return Detailed(scores)
