@@ -61,7 +61,7 @@ def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
         before = storage.read_json(layout.spec_snapshot)
         now = _identity(spec)
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-        results = observe(spec, layout)
+        results = observe(spec, layout) if changed else {}
         if changed and set(results) <= {(1, "preflight")}:
             # Nothing was built on the old spec yet (a preflight that stopped the run, typically, and the user
             # has just fixed the scorers): start over under the new spec, without asking for --fresh.
