@@ -65,7 +65,9 @@ def verifier(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) 
             out.append(None)
             continue
         m = _ANSWER.search(text.strip())
-        out.append(1.0 if m is not None and int(m.group(1)) == int(problem.group(1)) + int(problem.group(2)) else 0.0)
+        out.append(
+            1.0 if m is not None and int(m.group(1)) == int(problem.group(1)) + int(problem.group(2)) else 0.0
+        )
     return out
 
 
@@ -198,7 +200,11 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """
     out = dict(base)
     for key, value in over.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -212,12 +218,15 @@ def write_job(path: Path, name: str, base_dir: Path, storage: Path, spec_over: d
 
     job = base_job()
     job["metadata"] = {"name": name}
-    spec = deep_merge(job["spec"], {
-        "model": {"uri": (base_dir / "base-model").resolve().as_uri()},
-        "prompts": {"uri": (base_dir / "prompts.jsonl").resolve().as_uri()},
-        "storage": {"uri": storage.resolve().as_uri()},
-        "preflight": {"enabled": False},
-    })
+    spec = deep_merge(
+        job["spec"],
+        {
+            "model": {"uri": (base_dir / "base-model").resolve().as_uri()},
+            "prompts": {"uri": (base_dir / "prompts.jsonl").resolve().as_uri()},
+            "storage": {"uri": storage.resolve().as_uri()},
+            "preflight": {"enabled": False},
+        },
+    )
     job["spec"] = deep_merge(spec, spec_over)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(job, sort_keys=False))
@@ -255,8 +264,15 @@ def tao_run(job_path: Path, *, fresh: bool = False) -> tuple[dict[str, Any], flo
     return report, seconds
 
 
-def run_variant(name: str, base_dir: Path, work: Path, spec_over: dict[str, Any], *, fresh: bool = False,
-                tokenizer: Any = None) -> dict[str, Any]:
+def run_variant(
+    name: str,
+    base_dir: Path,
+    work: Path,
+    spec_over: dict[str, Any],
+    *,
+    fresh: bool = False,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
     """Write the variant's TAOJob under work/jobs, `tao run` it (storage under work/runs), and measure it:
     report.json's accuracy per round, and from each round's eval/samples.jsonl the challenger's (and for
     round 1 the base's) accuracy, routes and tokens per answer; what each round trained on."""
@@ -272,19 +288,24 @@ def run_variant(name: str, base_dir: Path, work: Path, spec_over: dict[str, Any]
         challenger = analyze(sides["challenger"], sides["labels"], tokenizer)
         if abs((challenger["accuracy"] or 0) - (row.get("accuracy") or 0)) > 1e-3:
             log(f"warning: {name}: report accuracy {row.get('accuracy')} != samples {challenger['accuracy']}")
-        per_round.append({
-            "round": row["round"],
-            "accuracy": row.get("accuracy"),
-            "championAccuracy": row["champion"].get("accuracy"),
-            "promoted": row.get("promoted"),
-            "trainExamples": row.get("trainExamples"),
-            "candidates": row.get("candidates"),
-            "candidateTokens": candidates_tokens(run, row["round"], tokenizer),
-            "challenger": challenger,
-            "trainData": training_data(run, row["round"], labels_by_prompt),
-        })
+        per_round.append(
+            {
+                "round": row["round"],
+                "accuracy": row.get("accuracy"),
+                "championAccuracy": row["champion"].get("accuracy"),
+                "promoted": row.get("promoted"),
+                "trainExamples": row.get("trainExamples"),
+                "candidates": row.get("candidates"),
+                "candidateTokens": candidates_tokens(run, row["round"], tokenizer),
+                "challenger": challenger,
+                "trainData": training_data(run, row["round"], labels_by_prompt),
+            }
+        )
         if row["round"] == 1:
-            base = {"analysis": analyze(sides["champion"], sides["labels"], tokenizer), "prompts": sides["prompts"]}
+            base = {
+                "analysis": analyze(sides["champion"], sides["labels"], tokenizer),
+                "prompts": sides["prompts"],
+            }
     stages = report["_stageSeconds"]
     return {
         "accuracy": per_round[-1]["accuracy"],
@@ -353,13 +374,21 @@ def analyze(answers: Sequence[str], labels: Sequence[Any], tokenizer: Any = None
         c = counts[route_of(answer)]
         c[0] += 1
         c[1] += ok
-        tokens += len(tokenizer(answer, add_special_tokens=False)["input_ids"]) if tokenizer is not None else len(answer)
+        tokens += (
+            len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+            if tokenizer is not None
+            else len(answer)
+        )
     return {
         "n": n,
         "accuracy": _r(correct / n) if n else None,
         "tokensPerAnswer": _r(tokens / n, 2) if n else None,
         "routes": {
-            r: {"share": _r(c[0] / n) if n else None, "accuracy": _r(c[1] / c[0]) if c[0] else None, "count": c[0]}
+            r: {
+                "share": _r(c[0] / n) if n else None,
+                "accuracy": _r(c[1] / c[0]) if c[0] else None,
+                "count": c[0],
+            }
             for r, c in counts.items()
         },
     }
@@ -406,13 +435,20 @@ def training_data(run: Path, round_: int, labels_by_prompt: dict[str, str]) -> d
             return {}
         ok = sum(final_answer(c) == labels_by_prompt.get(p) for p, c in texts)
         col = sum(route_of(c) == "column" for _, c in texts)
-        return {"examples": len(texts), "columnShare": _r(col / len(texts)), "correctShare": _r(ok / len(texts))}
+        return {
+            "examples": len(texts),
+            "columnShare": _r(col / len(texts)),
+            "correctShare": _r(ok / len(texts)),
+        }
 
     if rows and "completion" in rows[0]:
         return judge("completion")
     if rows and "chosen" in rows[0]:
         return {"chosen": judge("chosen"), "rejected": judge("rejected")}
-    return {"examples": len(rows), "online": True}  # grpo: the prompts only; completions are sampled in training
+    return {
+        "examples": len(rows),
+        "online": True,
+    }  # grpo: the prompts only; completions are sampled in training
 
 
 def candidates_tokens(run: Path, round_: int, tokenizer: Any = None) -> int:
@@ -421,7 +457,11 @@ def candidates_tokens(run: Path, round_: int, tokenizer: Any = None) -> int:
     for shard in sorted((run / f"round-{round_:03d}" / "candidates").glob("shard-*.jsonl")):
         for rec in read_jsonl(shard):
             for c in rec["candidates"]:
-                total += len(tokenizer(c, add_special_tokens=False)["input_ids"]) if tokenizer is not None else len(c)
+                total += (
+                    len(tokenizer(c, add_special_tokens=False)["input_ids"])
+                    if tokenizer is not None
+                    else len(c)
+                )
     return total
 
 
@@ -448,7 +488,13 @@ def mean_sd(values: Iterable[float | None]) -> dict[str, Any]:
     if not vals:
         return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": _r(statistics.fmean(vals)), "sd": _r(sd), "min": _r(min(vals)), "max": _r(max(vals)), "n": len(vals)}
+    return {
+        "mean": _r(statistics.fmean(vals)),
+        "sd": _r(sd),
+        "min": _r(min(vals)),
+        "max": _r(max(vals)),
+        "n": len(vals),
+    }
 
 
 def fmt_ms(stat: dict[str, Any], digits: int = 3, signed: bool = False) -> str:
@@ -482,7 +528,9 @@ def _drop_zero(text: str) -> str:
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     rows = [list(header)] + [list(r) for r in rows]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -43,11 +43,14 @@ def spec_for(n: int, smoke: bool) -> dict[str, Any]:
         "evaluation": {"referenceSamples": REFERENCE_SAMPLES},
     }
     if smoke:
-        spec = c.deep_merge(spec, {
-            "prompts": {"maxPerRound": 16, "heldOutFraction": 0.2},
-            "training": {"epochs": 1, "batchSize": 8, "sft": {"minScore": 0.0}},
-            "evaluation": {"maxPrompts": 12, "minImprovement": -10.0, "referenceSamples": 2},
-        })
+        spec = c.deep_merge(
+            spec,
+            {
+                "prompts": {"maxPerRound": 16, "heldOutFraction": 0.2},
+                "training": {"epochs": 1, "batchSize": 8, "sft": {"minScore": 0.0}},
+                "evaluation": {"maxPrompts": 12, "minImprovement": -10.0, "referenceSamples": 2},
+            },
+        )
     return spec
 
 
@@ -58,8 +61,9 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     tok = c.load_tokenizer(base_dir / "base-model")
     out: dict[str, Any] = {"seed": seed, "prepare": info, "byCandidates": {}}
     for n in args.candidates:
-        result = c.run_variant(f"scale-n{n:02d}", base_dir, work, spec_for(n, args.smoke), fresh=args.fresh,
-                               tokenizer=tok)
+        result = c.run_variant(
+            f"scale-n{n:02d}", base_dir, work, spec_for(n, args.smoke), fresh=args.fresh, tokenizer=tok
+        )
         base = result.pop("base")
         out.setdefault("base", base["analysis"])
         result["decomposition"] = c.decompose(out["base"], result["analysis"])
@@ -75,8 +79,13 @@ def summarize(seeds: list[dict[str, Any]], candidates: list[int]) -> dict[str, A
         "base": {
             "accuracy": c.mean_sd(s["base"]["accuracy"] for s in seeds),
             "tokensPerAnswer": c.mean_sd(s["base"]["tokensPerAnswer"] for s in seeds),
-            "routes": {r: {"share": c.mean_sd(s["base"]["routes"][r]["share"] for s in seeds),
-                           "accuracy": c.mean_sd(s["base"]["routes"][r]["accuracy"] for s in seeds)} for r in c.ROUTES},
+            "routes": {
+                r: {
+                    "share": c.mean_sd(s["base"]["routes"][r]["share"] for s in seeds),
+                    "accuracy": c.mean_sd(s["base"]["routes"][r]["accuracy"] for s in seeds),
+                }
+                for r in c.ROUTES
+            },
         }
     }
     for n in candidates:
@@ -88,8 +97,13 @@ def summarize(seeds: list[dict[str, Any]], candidates: list[int]) -> dict[str, A
             "change": c.mean_sd(m["decomposition"]["change"] for m in ms),
             "mix": c.mean_sd(m["decomposition"]["mix"] for m in ms),
             "skill": c.mean_sd(m["decomposition"]["skill"] for m in ms),
-            "routes": {r: {"share": c.mean_sd(m["analysis"]["routes"][r]["share"] for m in ms),
-                           "accuracy": c.mean_sd(m["analysis"]["routes"][r]["accuracy"] for m in ms)} for r in c.ROUTES},
+            "routes": {
+                r: {
+                    "share": c.mean_sd(m["analysis"]["routes"][r]["share"] for m in ms),
+                    "accuracy": c.mean_sd(m["analysis"]["routes"][r]["accuracy"] for m in ms),
+                }
+                for r in c.ROUTES
+            },
             "tokensPerAnswer": c.mean_sd(m["analysis"]["tokensPerAnswer"] for m in ms),
             "candidateTokens": c.mean_sd(m["candidateTokens"] for m in ms),
             "trainExamples": c.mean_sd(m["rounds"][0]["trainExamples"] for m in ms),
@@ -110,30 +124,60 @@ def route(s: dict[str, Any], r: str) -> str:
 def table(summary: dict[str, Any]) -> str:
     rows = []
     b = summary["base"]
-    rows.append(["base", "-", "-", "-", c.fmt_ms(b["accuracy"]), "-", "-", "-", route(b, "column"),
-                 route(b, "compensation"), c.fmt_ms(b["tokensPerAnswer"], 1), "-", "-"])
+    rows.append(
+        [
+            "base",
+            "-",
+            "-",
+            "-",
+            c.fmt_ms(b["accuracy"]),
+            "-",
+            "-",
+            "-",
+            route(b, "column"),
+            route(b, "compensation"),
+            c.fmt_ms(b["tokensPerAnswer"], 1),
+            "-",
+            "-",
+        ]
+    )
     for key, s in summary.items():
         if key == "base":
             continue
         k = s["candidateTokens"]["mean"]
-        rows.append([
-            str(s["candidates"]),
-            f"{k / 1e3:.0f}k" if k is not None else "-",
-            c.fmt_ms(s["trainExamples"], 0),
-            f"{c.fmt_ms(s['trainColumnShare'], 2)} / {c.fmt_ms(s['trainCorrectShare'], 2)}",
-            c.fmt_ms(s["accuracy"]),
-            c.fmt_ms(s["change"], signed=True),
-            c.fmt_ms(s["mix"], signed=True),
-            c.fmt_ms(s["skill"], signed=True),
-            route(s, "column"),
-            route(s, "compensation"),
-            c.fmt_ms(s["tokensPerAnswer"], 1),
-            f"{s['promoted']}/{s['seeds']}",
-            c.fmt_ms(s["seconds"], 0),
-        ])
+        rows.append(
+            [
+                str(s["candidates"]),
+                f"{k / 1e3:.0f}k" if k is not None else "-",
+                c.fmt_ms(s["trainExamples"], 0),
+                f"{c.fmt_ms(s['trainColumnShare'], 2)} / {c.fmt_ms(s['trainCorrectShare'], 2)}",
+                c.fmt_ms(s["accuracy"]),
+                c.fmt_ms(s["change"], signed=True),
+                c.fmt_ms(s["mix"], signed=True),
+                c.fmt_ms(s["skill"], signed=True),
+                route(s, "column"),
+                route(s, "compensation"),
+                c.fmt_ms(s["tokensPerAnswer"], 1),
+                f"{s['promoted']}/{s['seeds']}",
+                c.fmt_ms(s["seconds"], 0),
+            ]
+        )
     return c.format_table(
-        ["N", "candidate tokens", "kept", "kept: column / correct", "accuracy", "change", "  mix", "  skill",
-         "column share (acc)", "compensation share (acc)", "tokens/answer", "promoted", "seconds"],
+        [
+            "N",
+            "candidate tokens",
+            "kept",
+            "kept: column / correct",
+            "accuracy",
+            "change",
+            "  mix",
+            "  skill",
+            "column share (acc)",
+            "compensation share (acc)",
+            "tokens/answer",
+            "promoted",
+            "seconds",
+        ],
         rows,
     )
 
@@ -159,7 +203,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     toks = [summary[k]["tokensPerAnswer"]["mean"] for k in keys]
     col = [summary[k]["routes"]["column"]["share"]["mean"] for k in keys]
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    ax.errorbar(ns, acc, yerr=err, fmt="-o", capsize=3, color="tab:blue", label="held-out accuracy after 1 round")
+    ax.errorbar(
+        ns, acc, yerr=err, fmt="-o", capsize=3, color="tab:blue", label="held-out accuracy after 1 round"
+    )
     ax.plot(ns, col, "--s", color="tab:green", alpha=0.7, label="column-route share of greedy answers")
     base = summary["base"]["accuracy"]["mean"]
     if base is not None:
@@ -191,11 +237,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=c.parse_ints, default=[0])
     p.add_argument("--candidates", type=c.parse_ints, default=[1, 2, 4, 8, 16])
-    p.add_argument("--work", type=Path, default=None, help=f"base models and runs, reused (default {c.DEFAULT_WORK}/full, or /smoke)")
-    p.add_argument("--json", "--out", dest="out", type=Path, default=None,
-                   help="where to write the figures (default benchmarks/results/compute_scaling.json; none with --smoke)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help=f"base models and runs, reused (default {c.DEFAULT_WORK}/full, or /smoke)",
+    )
+    p.add_argument(
+        "--json",
+        "--out",
+        dest="out",
+        type=Path,
+        default=None,
+        help="where to write the figures (default benchmarks/results/compute_scaling.json; none with --smoke)",
+    )
     p.add_argument("--fresh", action="store_true", help="re-run TAO rounds whose runs exist in --work")
-    p.add_argument("--smoke", action="store_true", help="tiny: a barely trained base, a few prompts, N=2, 1 seed")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny: a barely trained base, a few prompts, N=2, 1 seed"
+    )
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -211,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [run_seed(seed, args) for seed in args.seeds]
     summary = summarize(seeds, args.candidates)
     held = seeds[0]["base"]["n"]
-    print(f"\ncompute scaling, seeds {','.join(map(str, args.seeds))}: {held} held-out prompts, 1 round, "
-          f"majority vote, SFT (mean ± sample sd over seeds where more than one)")
+    print(
+        f"\ncompute scaling, seeds {','.join(map(str, args.seeds))}: {held} held-out prompts, 1 round, "
+        f"majority vote, SFT (mean ± sample sd over seeds where more than one)"
+    )
     print(table(summary))
     print(LEGEND)
     wall = round(time.monotonic() - started, 1)
@@ -220,16 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average after: {load_after}; wall {wall:.0f}s")
     if args.out is None:
         return 0
-    c.write_json(args.out, {
-        "benchmark": "compute_scaling",
-        "command": " ".join(["python", "benchmarks/compute_scaling.py", *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "taojobSpecChanges": {str(n): spec_for(n, args.smoke) for n in args.candidates},
-        "wallSeconds": wall,
-        "loadAverage": {"before": load_before, "after": load_after},
-        "summary": summary,
-        "seeds": seeds,
-    })
+    c.write_json(
+        args.out,
+        {
+            "benchmark": "compute_scaling",
+            "command": " ".join(
+                ["python", "benchmarks/compute_scaling.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "taojobSpecChanges": {str(n): spec_for(n, args.smoke) for n in args.candidates},
+            "wallSeconds": wall,
+            "loadAverage": {"before": load_before, "after": load_after},
+            "summary": summary,
+            "seeds": seeds,
+        },
+    )
     print(f"wrote {args.out}")
     if not args.no_plot:
         plot(summary, args.out.with_suffix(".png"))

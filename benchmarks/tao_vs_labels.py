@@ -60,12 +60,25 @@ def method_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     specs: dict[str, dict[str, Any]] = {
         "tao-majority": {},
         "tao-verifier": {"scoring": {"scorers": [verifier]}},
-        "tao-dpo": {"training": {"method": "dpo", "learningRate": args.dpo_lr, "epochs": args.dpo_epochs,
-                                 "dpo": {"minMargin": 0.5, "beta": 0.1}}},
+        "tao-dpo": {
+            "training": {
+                "method": "dpo",
+                "learningRate": args.dpo_lr,
+                "epochs": args.dpo_epochs,
+                "dpo": {"minMargin": 0.5, "beta": 0.1},
+            }
+        },
         # GRPO: 8 samples of a prompt form a group; batch 64 = 8 prompts per step.
-        "tao-grpo": {"prompts": {"maxPerRound": args.grpo_prompts},
-                     "training": {"method": "grpo", "learningRate": args.grpo_lr, "epochs": 1,
-                                  "batchSize": args.grpo_batch, "lrScheduler": "constant_with_warmup"}},
+        "tao-grpo": {
+            "prompts": {"maxPerRound": args.grpo_prompts},
+            "training": {
+                "method": "grpo",
+                "learningRate": args.grpo_lr,
+                "epochs": 1,
+                "batchSize": args.grpo_batch,
+                "lrScheduler": "constant_with_warmup",
+            },
+        },
     }
     specs = {name: c.deep_merge({"rounds": args.rounds}, spec) for name, spec in specs.items()}
     if args.smoke:  # every code path, seconds per stage: a few prompts, thresholds that always keep something
@@ -101,8 +114,16 @@ def gold(a: int, b: int, style: str, rng: random.Random) -> str:
     return prep.compensation_route(a, b)
 
 
-def sft_on_labels(base_dir: Path, out: Path, job: dict[str, Any], train_prompts: list[Any], held: list[Any],
-                  n: int, style: str, seed: int) -> dict[str, Any]:
+def sft_on_labels(
+    base_dir: Path,
+    out: Path,
+    job: dict[str, Any],
+    train_prompts: list[Any],
+    held: list[Any],
+    n: int,
+    style: str,
+    seed: int,
+) -> dict[str, Any]:
     """Plain TRL SFT on n labeled prompts (gold worked solutions), then greedy answers on the held-out set."""
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
@@ -126,10 +147,16 @@ def sft_on_labels(base_dir: Path, out: Path, job: dict[str, Any], train_prompts:
     rows = []
     for rec in train_prompts[:n]:
         a, b = c.parse_problem(rec.prompt)
-        rows.append({"prompt": models.render_prompt(tok, rec.prompt, None), "completion": gold(a, b, style, rng)})
+        rows.append(
+            {"prompt": models.render_prompt(tok, rec.prompt, None), "completion": gold(a, b, style, rng)}
+        )
     t = TrainingSpec.model_validate(job["spec"]["training"])
-    args = SFTConfig(**_common_args(t, str(out / "trainer")), max_length=t.max_length, completion_only_loss=True)
-    trainer = SFTTrainer(model=model_path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    args = SFTConfig(
+        **_common_args(t, str(out / "trainer")), max_length=t.max_length, completion_only_loss=True
+    )
+    trainer = SFTTrainer(
+        model=model_path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
+    )
     with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log lines; stdout is for the tables
         trainer.train()
     trainer.model.save_pretrained(out / "model")
@@ -138,14 +165,18 @@ def sft_on_labels(base_dir: Path, out: Path, job: dict[str, Any], train_prompts:
     gen_spec = job["spec"]["generation"]
     generator = generate.load_generator(str(out / "model"), "transformers", gen_spec["batchSize"])
     greedy = generate.Sampling(1, 0.0, 1.0, gen_spec["maxNewTokens"], 0)
-    answers = [g[0] for g in generator.generate([models.render_prompt(tok, r.prompt, None) for r in held], greedy)]
+    answers = [
+        g[0] for g in generator.generate([models.render_prompt(tok, r.prompt, None) for r in held], greedy)
+    ]
     result = {
         "answers": answers,
         "examples": len(rows),
         "steps": int(trainer.state.global_step),
-        "trainData": {"examples": len(rows),
-                      "columnShare": c._r(sum(c.route_of(r["completion"]) == "column" for r in rows) / len(rows)),
-                      "correctShare": 1.0},
+        "trainData": {
+            "examples": len(rows),
+            "columnShare": c._r(sum(c.route_of(r["completion"]) == "column" for r in rows) / len(rows)),
+            "correctShare": 1.0,
+        },
         "seconds": round(time.monotonic() - started, 1),
         "trainSeconds": round(train_seconds, 1),
     }
@@ -171,7 +202,9 @@ def run_seed(seed: int, args: argparse.Namespace, specs: dict[str, dict[str, Any
         if base_analysis is None:
             base_analysis, held_prompts = base["analysis"], base["prompts"]
         elif base["analysis"]["accuracy"] != base_analysis["accuracy"]:
-            c.log(f"warning: {name}: base accuracy {base['analysis']['accuracy']} != {base_analysis['accuracy']}")
+            c.log(
+                f"warning: {name}: base accuracy {base['analysis']['accuracy']} != {base_analysis['accuracy']}"
+            )
         out["methods"][name] = result
 
     # The labeled baselines: same held-out prompts (checked against the TAO runs' own split).
@@ -183,7 +216,11 @@ def run_seed(seed: int, args: argparse.Namespace, specs: dict[str, dict[str, Any
     labels = [r.fields["answer"] for r in held]
     if base_analysis is None:  # no TAO method selected: evaluate the base here
         base_analysis = _greedy_analysis(base_dir / "base-model", held, job, tok)
-    out["methods"]["base"] = {"accuracy": base_analysis["accuracy"], "analysis": base_analysis, "perRound": [base_analysis["accuracy"]]}
+    out["methods"]["base"] = {
+        "accuracy": base_analysis["accuracy"],
+        "analysis": base_analysis,
+        "perRound": [base_analysis["accuracy"]],
+    }
     label_runs = [(n, "column") for n in args.labels] + [(n, "mixed") for n in args.mixed_labels]
     for n, style in label_runs:
         name = f"sft-labels-{n}" if style == "column" else f"sft-labels-mixed-{n}"
@@ -192,8 +229,12 @@ def run_seed(seed: int, args: argparse.Namespace, specs: dict[str, dict[str, Any
         analysis = c.analyze(res["answers"], labels, tok)
         c.log(f"  {name}: accuracy {analysis['accuracy']} ({res['seconds']}s, {res['steps']} steps)")
         out["methods"][name] = {
-            "accuracy": analysis["accuracy"], "analysis": analysis, "perRound": [base_analysis["accuracy"], analysis["accuracy"]],
-            "trainData": res["trainData"], "seconds": res["seconds"], "steps": res["steps"],
+            "accuracy": analysis["accuracy"],
+            "analysis": analysis,
+            "perRound": [base_analysis["accuracy"], analysis["accuracy"]],
+            "trainData": res["trainData"],
+            "seconds": res["seconds"],
+            "steps": res["steps"],
         }
     for m in out["methods"].values():
         m["decomposition"] = c.decompose(base_analysis, m["analysis"])
@@ -205,7 +246,12 @@ def _greedy_analysis(model_dir: Path, held: list[Any], job: dict[str, Any], tok:
 
     gen = job["spec"]["generation"]
     generator = generate.load_generator(str(model_dir), "transformers", gen["batchSize"])
-    answers = [g[0] for g in generator.generate([r.prompt for r in held], generate.Sampling(1, 0.0, 1.0, gen["maxNewTokens"], 0))]
+    answers = [
+        g[0]
+        for g in generator.generate(
+            [r.prompt for r in held], generate.Sampling(1, 0.0, 1.0, gen["maxNewTokens"], 0)
+        )
+    ]
     return c.analyze(answers, [r.fields["answer"] for r in held], tok)
 
 
@@ -214,8 +260,10 @@ def _greedy_analysis(model_dir: Path, held: list[Any], job: dict[str, Any], tok:
 
 def method_order(names: list[str]) -> list[str]:
     def by_n(prefix: str) -> list[str]:
-        return sorted((n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()),
-                      key=lambda n: int(n[len(prefix):]))
+        return sorted(
+            (n for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()),
+            key=lambda n: int(n[len(prefix) :]),
+        )
 
     first = ["base", *by_n("sft-labels-"), *by_n("sft-labels-mixed-")]
     return [n for n in first if n in names] + [n for n in TAO_METHODS if n in names]
@@ -241,11 +289,31 @@ def seed_table(seed_out: dict[str, Any]) -> str:
     for name in method_order(list(seed_out["methods"])):
         m = seed_out["methods"][name]
         a = m["analysis"]
-        rows.append([name, f"{m['accuracy']:.3f}", route_cell(a, "column"), route_cell(a, "compensation"),
-                     f"{a['routes']['other']['share']:.2f}", f"{a['tokensPerAnswer']:.1f}",
-                     {True: "yes", False: "no"}.get(m.get("promotedAll"), "-"), f"{m.get('seconds', 0):.0f}"])
-    return c.format_table(["method", "accuracy", "column share (acc)", "compensation share (acc)", "other",
-                           "tokens/answer", "promoted", "seconds"], rows)
+        rows.append(
+            [
+                name,
+                f"{m['accuracy']:.3f}",
+                route_cell(a, "column"),
+                route_cell(a, "compensation"),
+                f"{a['routes']['other']['share']:.2f}",
+                f"{a['tokensPerAnswer']:.1f}",
+                {True: "yes", False: "no"}.get(m.get("promotedAll"), "-"),
+                f"{m.get('seconds', 0):.0f}",
+            ]
+        )
+    return c.format_table(
+        [
+            "method",
+            "accuracy",
+            "column share (acc)",
+            "compensation share (acc)",
+            "other",
+            "tokens/answer",
+            "promoted",
+            "seconds",
+        ],
+        rows,
+    )
 
 
 def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -267,10 +335,17 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             "change": stat(lambda m: m["decomposition"]["change"]),
             "mix": stat(lambda m: m["decomposition"]["mix"]),
             "skill": stat(lambda m: m["decomposition"]["skill"]),
-            "routes": {r: {"share": stat(lambda m, r=r: m["analysis"]["routes"][r]["share"]),
-                           "accuracy": stat(lambda m, r=r: m["analysis"]["routes"][r]["accuracy"])} for r in c.ROUTES},
+            "routes": {
+                r: {
+                    "share": stat(lambda m, r=r: m["analysis"]["routes"][r]["share"]),
+                    "accuracy": stat(lambda m, r=r: m["analysis"]["routes"][r]["accuracy"]),
+                }
+                for r in c.ROUTES
+            },
             "tokensPerAnswer": stat(lambda m: m["analysis"]["tokensPerAnswer"]),
-            "perRound": [c.mean_sd(m["perRound"][i] for m in ms if len(m["perRound"]) > i) for i in range(rounds)],
+            "perRound": [
+                c.mean_sd(m["perRound"][i] for m in ms if len(m["perRound"]) > i) for i in range(rounds)
+            ],
             "promoted": sum(bool(m.get("promotedAll")) for m in ms) if "promotedAll" in ms[0] else None,
             "trainColumnShare": c.mean_sd(_train_share(t, "columnShare") for t in td),
             "trainCorrectShare": c.mean_sd(_train_share(t, "correctShare") for t in td),
@@ -288,22 +363,39 @@ def _train_share(t: dict[str, Any], key: str) -> float | None:
 def summary_table(summary: dict[str, Any]) -> str:
     rows = []
     for name, s in summary.items():
-        rows.append([
-            name, s["labelsUsedInTraining"], c.fmt_ms(s["accuracy"]),
-            "-" if name == "base" else c.fmt_ms(s["change"], signed=True),
-            "-" if name == "base" else c.fmt_ms(s["mix"], signed=True),
-            "-" if name == "base" else c.fmt_ms(s["skill"], signed=True),
-            f"{c.fmt_ms(s['routes']['column']['share'], 2)} ({c.fmt_ms(s['routes']['column']['accuracy'], 2)})",
-            f"{c.fmt_ms(s['routes']['compensation']['share'], 2)} ({c.fmt_ms(s['routes']['compensation']['accuracy'], 2)})",
-            c.fmt_ms(s["routes"]["other"]["share"], 2),
-            c.fmt_ms(s["tokensPerAnswer"], 1),
-            f"{c.fmt_ms(s['trainColumnShare'], 2)} / {c.fmt_ms(s['trainCorrectShare'], 2)}",
-            "-" if s["promoted"] is None else f"{s['promoted']}/{s['seeds']}",
-            c.fmt_ms(s["seconds"], 0),
-        ])
+        rows.append(
+            [
+                name,
+                s["labelsUsedInTraining"],
+                c.fmt_ms(s["accuracy"]),
+                "-" if name == "base" else c.fmt_ms(s["change"], signed=True),
+                "-" if name == "base" else c.fmt_ms(s["mix"], signed=True),
+                "-" if name == "base" else c.fmt_ms(s["skill"], signed=True),
+                f"{c.fmt_ms(s['routes']['column']['share'], 2)} ({c.fmt_ms(s['routes']['column']['accuracy'], 2)})",
+                f"{c.fmt_ms(s['routes']['compensation']['share'], 2)} ({c.fmt_ms(s['routes']['compensation']['accuracy'], 2)})",
+                c.fmt_ms(s["routes"]["other"]["share"], 2),
+                c.fmt_ms(s["tokensPerAnswer"], 1),
+                f"{c.fmt_ms(s['trainColumnShare'], 2)} / {c.fmt_ms(s['trainCorrectShare'], 2)}",
+                "-" if s["promoted"] is None else f"{s['promoted']}/{s['seeds']}",
+                c.fmt_ms(s["seconds"], 0),
+            ]
+        )
     return c.format_table(
-        ["method", "labels", "accuracy", "change", "  mix", "  skill", "column share (acc)",
-         "compensation share (acc)", "other", "tokens", "trained on: column / correct", "promoted", "seconds"],
+        [
+            "method",
+            "labels",
+            "accuracy",
+            "change",
+            "  mix",
+            "  skill",
+            "column share (acc)",
+            "compensation share (acc)",
+            "other",
+            "tokens",
+            "trained on: column / correct",
+            "promoted",
+            "seconds",
+        ],
         rows,
     )
 
@@ -350,8 +442,15 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         for bar, n in zip(bars, names, strict=True):
             acc = summary[n]["routes"][route]["accuracy"]["mean"]
             if bar.get_height() > 0.06 and acc is not None:
-                ax2.text(bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height() / 2, f"{acc:.2f}",
-                         ha="center", va="center", fontsize=7, color="white")
+                ax2.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    bar.get_y() + bar.get_height() / 2,
+                    f"{acc:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white",
+                )
         bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
     ax2.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
     ax2.set_ylabel("share of held-out greedy answers")
@@ -368,11 +467,15 @@ def report_only(path: Path, plot_it: bool) -> int:
 
     data = json.loads(path.read_text())
     for seed_out in data["seeds"]:
-        print(f"\nseed {seed_out['seed']} (prepare {seed_out['prepare']['seconds']}s; {seed_out['prepare'].get('summary') or ''})")
+        print(
+            f"\nseed {seed_out['seed']} (prepare {seed_out['prepare']['seconds']}s; {seed_out['prepare'].get('summary') or ''})"
+        )
         print(seed_table(seed_out))
     data["summary"] = summarize(data["seeds"])
-    print(f"\nsummary over seeds {','.join(str(s['seed']) for s in data['seeds'])}: held-out prompts "
-          f"{data['seeds'][0]['methods']['base']['analysis']['n']}, rounds {data['settings']['rounds']}")
+    print(
+        f"\nsummary over seeds {','.join(str(s['seed']) for s in data['seeds'])}: held-out prompts "
+        f"{data['seeds'][0]['methods']['base']['analysis']['n']}, rounds {data['settings']['rounds']}"
+    )
     print(summary_table(data["summary"]))
     print(LEGEND)
     c.write_json(path, data)
@@ -387,24 +490,48 @@ def report_only(path: Path, plot_it: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=c.parse_ints, default=[0, 1, 2])
-    p.add_argument("--labels", type=c.parse_ints, default=[200, 1600], help="N of the column-route labeled SFT runs")
-    p.add_argument("--mixed-labels", type=c.parse_ints, default=[1600], help="N of the either-route labeled SFT runs")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=None,
-                   help=f"TAO variants to run (default: all: {','.join(TAO_METHODS)}; with --smoke: tao-majority)")
+    p.add_argument(
+        "--labels", type=c.parse_ints, default=[200, 1600], help="N of the column-route labeled SFT runs"
+    )
+    p.add_argument(
+        "--mixed-labels", type=c.parse_ints, default=[1600], help="N of the either-route labeled SFT runs"
+    )
+    p.add_argument(
+        "--methods",
+        type=lambda s: s.split(","),
+        default=None,
+        help=f"TAO variants to run (default: all: {','.join(TAO_METHODS)}; with --smoke: tao-majority)",
+    )
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--dpo-lr", type=float, default=5e-5)
     p.add_argument("--dpo-epochs", type=float, default=2)
-    p.add_argument("--grpo-prompts", type=int, default=512, help="round prompts for GRPO (the others use 1600)")
+    p.add_argument(
+        "--grpo-prompts", type=int, default=512, help="round prompts for GRPO (the others use 1600)"
+    )
     p.add_argument("--grpo-lr", type=float, default=1e-4)
     p.add_argument("--grpo-batch", type=int, default=64, help="completions per GRPO step (a multiple of 8)")
-    p.add_argument("--work", type=Path, default=None, help=f"base models and runs, reused (default {c.DEFAULT_WORK}/full, or /smoke)")
-    p.add_argument("--json", "--out", dest="out", type=Path, default=None,
-                   help="where to write the figures (default benchmarks/results/tao_vs_labels.json; none with --smoke)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help=f"base models and runs, reused (default {c.DEFAULT_WORK}/full, or /smoke)",
+    )
+    p.add_argument(
+        "--json",
+        "--out",
+        dest="out",
+        type=Path,
+        default=None,
+        help="where to write the figures (default benchmarks/results/tao_vs_labels.json; none with --smoke)",
+    )
     p.add_argument("--fresh", action="store_true", help="re-run TAO variants whose runs exist in --work")
     p.add_argument("--smoke", action="store_true", help="tiny: a barely trained base, a few prompts, 1 seed")
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--report-only", action="store_true",
-                   help="re-print the tables and re-plot from the --json file of an earlier run (no training)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-print the tables and re-plot from the --json file of an earlier run (no training)",
+    )
     args = p.parse_args(argv)
     if args.report_only:
         return report_only(args.out or c.RESULTS / "tao_vs_labels.json", plot_it=not args.no_plot)
@@ -426,11 +553,15 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         seed_out = run_seed(seed, args, specs)
         seeds.append(seed_out)
-        print(f"\nseed {seed} (prepare {seed_out['prepare']['seconds']}s; {seed_out['prepare'].get('summary') or ''})")
+        print(
+            f"\nseed {seed} (prepare {seed_out['prepare']['seconds']}s; {seed_out['prepare'].get('summary') or ''})"
+        )
         print(seed_table(seed_out))
     summary = summarize(seeds)
-    print(f"\nsummary over seeds {','.join(map(str, args.seeds))}: held-out prompts "
-          f"{seeds[0]['methods']['base']['analysis']['n']}, rounds {args.rounds}")
+    print(
+        f"\nsummary over seeds {','.join(map(str, args.seeds))}: held-out prompts "
+        f"{seeds[0]['methods']['base']['analysis']['n']}, rounds {args.rounds}"
+    )
     print(summary_table(summary))
     print(LEGEND)
     wall = round(time.monotonic() - started, 1)
@@ -438,16 +569,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average after: {load_after}; wall {wall:.0f}s")
     if args.out is None:
         return 0
-    c.write_json(args.out, {
-        "benchmark": "tao_vs_labels",
-        "command": " ".join(["python", "benchmarks/tao_vs_labels.py", *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "taojobSpecChanges": specs,
-        "wallSeconds": wall,
-        "loadAverage": {"before": load_before, "after": load_after},
-        "summary": summary,
-        "seeds": seeds,
-    })
+    c.write_json(
+        args.out,
+        {
+            "benchmark": "tao_vs_labels",
+            "command": " ".join(
+                ["python", "benchmarks/tao_vs_labels.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "taojobSpecChanges": specs,
+            "wallSeconds": wall,
+            "loadAverage": {"before": load_before, "after": load_after},
+            "summary": summary,
+            "seeds": seeds,
+        },
+    )
     print(f"wrote {args.out}")
     if not args.no_plot:
         plot(summary, args.out.with_suffix(".png"))

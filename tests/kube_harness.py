@@ -44,7 +44,14 @@ PATHS = {
 
 # Requests from the fake control plane carry this agent; everything else came from the operator (kopf or ours).
 HARNESS_AGENT = "tao-test-harness"
-VERBS = {"fetch": "get", "list": "list", "watch": "watch", "create": "create", "update": "patch", "delete": "delete"}
+VERBS = {
+    "fetch": "get",
+    "list": "list",
+    "watch": "watch",
+    "create": "create",
+    "update": "patch",
+    "delete": "delete",
+}
 
 
 def now() -> str:
@@ -62,7 +69,11 @@ class Emulator(kmock.KubernetesEmulator):
         self.operator_calls: set[tuple[str, str, str]] = set()  # (verb, group, resource[/subresource])
 
     async def _handle(self, request: Any) -> Any:
-        if request.resource is not None and request.resource.plural and request.headers.get("User-Agent") != HARNESS_AGENT:
+        if (
+            request.resource is not None
+            and request.resource.plural
+            and request.headers.get("User-Agent") != HARNESS_AGENT
+        ):
             verb = VERBS.get(str(request.action).split(".")[-1].lower(), str(request.action))
             sub = "/status" if str(request.url.path).endswith("/status") else ""
             self.operator_calls.add((verb, request.resource.group or "", request.resource.plural + sub))
@@ -73,7 +84,11 @@ class Emulator(kmock.KubernetesEmulator):
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", now())
-            meta.update(resourceVersion=rv, generation=1, **({"namespace": request.namespace} if request.namespace else {}))
+            meta.update(
+                resourceVersion=rv,
+                generation=1,
+                **({"namespace": request.namespace} if request.namespace else {}),
+            )
         elif request.action == kmock.action.UPDATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
             meta["resourceVersion"] = rv
@@ -94,16 +109,32 @@ class Emulator(kmock.KubernetesEmulator):
 
 def declare_resources(emu: Emulator) -> None:
     emu.resources["tao.dev/v1alpha1/taojobs"] = kmock.ResourceInfo(
-        kind="TAOJob", namespaced=True, subresources={"status"}, verbs={"list", "watch", "patch", "get", "create", "delete"})
-    verbs = {"list", "watch", "get", "create", "patch", "delete"}  # without verbs, kopf does not watch a resource
-    emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=verbs)
-    emu.resources["apps/v1/deployments"] = kmock.ResourceInfo(kind="Deployment", namespaced=True, subresources={"status"},
-                                                              verbs=verbs)
+        kind="TAOJob",
+        namespaced=True,
+        subresources={"status"},
+        verbs={"list", "watch", "patch", "get", "create", "delete"},
+    )
+    verbs = {
+        "list",
+        "watch",
+        "get",
+        "create",
+        "patch",
+        "delete",
+    }  # without verbs, kopf does not watch a resource
+    emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(
+        kind="Job", namespaced=True, subresources={"status"}, verbs=verbs
+    )
+    emu.resources["apps/v1/deployments"] = kmock.ResourceInfo(
+        kind="Deployment", namespaced=True, subresources={"status"}, verbs=verbs
+    )
     emu.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status"})
     emu.resources["v1/configmaps"] = kmock.ResourceInfo(kind="ConfigMap", namespaced=True)
     emu.resources["v1/services"] = kmock.ResourceInfo(kind="Service", namespaced=True)
     emu.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)
-    emu.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False)  # kopf waits for it
+    emu.resources["v1/namespaces"] = kmock.ResourceInfo(
+        kind="Namespace", namespaced=False
+    )  # kopf waits for it
 
 
 class Api:
@@ -118,8 +149,9 @@ class Api:
 
     async def call(self, method: str, path: str, body: Any = None, merge: bool = False) -> Any:
         headers = {"Content-Type": "application/merge-patch+json" if merge else "application/json"}
-        async with self.session.request(method, self.url + path, data=None if body is None else json.dumps(body),
-                                        headers=headers) as resp:
+        async with self.session.request(
+            method, self.url + path, data=None if body is None else json.dumps(body), headers=headers
+        ) as resp:
             text = await resp.text()
             if resp.status == 404:
                 return None
@@ -143,7 +175,9 @@ class OperatorThread:
 
     def __init__(self, url: str, defaults: OperatorDefaults | None = None) -> None:
         self.url = url
-        self.defaults = defaults or OperatorDefaults(trainer_image="tao-trainer:test", serving_image="vllm:test")
+        self.defaults = defaults or OperatorDefaults(
+            trainer_image="tao-trainer:test", serving_image="vllm:test"
+        )
         self.thread: threading.Thread | None = None
         self.stop_flag: threading.Event | None = None
 
@@ -192,7 +226,9 @@ class ControlPlane:
         await asyncio.gather(*self.tasks, *([self.task] if self.task else []), return_exceptions=True)
         for name in list(self.servers):
             await self._stop_servers(name)
-        for proc in self.pods.values():  # a pod still running (a continuous TAOJob's watch) dies with the node
+        for (
+            proc
+        ) in self.pods.values():  # a pod still running (a continuous TAOJob's watch) dies with the node
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
@@ -226,45 +262,109 @@ class ControlPlane:
                     break
                 failures += 1
                 if failures > backoff:
-                    await self.api.patch("jobs", name, {"status": {"failed": failures, "conditions": [
-                        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now()}]}})
+                    await self.api.patch(
+                        "jobs",
+                        name,
+                        {
+                            "status": {
+                                "failed": failures,
+                                "conditions": [
+                                    {
+                                        "type": "Failed",
+                                        "status": "True",
+                                        "reason": "BackoffLimitExceeded",
+                                        "lastTransitionTime": now(),
+                                    }
+                                ],
+                            }
+                        },
+                    )
                     return
-        await self.api.patch("jobs", name, {"status": {"succeeded": spec.get("completions", 1), "failed": failures,
-                                                       "completionTime": now(), "conditions": [
-            {"type": "Complete", "status": "True", "lastTransitionTime": now()}]}})
+        await self.api.patch(
+            "jobs",
+            name,
+            {
+                "status": {
+                    "succeeded": spec.get("completions", 1),
+                    "failed": failures,
+                    "completionTime": now(),
+                    "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now()}],
+                }
+            },
+        )
 
-    async def _run_pod(self, job: dict[str, Any], container: dict[str, Any], index: int, config: Path, attempt: int) -> int:
+    async def _run_pod(
+        self, job: dict[str, Any], container: dict[str, Any], index: int, config: Path, attempt: int
+    ) -> int:
         job_name = job["metadata"]["name"]
         pod_name = f"{job_name}-{index}-{attempt}-{uuid.uuid4().hex[:5]}"
-        await self.api.call("POST", PATHS["pods"], {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name, "namespace": NS,
-                         "labels": {"job-name": job_name, **job["spec"]["template"]["metadata"].get("labels", {})},
-                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
-            "spec": job["spec"]["template"]["spec"]})
+        await self.api.call(
+            "POST",
+            PATHS["pods"],
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": NS,
+                    "labels": {"job-name": job_name, **job["spec"]["template"]["metadata"].get("labels", {})},
+                    "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+                },
+                "spec": job["spec"]["template"]["spec"],
+            },
+        )
         term = self.workdir / f"{pod_name}.termination"
         env = dict(self.env)
         for var in container.get("env", []):
             if "value" in var:
                 env[var["name"]] = var["value"]
-        env |= {"JOB_COMPLETION_INDEX": str(index), "TAO_RESULT_PATH": str(term), "HOME": str(self.workdir),
-                "HF_HOME": str(self.workdir / "hf"), "TAO_CACHE_DIR": str(self.workdir / "cache")}
-        cmd = [a.replace("/etc/tao/config.json", str(config)) for a in container["command"] + container.get("args", [])]
+        env |= {
+            "JOB_COMPLETION_INDEX": str(index),
+            "TAO_RESULT_PATH": str(term),
+            "HOME": str(self.workdir),
+            "HF_HOME": str(self.workdir / "hf"),
+            "TAO_CACHE_DIR": str(self.workdir / "cache"),
+        }
+        cmd = [
+            a.replace("/etc/tao/config.json", str(config))
+            for a in container["command"] + container.get("args", [])
+        ]
         if cmd[0] == "tao-stage":
             cmd = [sys.executable, "-m", "tao_trainer.cli", *cmd[1:]]
-        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
         self.pods[pod_name] = proc
         _, err = await proc.communicate()
         code = proc.returncode or 0
         message = term.read_text() if term.exists() else err.decode()[-1000:]
         self.pod_log.append((job_name, index, code))
-        await self.api.patch("pods", pod_name, {"status": {
-            "phase": "Succeeded" if code == 0 else "Failed",
-            "containerStatuses": [{"name": container["name"], "ready": False, "restartCount": 0,
-                                   "image": container["image"], "imageID": "", "state": {"terminated": {
-                                       "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                                       "message": message, "finishedAt": now()}}}]}})
+        await self.api.patch(
+            "pods",
+            pod_name,
+            {
+                "status": {
+                    "phase": "Succeeded" if code == 0 else "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": container["name"],
+                            "ready": False,
+                            "restartCount": 0,
+                            "image": container["image"],
+                            "imageID": "",
+                            "state": {
+                                "terminated": {
+                                    "exitCode": code,
+                                    "reason": "Completed" if code == 0 else "Error",
+                                    "message": message,
+                                    "finishedAt": now(),
+                                }
+                            },
+                        }
+                    ],
+                }
+            },
+        )
         return code
 
     async def _roll(self, dep: dict[str, Any]) -> None:
@@ -276,16 +376,27 @@ class ControlPlane:
             cmd = [a.replace("/models", str(self.workdir / meta["name"] / "models")) for a in init["command"]]
             if cmd[0] == "tao-stage":
                 cmd = [sys.executable, "-m", "tao_trainer.cli", *cmd[1:]]
-            proc = await asyncio.create_subprocess_exec(*cmd, env=self.env, stdout=asyncio.subprocess.DEVNULL,
-                                                        stderr=asyncio.subprocess.DEVNULL)
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, env=self.env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
             if await proc.wait() != 0:
                 return  # stays unavailable, as a crash-looping init container would
         if self.serve_models:
             await self._serve(dep)
         n = dep["spec"].get("replicas", 1)
-        await self.api.patch("deployments", meta["name"], {"status": {
-            "observedGeneration": meta.get("generation"), "replicas": n, "updatedReplicas": n,
-            "readyReplicas": n, "availableReplicas": n}})
+        await self.api.patch(
+            "deployments",
+            meta["name"],
+            {
+                "status": {
+                    "observedGeneration": meta.get("generation"),
+                    "replicas": n,
+                    "updatedReplicas": n,
+                    "readyReplicas": n,
+                    "availableReplicas": n,
+                }
+            },
+        )
 
     async def _serve(self, dep: dict[str, Any]) -> None:
         """Start the pod's servers on local ports: the model (`tao serve`, for vLLM) and, if the manifest has one,
@@ -297,9 +408,20 @@ class ControlPlane:
         served_name = vllm["args"][vllm["args"].index("--served-model-name") + 1]
         model_dir = self.workdir / name / "models" / "model"
         server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tao_operator.cli", "serve", str(model_dir), "--port", "0",
-            "--served-model-name", served_name, "--quiet", env=self.env, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "tao_operator.cli",
+            "serve",
+            str(model_dir),
+            "--port",
+            "0",
+            "--served-model-name",
+            served_name,
+            "--quiet",
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         self.servers[name] = [server]
         assert server.stdout is not None
         line = (await asyncio.wait_for(server.stdout.readline(), timeout=120)).decode()
@@ -313,9 +435,15 @@ class ControlPlane:
             args[args.index("--listen") + 1] = f"127.0.0.1:{port}"
             env = dict(self.env) | {v["name"]: v["value"] for v in capture.get("env", []) if "value" in v}
             env |= {"HOME": str(self.workdir), "TAO_CACHE_DIR": str(self.workdir / "cache")}
-            proxy = await asyncio.create_subprocess_exec(sys.executable, "-m", "tao_trainer.cli", *args, env=env,
-                                                         stdout=asyncio.subprocess.DEVNULL,
-                                                         stderr=asyncio.subprocess.DEVNULL)
+            proxy = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tao_trainer.cli",
+                *args,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             self.servers[name].append(proxy)
             url = f"http://127.0.0.1:{port}/v1"
             await eventually(lambda: _answers(f"http://127.0.0.1:{port}/capture/health"), timeout=60)
@@ -359,8 +487,10 @@ def _answers(url: str) -> bool:
 
 
 def _finished(job: dict[str, Any]) -> bool:
-    return any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
-               for c in (job.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 120.0, interval: float = 0.1) -> Any:
@@ -378,4 +508,8 @@ async def eventually(check: Callable[[], Any], timeout: float = 120.0, interval:
 
 
 def stage_env() -> dict[str, str]:
-    return os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }

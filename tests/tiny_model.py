@@ -19,11 +19,19 @@ def build_tiny_model(out: Path, seed: int = 0, layers: int = 2, hidden: int = 64
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tok.decoder = decoders.Fuse()
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(vocab), n_positions=256, n_embd=hidden, n_layer=layers, n_head=4,
-        bos_token_id=1, eos_token_id=1, pad_token_id=0,
+        vocab_size=len(vocab),
+        n_positions=256,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=4,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
     )
     model = GPT2LMHeadModel(config)
     model.generation_config.eos_token_id = 1

@@ -46,7 +46,9 @@ def answer_stats(database: Path, answers: list[str], references: list[str | None
             if reference not in cache:
                 cache[reference] = run_query(database, reference, timeout=2.0, max_rows=10_000)
             expected = cache[reference]
-            match += bool(expected.ok and same_result(got.rows or [], expected.rows or [], order_matters=False))
+            match += bool(
+                expected.ok and same_result(got.rows or [], expected.rows or [], order_matters=False)
+            )
     n = max(len(answers), 1)
     return {"runs": runs / n, "rows": rows / n, "execAccuracy": match / n}
 
@@ -86,25 +88,37 @@ def _pct(x: float | None) -> str:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print("round  stage seconds                                  sql executed/candidates  judge calls (parse failures, http errors, cache hits)  train examples")
+    print(
+        "round  stage seconds                                  sql executed/candidates  judge calls (parse failures, http errors, cache hits)  train examples"
+    )
     for r in report["rounds"]:
         secs = " ".join(f"{k}={v}" for k, v in r["seconds"].items())
         s = r.get("score", {})
         sql = f"{s.get('sql.executed', 0)}/{s.get('candidates', 0)}" if s else "-"
-        judge = (f"{s.get('judge.calls', 0)} ({s.get('judge.parseFailures', 0)}, {s.get('judge.httpErrors', 0)}, "
-                 f"{s.get('judge.cacheHits', 0)})") if s else "-"
+        judge = (
+            (
+                f"{s.get('judge.calls', 0)} ({s.get('judge.parseFailures', 0)}, {s.get('judge.httpErrors', 0)}, "
+                f"{s.get('judge.cacheHits', 0)})"
+            )
+            if s
+            else "-"
+        )
         print(f"{r['round']:<6} {secs:<46} {sql:<24} {judge:<53} {r.get('trainExamples', '-')}")
     print(f"stages took {report['stageSeconds']} s in all")
     print()
-    print("held-out greedy answers, champion -> challenger (execution accuracy reads the reference_sql labels; "
-          "the loop never does)")
+    print(
+        "held-out greedy answers, champion -> challenger (execution accuracy reads the reference_sql labels; "
+        "the loop never does)"
+    )
     print("round  prompts  runs          returns rows   exec accuracy  gate score     promoted")
     for r in report["rounds"]:
         if "champion" not in r:
             continue
         a, b = r["champion"], r["challenger"]
         cells = [f"{_pct(a[k])} -> {_pct(b[k])}" for k in ("runs", "rows", "execAccuracy", "gateScore")]
-        print(f"{r['round']:<6} {r['heldOut']:<8} " + " ".join(f"{c:<14}" for c in cells) + f" {r['promoted']}")
+        print(
+            f"{r['round']:<6} {r['heldOut']:<8} " + " ".join(f"{c:<14}" for c in cells) + f" {r['promoted']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,35 +50,96 @@ N_ORDERS = 200
 N_IDLE_CUSTOMERS = 8
 
 CITIES = [
-    ("Lisbon", "Portugal"), ("Porto", "Portugal"), ("Madrid", "Spain"), ("Barcelona", "Spain"),
-    ("Valencia", "Spain"), ("Paris", "France"), ("Lyon", "France"), ("Berlin", "Germany"),
-    ("Munich", "Germany"), ("Hamburg", "Germany"), ("Milan", "Italy"), ("Rome", "Italy"),
-    ("Amsterdam", "Netherlands"), ("Dublin", "Ireland"),
+    ("Lisbon", "Portugal"),
+    ("Porto", "Portugal"),
+    ("Madrid", "Spain"),
+    ("Barcelona", "Spain"),
+    ("Valencia", "Spain"),
+    ("Paris", "France"),
+    ("Lyon", "France"),
+    ("Berlin", "Germany"),
+    ("Munich", "Germany"),
+    ("Hamburg", "Germany"),
+    ("Milan", "Italy"),
+    ("Rome", "Italy"),
+    ("Amsterdam", "Netherlands"),
+    ("Dublin", "Ireland"),
 ]
 FIRST_NAMES = [
-    "Ana", "Bruno", "Carla", "David", "Elena", "Filipe", "Greta", "Hugo", "Ines", "Jonas", "Klara", "Luis",
-    "Marta", "Nils", "Olivia", "Pedro", "Rosa", "Sven", "Teresa", "Victor",
+    "Ana",
+    "Bruno",
+    "Carla",
+    "David",
+    "Elena",
+    "Filipe",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Klara",
+    "Luis",
+    "Marta",
+    "Nils",
+    "Olivia",
+    "Pedro",
+    "Rosa",
+    "Sven",
+    "Teresa",
+    "Victor",
 ]
 LAST_NAMES = [
-    "Almeida", "Bauer", "Costa", "Dubois", "Esposito", "Fischer", "Garcia", "Hansen", "Ibarra", "Janssen",
-    "Keller", "Lopez", "Martin", "Novak", "Oliveira", "Petit", "Rossi", "Silva", "Schmidt", "Weber",
+    "Almeida",
+    "Bauer",
+    "Costa",
+    "Dubois",
+    "Esposito",
+    "Fischer",
+    "Garcia",
+    "Hansen",
+    "Ibarra",
+    "Janssen",
+    "Keller",
+    "Lopez",
+    "Martin",
+    "Novak",
+    "Oliveira",
+    "Petit",
+    "Rossi",
+    "Silva",
+    "Schmidt",
+    "Weber",
 ]
 PRODUCTS = [  # name, category, price in euros
-    ("The Silent Harbor", "Books", 14.90), ("Learning SQL", "Books", 39.50),
-    ("Garden Birds of Europe", "Books", 24.00), ("A Short History of Maps", "Books", 18.75),
+    ("The Silent Harbor", "Books", 14.90),
+    ("Learning SQL", "Books", 39.50),
+    ("Garden Birds of Europe", "Books", 24.00),
+    ("A Short History of Maps", "Books", 18.75),
     ("Cooking with Olive Oil", "Books", 22.40),
-    ("Wireless Mouse", "Electronics", 19.99), ("USB-C Cable", "Electronics", 9.99),
-    ("Bluetooth Speaker", "Electronics", 49.00), ("Noise-Cancelling Headphones", "Electronics", 189.00),
-    ("Mechanical Keyboard", "Electronics", 89.90), ("27-inch Monitor", "Electronics", 229.00),
+    ("Wireless Mouse", "Electronics", 19.99),
+    ("USB-C Cable", "Electronics", 9.99),
+    ("Bluetooth Speaker", "Electronics", 49.00),
+    ("Noise-Cancelling Headphones", "Electronics", 189.00),
+    ("Mechanical Keyboard", "Electronics", 89.90),
+    ("27-inch Monitor", "Electronics", 229.00),
     ("Webcam HD", "Electronics", 59.50),
-    ("Chef Knife", "Kitchen", 64.00), ("Cast Iron Pan", "Kitchen", 45.90), ("Espresso Maker", "Kitchen", 129.00),
-    ("Bamboo Cutting Board", "Kitchen", 17.50), ("Glass Teapot", "Kitchen", 27.90),
-    ("Wooden Train Set", "Toys", 34.90), ("Puzzle 1000 Pieces", "Toys", 15.99),
-    ("Building Blocks Box", "Toys", 42.00), ("Plush Fox", "Toys", 12.50),
-    ("Garden Hose 25m", "Garden", 32.00), ("Pruning Shears", "Garden", 21.90),
-    ("Terracotta Pot Set", "Garden", 26.50), ("Bird Feeder", "Garden", 18.00),
-    ("Yoga Mat", "Sports", 25.00), ("Running Socks", "Sports", 11.90), ("Water Bottle 1L", "Sports", 14.00),
-    ("Tennis Racket", "Sports", 95.00), ("Cycling Gloves", "Sports", 23.50),
+    ("Chef Knife", "Kitchen", 64.00),
+    ("Cast Iron Pan", "Kitchen", 45.90),
+    ("Espresso Maker", "Kitchen", 129.00),
+    ("Bamboo Cutting Board", "Kitchen", 17.50),
+    ("Glass Teapot", "Kitchen", 27.90),
+    ("Wooden Train Set", "Toys", 34.90),
+    ("Puzzle 1000 Pieces", "Toys", 15.99),
+    ("Building Blocks Box", "Toys", 42.00),
+    ("Plush Fox", "Toys", 12.50),
+    ("Garden Hose 25m", "Garden", 32.00),
+    ("Pruning Shears", "Garden", 21.90),
+    ("Terracotta Pot Set", "Garden", 26.50),
+    ("Bird Feeder", "Garden", 18.00),
+    ("Yoga Mat", "Sports", 25.00),
+    ("Running Socks", "Sports", 11.90),
+    ("Water Bottle 1L", "Sports", 14.00),
+    ("Tennis Racket", "Sports", 95.00),
+    ("Cycling Gloves", "Sports", 23.50),
 ]
 STATUSES = [("delivered", 0.55), ("shipped", 0.20), ("pending", 0.12), ("cancelled", 0.13)]
 FIRST_SIGNUP, LAST_SIGNUP = date(2023, 1, 1), date(2024, 12, 31)
@@ -181,9 +242,26 @@ def render(system: str, question: str) -> str:
 
 # --- synthetic pretraining pairs: templates over the schema ----------------------------------------------
 
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-TABLE_WORDS = {"customers": "customers", "products": "products", "orders": "orders", "order_items": "order lines"}
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+TABLE_WORDS = {
+    "customers": "customers",
+    "products": "products",
+    "orders": "orders",
+    "order_items": "order lines",
+}
 
 Template = Callable[[random.Random, dict[str, list[Any]]], tuple[str, str]]
 
@@ -197,83 +275,118 @@ def _templates() -> list[Template]:
 
     def t_count(rng, v):
         t = rng.choice(list(TABLE_WORDS))
-        return pick(rng, f"Count the {TABLE_WORDS[t]}.", f"Give the number of {TABLE_WORDS[t]}."), \
-            f"SELECT COUNT(*) FROM {t};"
+        return pick(
+            rng, f"Count the {TABLE_WORDS[t]}.", f"Give the number of {TABLE_WORDS[t]}."
+        ), f"SELECT COUNT(*) FROM {t};"
 
     def t_city(rng, v):
         c = rng.choice(v["city"])
-        return pick(rng, f"Which customers are from {c}?", f"Give the names of the customers in {c}."), \
-            f"SELECT name FROM customers WHERE city = '{c}';"
+        return pick(
+            rng, f"Which customers are from {c}?", f"Give the names of the customers in {c}."
+        ), f"SELECT name FROM customers WHERE city = '{c}';"
 
     def t_country_count(rng, v):
         c = rng.choice(v["country"])
-        return pick(rng, f"Count the customers from {c}.", f"Give the number of customers in {c}."), \
-            f"SELECT COUNT(*) FROM customers WHERE country = '{c}';"
+        return pick(
+            rng, f"Count the customers from {c}.", f"Give the number of customers in {c}."
+        ), f"SELECT COUNT(*) FROM customers WHERE country = '{c}';"
 
     def t_category(rng, v):
         c = rng.choice(v["category"])
-        return pick(rng, f"Which products belong to the {c} category?", f"Give the {c} products."), \
-            f"SELECT name FROM products WHERE category = '{c}';"
+        return pick(
+            rng, f"Which products belong to the {c} category?", f"Give the {c} products."
+        ), f"SELECT name FROM products WHERE category = '{c}';"
 
     def t_price(rng, v):
         p = rng.choice(v["product"])
-        return pick(rng, f"Give the price of the {p}.", f"What does the {p} cost?"), \
-            f"SELECT price FROM products WHERE name = '{p}';"
+        return pick(
+            rng, f"Give the price of the {p}.", f"What does the {p} cost?"
+        ), f"SELECT price FROM products WHERE name = '{p}';"
 
     def t_price_cmp(rng, v):
         x = rng.choice([10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 150, 200])
         word, op = rng.choice([("less than", "<"), ("more than", ">"), ("under", "<"), ("over", ">")])
-        return f"Which products cost {word} {x} euros?", f"SELECT name, price FROM products WHERE price {op} {x};"
+        return (
+            f"Which products cost {word} {x} euros?",
+            f"SELECT name, price FROM products WHERE price {op} {x};",
+        )
 
     def t_avg_price(rng, v):
         c = rng.choice(v["category"])
         agg, word = rng.choice([("AVG", "average"), ("MAX", "highest"), ("MIN", "lowest")])
-        return f"Give the {word} price of the {c} products.", \
-            f"SELECT {agg}(price) FROM products WHERE category = '{c}';"
+        return (
+            f"Give the {word} price of the {c} products.",
+            f"SELECT {agg}(price) FROM products WHERE category = '{c}';",
+        )
 
     def t_status(rng, v):
         s = rng.choice(v["status"])
-        return pick(rng, f"Count the {s} orders.", f"Give the number of orders with status {s}."), \
-            f"SELECT COUNT(*) FROM orders WHERE status = '{s}';"
+        return pick(
+            rng, f"Count the {s} orders.", f"Give the number of orders with status {s}."
+        ), f"SELECT COUNT(*) FROM orders WHERE status = '{s}';"
 
     def t_top_price(rng, v):
         n = rng.randint(2, 10)
         word, order = rng.choice([("most expensive", "DESC"), ("cheapest", "ASC")])
-        return f"Give the {n} {word} products.", f"SELECT name, price FROM products ORDER BY price {order} LIMIT {n};"
+        return (
+            f"Give the {n} {word} products.",
+            f"SELECT name, price FROM products ORDER BY price {order} LIMIT {n};",
+        )
 
     def t_signup_year(rng, v):
         y = rng.choice(["2023", "2024"])
-        return f"Count the customers who signed up in {y}.", \
-            f"SELECT COUNT(*) FROM customers WHERE strftime('%Y', signup_date) = '{y}';"
+        return (
+            f"Count the customers who signed up in {y}.",
+            f"SELECT COUNT(*) FROM customers WHERE strftime('%Y', signup_date) = '{y}';",
+        )
 
     def t_order_month(rng, v):
         y, m = rng.choice([(2024, m) for m in range(1, 13)] + [(2025, m) for m in range(1, 7)])
-        return f"Count the orders placed in {MONTHS[m - 1]} {y}.", \
-            f"SELECT COUNT(*) FROM orders WHERE strftime('%Y-%m', order_date) = '{y}-{m:02d}';"
+        return (
+            f"Count the orders placed in {MONTHS[m - 1]} {y}.",
+            f"SELECT COUNT(*) FROM orders WHERE strftime('%Y-%m', order_date) = '{y}-{m:02d}';",
+        )
 
     def t_orders_of(rng, v):
         c = rng.choice(v["customer"])
-        return pick(rng, f"Give the ids of the orders placed by {c}.", f"Which orders did {c} place?"), \
-            f"SELECT o.id FROM orders AS o JOIN customers AS c ON c.id = o.customer_id WHERE c.name = '{c}';"
+        return pick(
+            rng, f"Give the ids of the orders placed by {c}.", f"Which orders did {c} place?"
+        ), f"SELECT o.id FROM orders AS o JOIN customers AS c ON c.id = o.customer_id WHERE c.name = '{c}';"
 
     def t_group_customers(rng, v):
         col = rng.choice(["city", "country"])
         return f"Count the customers per {col}.", f"SELECT {col}, COUNT(*) FROM customers GROUP BY {col};"
 
     def t_group_other(rng, v):
-        return rng.choice([
-            ("Count the orders per status.", "SELECT status, COUNT(*) FROM orders GROUP BY status;"),
-            ("Count the products per category.", "SELECT category, COUNT(*) FROM products GROUP BY category;"),
-            ("Give the average price per category.", "SELECT category, AVG(price) FROM products GROUP BY category;"),
-        ])
+        return rng.choice(
+            [
+                ("Count the orders per status.", "SELECT status, COUNT(*) FROM orders GROUP BY status;"),
+                (
+                    "Count the products per category.",
+                    "SELECT category, COUNT(*) FROM products GROUP BY category;",
+                ),
+                (
+                    "Give the average price per category.",
+                    "SELECT category, AVG(price) FROM products GROUP BY category;",
+                ),
+            ]
+        )
 
     def t_stock(rng, v):
         n = rng.choice([5, 10, 20, 30, 50])
-        return rng.choice([
-            ("Which products are out of stock?", "SELECT name FROM products WHERE stock = 0;"),
-            (f"Which products have fewer than {n} units in stock?", f"SELECT name FROM products WHERE stock < {n};"),
-            (f"Which products have more than {n} units in stock?", f"SELECT name FROM products WHERE stock > {n};"),
-        ])
+        return rng.choice(
+            [
+                ("Which products are out of stock?", "SELECT name FROM products WHERE stock = 0;"),
+                (
+                    f"Which products have fewer than {n} units in stock?",
+                    f"SELECT name FROM products WHERE stock < {n};",
+                ),
+                (
+                    f"Which products have more than {n} units in stock?",
+                    f"SELECT name FROM products WHERE stock > {n};",
+                ),
+            ]
+        )
 
     def t_units_sold(rng, v):
         p = rng.choice(v["product"])
@@ -296,8 +409,10 @@ def _templates() -> list[Template]:
     def t_between(rng, v):
         d1 = _day(rng, FIRST_ORDER, LAST_ORDER - timedelta(days=40))
         d2 = d1 + timedelta(days=rng.randint(7, 40))
-        return f"Count the orders placed between {d1} and {d2}.", \
-            f"SELECT COUNT(*) FROM orders WHERE order_date BETWEEN '{d1}' AND '{d2}';"
+        return (
+            f"Count the orders placed between {d1} and {d2}.",
+            f"SELECT COUNT(*) FROM orders WHERE order_date BETWEEN '{d1}' AND '{d2}';",
+        )
 
     def t_city_status(rng, v):
         c, s = rng.choice(v["city"]), rng.choice(v["status"])
@@ -322,22 +437,52 @@ def _templates() -> list[Template]:
 
     def t_recent(rng, v):
         n = rng.randint(2, 10)
-        return f"Give the {n} most recent orders.", f"SELECT id, order_date FROM orders ORDER BY order_date DESC LIMIT {n};"
+        return (
+            f"Give the {n} most recent orders.",
+            f"SELECT id, order_date FROM orders ORDER BY order_date DESC LIMIT {n};",
+        )
 
     def t_order_total(rng, v):
         o = rng.randint(1, N_ORDERS)
-        return f"Give the total of order {o}.", f"SELECT SUM(quantity * unit_price) FROM order_items WHERE order_id = {o};"
+        return (
+            f"Give the total of order {o}.",
+            f"SELECT SUM(quantity * unit_price) FROM order_items WHERE order_id = {o};",
+        )
 
     def t_signed_after(rng, v):
         d = _day(rng, FIRST_SIGNUP, LAST_SIGNUP)
         word, op = rng.choice([("after", ">"), ("before", "<")])
-        return f"Which customers signed up {word} {d}?", f"SELECT name FROM customers WHERE signup_date {op} '{d}';"
+        return (
+            f"Which customers signed up {word} {d}?",
+            f"SELECT name FROM customers WHERE signup_date {op} '{d}';",
+        )
 
     return [
-        t_count, t_city, t_country_count, t_category, t_price, t_price_cmp, t_avg_price, t_status, t_top_price,
-        t_signup_year, t_order_month, t_orders_of, t_group_customers, t_group_other, t_stock, t_units_sold,
-        t_revenue_group, t_email, t_between, t_city_status, t_top_customers, t_top_products, t_recent,
-        t_order_total, t_signed_after,
+        t_count,
+        t_city,
+        t_country_count,
+        t_category,
+        t_price,
+        t_price_cmp,
+        t_avg_price,
+        t_status,
+        t_top_price,
+        t_signup_year,
+        t_order_month,
+        t_orders_of,
+        t_group_customers,
+        t_group_other,
+        t_stock,
+        t_units_sold,
+        t_revenue_group,
+        t_email,
+        t_between,
+        t_city_status,
+        t_top_customers,
+        t_top_products,
+        t_recent,
+        t_order_total,
+        t_signed_after,
     ]
 
 
@@ -384,12 +529,18 @@ def build_tokenizer(corpus: list[str], system: str | None = None) -> PreTrainedT
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=[PAD, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[PAD, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(corpus, trainer=trainer)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token=EOS, pad_token=PAD, padding_side="left", model_max_length=N_POSITIONS
+        tokenizer_object=backend,
+        eos_token=EOS,
+        pad_token=PAD,
+        padding_side="left",
+        model_max_length=N_POSITIONS,
     )
     if system is not None:
         # The whole system prompt is one token: a ~500-character schema then costs one position instead of
@@ -410,9 +561,17 @@ def build_model(tok: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=len(tok), n_positions=N_POSITIONS, n_embd=96, n_layer=3, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        n_positions=N_POSITIONS,
+        n_embd=96,
+        n_layer=3,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"
@@ -443,7 +602,9 @@ def encode_pairs(
     return [(p, c + [tok.eos_token_id]) for p, c in zip(prompts, completions, strict=True)]
 
 
-def batch_tensors(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_tensors(
+    examples: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids, and labels on the completion (and EOS) only."""
     import torch
 
@@ -456,23 +617,35 @@ def batch_tensors(examples: list[tuple[list[int], list[int]]], pad_id: int) -> t
     return ids, labels
 
 
-def greedy_sql(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, system: str, questions: list[str]) -> list[str]:
+def greedy_sql(
+    model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, system: str, questions: list[str]
+) -> list[str]:
     import torch
 
     model.eval()
     out: list[str] = []
     with torch.no_grad():
         for i in range(0, len(questions), 64):
-            enc = tok([render(system, q) for q in questions[i : i + 64]], return_tensors="pt", padding=True,
-                      add_special_tokens=False)
+            enc = tok(
+                [render(system, q) for q in questions[i : i + 64]],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            )
             gen = model.generate(**enc, do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
             out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     model.train()
     return [t.strip() for t in out]
 
 
-def check(model: Any, tok: Any, system: str, conn: sqlite3.Connection, pairs: list[tuple[str, str]],
-          questions: list[str]) -> dict[str, float]:
+def check(
+    model: Any,
+    tok: Any,
+    system: str,
+    conn: sqlite3.Connection,
+    pairs: list[tuple[str, str]],
+    questions: list[str],
+) -> dict[str, float]:
     """Greedy SQL on reserved template pairs (exact match, runs) and on the task's questions (runs only:
     no reference is read)."""
     got = greedy_sql(model, tok, system, [q for q, _ in pairs] + questions)
@@ -484,8 +657,15 @@ def check(model: Any, tok: Any, system: str, conn: sqlite3.Connection, pairs: li
     }
 
 
-def pretrain(model: Any, tok: Any, system: str, seed: int, train: list[tuple[list[int], list[int]]],
-             on_check: Callable[[int], dict[str, float]], max_steps: int) -> dict[str, float]:
+def pretrain(
+    model: Any,
+    tok: Any,
+    system: str,
+    seed: int,
+    train: list[tuple[list[int], list[int]]],
+    on_check: Callable[[int], dict[str, float]],
+    max_steps: int,
+) -> dict[str, float]:
     import torch
 
     rng = random.Random(seed)
@@ -536,7 +716,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"questions.jsonl {q['id']}: reference_sql fails or returns no rows")
     with open(out / "prompts.jsonl", "w") as f:
         for q in questions:
-            f.write(json.dumps({"prompt": q["question"], "qid": q["id"], "reference_sql": q["reference_sql"]}) + "\n")
+            f.write(
+                json.dumps({"prompt": q["question"], "qid": q["id"], "reference_sql": q["reference_sql"]})
+                + "\n"
+            )
     print(f"{len(questions)} questions -> {out / 'prompts.jsonl'}", flush=True)
 
     import torch
@@ -555,8 +738,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tok)}", flush=True)
     train = encode_pairs(tok, system, train_pairs)
     p, c = train[0]
-    assert tok(render(system, train_pairs[0][0]) + " " + train_pairs[0][1], add_special_tokens=False)["input_ids"] \
-        == p + c[:-1], "prompt + completion must tokenize as the two apart"
+    assert (
+        tok(render(system, train_pairs[0][0]) + " " + train_pairs[0][1], add_special_tokens=False)[
+            "input_ids"
+        ]
+        == p + c[:-1]
+    ), "prompt + completion must tokenize as the two apart"
 
     def on_check(step: int) -> dict[str, float]:
         return check(model, tok, system, conn, check_pairs, [q["question"] for q in questions])

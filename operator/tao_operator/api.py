@@ -40,9 +40,13 @@ K8sObject = dict[str, Any]
 class PodSettings(CamelModel):
     """How a stage's pods run; unset fields fall back to spec.pods.default, then to the operator's defaults."""
 
-    image: str | None = Field(default=None, description="Container image (default: the operator's trainer image).")
+    image: str | None = Field(
+        default=None, description="Container image (default: the operator's trainer image)."
+    )
     resources: K8sObject | None = Field(default=None, description="Container resources (requests/limits).")
-    gpus: int | None = Field(default=None, ge=0, description="nvidia.com/gpu per pod (added to requests and limits).")
+    gpus: int | None = Field(
+        default=None, ge=0, description="nvidia.com/gpu per pod (added to requests and limits)."
+    )
     node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector.")
     tolerations: list[K8sObject] | None = Field(default=None, description="Pod tolerations.")
     affinity: K8sObject | None = Field(default=None, description="Pod affinity.")
@@ -55,8 +59,12 @@ class PodSettings(CamelModel):
     service_account_name: str | None = Field(
         default=None, description="Pod service account (for IRSA / workload identity to reach storage)."
     )
-    env: list[K8sObject] | None = Field(default=None, description="Extra environment variables (EnvVar objects).")
-    backoff_limit: int | None = Field(default=None, ge=0, description="Retries of a failed pod before the stage fails.")
+    env: list[K8sObject] | None = Field(
+        default=None, description="Extra environment variables (EnvVar objects)."
+    )
+    backoff_limit: int | None = Field(
+        default=None, ge=0, description="Retries of a failed pod before the stage fails."
+    )
     active_deadline_seconds: int | None = Field(default=None, ge=1, description="Stage time limit.")
 
 
@@ -100,16 +108,24 @@ class CaptureSpec(CamelModel):
         description="Where batches are written (default: <prompts.uri>/captured/, which needs prompts.uri to be "
         "a directory prefix ending in '/'). The serving pods need write access there.",
     )
-    port: int = Field(default=8080, ge=1, le=65535, description="Port of the proxy (the Service sends traffic here).")
+    port: int = Field(
+        default=8080, ge=1, le=65535, description="Port of the proxy (the Service sends traffic here)."
+    )
     batch_size: int = Field(default=500, ge=1, description="Prompts per stored object, at most.")
-    flush_seconds: int = Field(default=30, ge=1, description="Longest time a captured prompt waits in memory.")
-    max_buffer: int = Field(default=10000, ge=1, description="Prompts held while storage is slow or down; more are dropped.")
+    flush_seconds: int = Field(
+        default=30, ge=1, description="Longest time a captured prompt waits in memory."
+    )
+    max_buffer: int = Field(
+        default=10000, ge=1, description="Prompts held while storage is slow or down; more are dropped."
+    )
     redact: str | None = Field(
         default="tao_trainer.capture:redact_basic",
         description="'module:function' applied to each record before it is stored (returns the record or None to "
         "drop it); the default masks e-mail addresses, phone and card numbers. null stores prompts as received.",
     )
-    capture_responses: bool = Field(default=False, description="Also store the server's answers (fields.response).")
+    capture_responses: bool = Field(
+        default=False, description="Also store the server's answers (fields.response)."
+    )
 
 
 class ServingSpec(CamelModel):
@@ -119,13 +135,21 @@ class ServingSpec(CamelModel):
     image: str | None = Field(default=None, description="Serving image (default: the operator's vLLM image).")
     replicas: int = Field(default=1, ge=0, description="Serving replicas.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the OpenAI-compatible server.")
-    served_model_name: str | None = Field(default=None, description="Model name clients send (default: the TAOJob name).")
-    args: list[str] = Field(default_factory=list, description="Extra vLLM server arguments.")
-    pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings of the serving Deployment.")
-    pinned_round: int | None = Field(
-        default=None, ge=0, description="Serve this round's model (0: the base) instead of the champion: a rollback."
+    served_model_name: str | None = Field(
+        default=None, description="Model name clients send (default: the TAOJob name)."
     )
-    capture: CaptureSpec = Field(default_factory=CaptureSpec, description="Capture served prompts for later rounds.")
+    args: list[str] = Field(default_factory=list, description="Extra vLLM server arguments.")
+    pod: PodSettings = Field(
+        default_factory=PodSettings, description="Pod settings of the serving Deployment."
+    )
+    pinned_round: int | None = Field(
+        default=None,
+        ge=0,
+        description="Serve this round's model (0: the base) instead of the champion: a rollback.",
+    )
+    capture: CaptureSpec = Field(
+        default_factory=CaptureSpec, description="Capture served prompts for later rounds."
+    )
 
 
 class TAOJobSpec(LoopSpec):
@@ -135,6 +159,7 @@ class TAOJobSpec(LoopSpec):
     pods: PodsSpec = Field(default_factory=PodsSpec, description="Stage pod settings.")
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec, description="Storage credentials.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Serving of the champion.")
+
     @model_validator(mode="after")
     def _capture_has_a_place(self) -> TAOJobSpec:
         capture = self.serving.capture
@@ -152,15 +177,39 @@ class TAOJobSpec(LoopSpec):
         return self.serving.capture.uri or self.prompts.uri.rstrip("/") + "/captured/"
 
     history_limit: int = Field(
-        default=20, ge=1, le=200,
+        default=20,
+        ge=1,
+        le=200,
         description="Rounds kept in status.rounds; older ones are in storage (<run>/history.jsonl, round reports).",
     )
 
 
 # --------------------------------------------------------------------------------------------- status
 
-PHASES = ("Pending", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended")
-Phase = Literal["Pending", "Preflight", "Watching", "Generating", "Scoring", "Training", "Evaluating", "RollingOut", "Succeeded", "Failed", "Suspended"]
+PHASES = (
+    "Pending",
+    "Generating",
+    "Scoring",
+    "Training",
+    "Evaluating",
+    "RollingOut",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+)
+Phase = Literal[
+    "Pending",
+    "Preflight",
+    "Watching",
+    "Generating",
+    "Scoring",
+    "Training",
+    "Evaluating",
+    "RollingOut",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+]
 
 
 class Condition(CamelModel):
@@ -192,8 +241,12 @@ class RoundStatus(CamelModel):
     mean_score: float | None = None
     train_examples: int | None = None
     train_loss: float | None = None
-    champion: dict[str, float | None] | None = Field(default=None, description="Held-out values of the champion.")
-    challenger: dict[str, float | None] | None = Field(default=None, description="Held-out values of the new model.")
+    champion: dict[str, float | None] | None = Field(
+        default=None, description="Held-out values of the champion."
+    )
+    challenger: dict[str, float | None] | None = Field(
+        default=None, description="Held-out values of the new model."
+    )
     promoted: bool | None = None
     verdict: str | None = None
     model_uri: str | None = None
@@ -235,7 +288,8 @@ class TAOJobStatus(CamelModel):
     conditions: list[Condition] = Field(default_factory=list)
     rounds: list[RoundStatus] = Field(default_factory=list)
     pruned_rounds: int = Field(
-        default=0, description="Rounds 1..prunedRounds, all complete, are no longer listed (see spec.historyLimit)."
+        default=0,
+        description="Rounds 1..prunedRounds, all complete, are no longer listed (see spec.historyLimit).",
     )
     preflight: PreflightStatus | None = None
     champion: ChampionStatus | None = None

@@ -290,7 +290,9 @@ def scorer_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, A
     The key stays in its Secret: the manifest names the Secret and key only. Variables the user set in
     `pods` win (they are in `taken`), and prepare, generate and non-GRPO training never see a key.
     """
-    scoring = {"preflight", "score", "evaluate"} | ({"train"} if job.spec.training.method == "grpo" else set())
+    scoring = {"preflight", "score", "evaluate"} | (
+        {"train"} if job.spec.training.method == "grpo" else set()
+    )
     if stage not in scoring:
         return []
     out: list[dict[str, Any]] = []
@@ -301,7 +303,9 @@ def scorer_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, A
             continue
         seen.add(endpoint.api_key_env)
         ref = endpoint.api_key_secret_ref
-        out.append({"name": endpoint.api_key_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        out.append(
+            {"name": endpoint.api_key_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
     return out
 
 
@@ -439,10 +443,12 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
     default = job.spec.pods.default
     # Identity and registry access are set once for all pods: the init container reads the same storage
     # (IRSA / workload identity) and pulls from the same registry as the stages.
-    settings = serving.pod.model_copy(update={
-        "service_account_name": serving.pod.service_account_name or default.service_account_name,
-        "image_pull_secrets": serving.pod.image_pull_secrets or default.image_pull_secrets,
-    })
+    settings = serving.pod.model_copy(
+        update={
+            "service_account_name": serving.pod.service_account_name or default.service_account_name,
+            "image_pull_secrets": serving.pod.image_pull_secrets or default.image_pull_secrets,
+        }
+    )
     name = serving_name(job)
     labels = _with_extra_labels(child_labels(job, round_, component=COMPONENT_SERVING), settings.labels)
     served_name = serving.served_model_name or job.metadata.name
@@ -569,12 +575,18 @@ def _capture_container(job: TAOJob, defaults: OperatorDefaults) -> dict[str, Any
     serving, capture = job.spec.serving, job.spec.serving.capture
     args = [
         "capture",
-        "--upstream", f"http://127.0.0.1:{serving.port}",
-        "--listen", f"0.0.0.0:{capture.port}",
-        "--prompts-uri", job.spec.capture_uri(),
-        "--batch-size", str(capture.batch_size),
-        "--flush-seconds", str(capture.flush_seconds),
-        "--max-buffer", str(capture.max_buffer),
+        "--upstream",
+        f"http://127.0.0.1:{serving.port}",
+        "--listen",
+        f"0.0.0.0:{capture.port}",
+        "--prompts-uri",
+        job.spec.capture_uri(),
+        "--batch-size",
+        str(capture.batch_size),
+        "--flush-seconds",
+        str(capture.flush_seconds),
+        "--max-buffer",
+        str(capture.max_buffer),
     ]
     if capture.redact:
         args += ["--redact", capture.redact]
@@ -586,14 +598,19 @@ def _capture_container(job: TAOJob, defaults: OperatorDefaults) -> dict[str, Any
         "imagePullPolicy": defaults.image_pull_policy,
         "command": ["tao-stage"],
         "args": args,
-        "env": _env([("HOME", "/tmp"), ("TAO_CACHE_DIR", "/tmp/cache"), *_storage_env(job)], None, frozenset()),
+        "env": _env(
+            [("HOME", "/tmp"), ("TAO_CACHE_DIR", "/tmp/cache"), *_storage_env(job)], None, frozenset()
+        ),
     }
     if env_from := _env_from(job):
         container["envFrom"] = env_from  # it writes to the prompts location
     return container | {
         "ports": [{"name": SERVING_PORT_NAME, "containerPort": capture.port, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": CAPTURE_HEALTH_PATH, "port": SERVING_PORT_NAME},
-                           "periodSeconds": 5, "timeoutSeconds": 2},
+        "readinessProbe": {
+            "httpGet": {"path": CAPTURE_HEALTH_PATH, "port": SERVING_PORT_NAME},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+        },
         # A proxy with a bounded buffer (maxBuffer prompts) needs little; set so that a ResourceQuota admits it.
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],

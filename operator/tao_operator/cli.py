@@ -20,19 +20,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     job = load_taojob_file(args.file)
     if args.rounds is not None:
         if job.spec.continuous is not None:
-            print("error: --rounds is for a fixed number of rounds; this TAOJob is continuous: use --cycles",
-                  file=sys.stderr)
+            print(
+                "error: --rounds is for a fixed number of rounds; this TAOJob is continuous: use --cycles",
+                file=sys.stderr,
+            )
             return 2
         job.spec.rounds = args.rounds
     if args.cycles is not None:
         if job.spec.continuous is None:
-            print("error: --cycles needs spec.continuous (interval, minNewPrompts); use --rounds otherwise",
-                  file=sys.stderr)
+            print(
+                "error: --cycles needs spec.continuous (interval, minNewPrompts); use --rounds otherwise",
+                file=sys.stderr,
+            )
             return 2
         job.spec.continuous.max_rounds = args.cycles
     elif job.spec.continuous is not None and job.spec.continuous.max_rounds is None:
-        print("continuous: runs until interrupted (Ctrl-C; the same command continues); --cycles N stops after N rounds",
-              file=sys.stderr)
+        print(
+            "continuous: runs until interrupted (Ctrl-C; the same command continues); --cycles N stops after N rounds",
+            file=sys.stderr,
+        )
     try:
         report = local.run_local(job, fresh=args.fresh)
     except KeyboardInterrupt:
@@ -100,7 +106,10 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     namespaces = [n for n in (args.namespace or []) if n]
     asyncio.run(
         kopf.operator(
-            registry=build_registry(defaults, metrics_port=int(port) if (port := os.environ.get("TAO_METRICS_PORT", "9090")) else None),
+            registry=build_registry(
+                defaults,
+                metrics_port=int(port) if (port := os.environ.get("TAO_METRICS_PORT", "9090")) else None,
+            ),
             clusterwide=not namespaces,
             namespaces=namespaces or None,
             liveness_endpoint=args.liveness,
@@ -115,21 +124,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tao_trainer.serve import serve_cli
 
     return serve_cli(
-        args.model, host=args.host, port=args.port, served_model_name=args.served_model_name,
-        api_key=args.api_key, default_max_tokens=args.max_tokens, quiet=args.quiet,
+        args.model,
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        api_key=args.api_key,
+        default_max_tokens=args.max_tokens,
+        quiet=args.quiet,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tao", description="Tune an LLM on its own unlabeled prompts (TAO).")
+    parser = argparse.ArgumentParser(
+        prog="tao", description="Tune an LLM on its own unlabeled prompts (TAO)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a TAOJob on this machine, stage by stage (resumable)")
     run.add_argument("file", help="TAOJob manifest (YAML)")
-    run.add_argument("--fresh", action="store_true", help="delete this job's earlier run artifacts and start over")
+    run.add_argument(
+        "--fresh", action="store_true", help="delete this job's earlier run artifacts and start over"
+    )
     run.add_argument("--rounds", type=int, help="override spec.rounds (e.g. to add rounds to a finished run)")
     run.add_argument(
-        "--cycles", type=int,
+        "--cycles",
+        type=int,
         help="continuous TAOJobs: stop after this many rounds (each later round waits for minNewPrompts new prompts)",
     )
     run.set_defaults(func=_cmd_run)
@@ -152,22 +171,30 @@ def main(argv: list[str] | None = None) -> int:
     crd_to.add_argument("--check", metavar="FILE", help="exit 1 with a diff if FILE differs from it")
     crd.set_defaults(func=_cmd_crd)
 
-    op = sub.add_parser("operator", help="run the Kubernetes operator (reads TAO_TRAINER_IMAGE, TAO_SERVING_IMAGE, ...)")
-    op.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable); default: all")
+    op = sub.add_parser(
+        "operator", help="run the Kubernetes operator (reads TAO_TRAINER_IMAGE, TAO_SERVING_IMAGE, ...)"
+    )
+    op.add_argument(
+        "--namespace", "-n", action="append", help="watch only this namespace (repeatable); default: all"
+    )
     op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL")
     op.set_defaults(func=_cmd_operator)
 
     serve = sub.add_parser(
-        "serve", help="serve a model over an OpenAI-compatible HTTP API (transformers; for local runs and tests)"
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API (transformers; for local runs and tests)",
     )
     serve.add_argument("model", metavar="MODEL_URI", help="model directory: a path, file://, s3:// or hf://")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: 8000)")
     serve.add_argument("--served-model-name", help="model name in requests (default: the directory name)")
     serve.add_argument(
-        "--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $TAO_SERVE_API_KEY; prefer the variable)"
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $TAO_SERVE_API_KEY; prefer the variable)",
     )
-    serve.add_argument("--max-tokens", type=int, default=256, help="completion length when a request sets none")
+    serve.add_argument(
+        "--max-tokens", type=int, default=256, help="completion length when a request sets none"
+    )
     serve.add_argument("--quiet", action="store_true", help="do not log requests to stderr")
     serve.set_defaults(func=_cmd_serve)
 

@@ -27,7 +27,12 @@ RESOURCES = {
     "deployments": ("/apis/apps/v1", "deployments"),
     "services": ("/api/v1", "services"),
 }
-KIND_TO_RESOURCE = {"Job": "jobs", "ConfigMap": "configmaps", "Deployment": "deployments", "Service": "services"}
+KIND_TO_RESOURCE = {
+    "Job": "jobs",
+    "ConfigMap": "configmaps",
+    "Deployment": "deployments",
+    "Service": "services",
+}
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -47,10 +52,13 @@ class Cluster:
     @classmethod
     def from_environment(cls, settings: kopf.OperatorSettings) -> Cluster:
         """The pod's service account in a cluster, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
-        info = (kopf.login_with_service_account(settings=settings, logger=_null_logger())
-                or kopf.login_with_kubeconfig(settings=settings, logger=_null_logger()))
+        info = kopf.login_with_service_account(
+            settings=settings, logger=_null_logger()
+        ) or kopf.login_with_kubeconfig(settings=settings, logger=_null_logger())
         if info is None:
-            raise RuntimeError("no Kubernetes credentials: neither a service account nor a kubeconfig was found")
+            raise RuntimeError(
+                "no Kubernetes credentials: neither a service account nor a kubeconfig was found"
+            )
         return cls(info)
 
     @classmethod
@@ -65,14 +73,19 @@ class Cluster:
                 headers["Authorization"] = f"Bearer {f.read().strip()}"
         return headers
 
-    async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+    async def _call(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
         if self._session is None or self._session.closed:
             ssl = self.info.as_ssl_context() if self.info.server.startswith("https") else False
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl),
-                                                  auth=self.info.as_aiohttp_basic_auth())
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ssl), auth=self.info.as_aiohttp_basic_auth()
+            )
         headers = self._headers() | {"Content-Type": content_type}
         data = None if body is None else json.dumps(body)
-        async with self._session.request(method, self.info.server.rstrip("/") + path, data=data, headers=headers) as resp:
+        async with self._session.request(
+            method, self.info.server.rstrip("/") + path, data=data, headers=headers
+        ) as resp:
             text = await resp.text()
             if resp.status >= 400:
                 raise ApiError(resp.status, method, path, text)
@@ -106,16 +119,26 @@ class Cluster:
                 return False
             raise
 
-    async def patch(self, resource: str, namespace: str, name: str, body: dict[str, Any], sub: str | None = None) -> Any:
-        return await self._call("PATCH", self._path(resource, namespace, name, sub), body,
-                                content_type="application/merge-patch+json")
+    async def patch(
+        self, resource: str, namespace: str, name: str, body: dict[str, Any], sub: str | None = None
+    ) -> Any:
+        return await self._call(
+            "PATCH",
+            self._path(resource, namespace, name, sub),
+            body,
+            content_type="application/merge-patch+json",
+        )
 
     async def list(self, resource: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         """Objects carrying all these labels. Also filtered here, so a server that ignores selectors is harmless."""
         selector = quote(",".join(f"{k}={v}" for k, v in labels.items()))
         out = await self._call("GET", f"{self._path(resource, namespace)}?labelSelector={selector}")
         items = (out or {}).get("items") or []
-        return [i for i in items if all((i["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+        return [
+            i
+            for i in items
+            if all((i["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
 
     async def close(self) -> None:
         if self._session is not None:

@@ -30,7 +30,9 @@ class RunError(RuntimeError):
 def run_uri(job: TAOJob) -> str:
     """<storage>/<namespace>/<name>/<uid>; a local run has no uid, so `local` stands in for it."""
     meta = job.metadata
-    return storage.join(storage.normalize(job.spec.storage.uri), meta.namespace, meta.name, meta.uid or "local")
+    return storage.join(
+        storage.normalize(job.spec.storage.uri), meta.namespace, meta.name, meta.uid or "local"
+    )
 
 
 def observe(spec: LoopSpec, layout: RunLayout) -> Results:
@@ -85,12 +87,23 @@ def run_stage(action: RunStage, job: TAOJob, layout: RunLayout) -> StageResult:
     storage.write_text(config_uri, cfg.model_dump_json(by_alias=True, indent=2))
     with tempfile.TemporaryDirectory(prefix="tao-stage-") as tmp:
         result_path = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "tao_trainer.cli", action.stage, "--config", config_uri, "--result", result_path]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tao_trainer.cli",
+            action.stage,
+            "--config",
+            config_uri,
+            "--result",
+            result_path,
+        ]
         # stdout carries the result JSON (read from the file instead); logs and progress bars go to stderr.
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
         if not os.path.exists(result_path):
             return StageResult(
-                stage=action.stage, round=action.round, ok=False,
+                stage=action.stage,
+                round=action.round,
+                ok=False,
                 message=f"stage process exited with code {proc.returncode} and reported nothing",
             )
         with open(result_path, encoding="utf-8") as f:
@@ -102,7 +115,9 @@ def preflight_local(job: TAOJob) -> tuple[StageResult, dict[str, Any] | None]:
     so the user can iterate on scorers); returns its result and report (None if the stage crashed)."""
     spec = job.spec
     s = spec.storage
-    storage.configure(storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style))
+    storage.configure(
+        storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style)
+    )
     with tempfile.TemporaryDirectory(prefix="tao-preflight-") as tmp:
         layout = RunLayout(storage.normalize(tmp))
         result = run_stage(RunStage(1, "preflight", spec.model.uri), job, layout)
@@ -121,8 +136,13 @@ def format_preflight(report: dict[str, Any]) -> str:
     ]
     header = ["scorer", "informative", "abstain", "mean", "greedy = vote"]
     rows = [header] + [
-        [name, _fmt(v.get("informativeShare")), _fmt(v.get("abstainShare")), _fmt(v.get("meanScore")),
-         _fmt(v.get("greedyAgreement"))]
+        [
+            name,
+            _fmt(v.get("informativeShare")),
+            _fmt(v.get("abstainShare")),
+            _fmt(v.get("meanScore")),
+            _fmt(v.get("greedyAgreement")),
+        ]
         for name, v in report["scorers"].items()
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -137,7 +157,9 @@ def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dic
     """Run the TAOJob to the end on this machine; return the report (also written to storage)."""
     spec = job.spec
     s = spec.storage
-    storage.configure(storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style))
+    storage.configure(
+        storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style)
+    )
     layout = RunLayout(run_uri(job))
     check_snapshot(spec, layout, fresh)
     echo(f"run {job.metadata.name}: artifacts in {layout.root}")
@@ -194,8 +216,12 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report["rounds"]:
         champ, chall = r.get("champion", {}), r.get("challenger", {})
         row = [
-            str(r["round"]), _fmt(r.get("prompts")), _fmt(r.get("candidates")), _fmt(r.get("trainExamples")),
-            _fmt(r.get("meanCandidateScore")), f"{_fmt(champ.get('score'))} -> {_fmt(chall.get('score'))}",
+            str(r["round"]),
+            _fmt(r.get("prompts")),
+            _fmt(r.get("candidates")),
+            _fmt(r.get("trainExamples")),
+            _fmt(r.get("meanCandidateScore")),
+            f"{_fmt(champ.get('score'))} -> {_fmt(chall.get('score'))}",
         ]
         row += [f"{_fmt(champ.get(m))} -> {_fmt(chall.get(m))}" for m in metric_names]
         row.append("yes" if r.get("promoted") else "no")

@@ -13,14 +13,20 @@ from tao_operator.api import PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-TAOJOBS = Gauge("tao_taojobs", "TAOJobs by phase, as last reconciled by this operator.", ["phase"], registry=REGISTRY)
+TAOJOBS = Gauge(
+    "tao_taojobs", "TAOJobs by phase, as last reconciled by this operator.", ["phase"], registry=REGISTRY
+)
 STAGE_DURATION = Histogram(
-    "tao_stage_duration_seconds", "Stage run time reported by stage pods (longest pod of the stage).",
-    ["stage", "outcome"], registry=REGISTRY,
+    "tao_stage_duration_seconds",
+    "Stage run time reported by stage pods (longest pod of the stage).",
+    ["stage", "outcome"],
+    registry=REGISTRY,
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200),
 )
 ROUNDS = Counter("tao_rounds_total", "Rounds evaluated, by gate verdict.", ["verdict"], registry=REGISTRY)
-RECONCILE_ERRORS = Counter("tao_reconcile_errors_total", "Reconcile passes that raised an error.", registry=REGISTRY)
+RECONCILE_ERRORS = Counter(
+    "tao_reconcile_errors_total", "Reconcile passes that raised an error.", registry=REGISTRY
+)
 RECONCILES = Counter("tao_reconciles_total", "Reconcile passes run.", registry=REGISTRY)
 
 _phases: dict[tuple[str, str], str] = {}

@@ -121,7 +121,9 @@ def aggregate(stage: str, round_: int, results: Iterable[StageResult]) -> StageR
     )
 
 
-def parse_termination_message(stage: str, round_: int, pod_name: str, message: str | None, exit_code: int | None) -> StageResult:
+def parse_termination_message(
+    stage: str, round_: int, pod_name: str, message: str | None, exit_code: int | None
+) -> StageResult:
     """A pod's StageResult from its termination message; a pod that died without one still yields a result."""
     if message:
         try:
@@ -206,13 +208,23 @@ def set_condition(
         if cond.type == type_:
             changed_at = now if cond.status != value else cond.last_transition_time
             status.conditions[i] = Condition(
-                type=type_, status=value, reason=reason, message=message[:1000],
-                last_transition_time=changed_at, observed_generation=generation,
+                type=type_,
+                status=value,
+                reason=reason,
+                message=message[:1000],
+                last_transition_time=changed_at,
+                observed_generation=generation,
             )
             return
     status.conditions.append(
-        Condition(type=type_, status=value, reason=reason, message=message[:1000], last_transition_time=now,
-                  observed_generation=generation)
+        Condition(
+            type=type_,
+            status=value,
+            reason=reason,
+            message=message[:1000],
+            last_transition_time=now,
+            observed_generation=generation,
+        )
     )
 
 

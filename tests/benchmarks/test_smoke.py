@@ -78,7 +78,10 @@ def test_capture_latency() -> None:
     # Table only (no JSON): three storage scenarios, direct vs through the proxy, and the proxy's counters.
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "capture_latency.py"), "--requests", "40", "--concurrency", "1,2"],
-        capture_output=True, text=True, timeout=180, check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
         env=os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -87,7 +90,9 @@ def test_capture_latency() -> None:
     for scenario in ("ok", "refusing", "hanging"):
         assert f"\n{scenario:>8}     1 " in table, scenario
     # With storage refusing, every request was still answered and the prompts are held, not lost.
-    refusing = next(line for line in table.splitlines() if line.strip().startswith("refusing ") and "forwarded=" in line)
+    refusing = next(
+        line for line in table.splitlines() if line.strip().startswith("refusing ") and "forwarded=" in line
+    )
     fields = dict(part.split("=") for part in refusing.split()[1:])
     assert fields["forwarded"] == fields["captured"] and int(fields["flushed_records"]) == 0
     assert int(fields["buffered"]) + int(fields["dropped_full"]) == int(fields["captured"])

@@ -30,8 +30,16 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def bench(script: str, work: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--no-plot", "--work", str(work),
-           "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / script),
+        "--smoke",
+        "--no-plot",
+        "--work",
+        str(work),
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -60,12 +68,20 @@ def test_tao_vs_labels_smoke(work: Path, tmp_path: Path) -> None:
     tao = seed["methods"]["tao-majority"]
     # Read from the product's report.json and eval samples: one round, accuracy per round from the base on.
     assert len(tao["perRound"]) == 2 and tao["perRound"][0] == seed["methods"]["base"]["accuracy"]
-    assert tao["analysis"]["n"] == 12 and set(tao["analysis"]["routes"]) == {"column", "compensation", "other"}
+    assert tao["analysis"]["n"] == 12 and set(tao["analysis"]["routes"]) == {
+        "column",
+        "compensation",
+        "other",
+    }
     shares = sum(r["share"] for r in tao["analysis"]["routes"].values())
     assert shares == pytest.approx(1.0, abs=1e-3)
     d = tao["decomposition"]
     assert d["mix"] + d["skill"] == pytest.approx(d["change"], abs=2e-3)
-    assert seed["methods"]["sft-labels-8"]["trainData"] == {"examples": 8, "columnShare": 1.0, "correctShare": 1.0}
+    assert seed["methods"]["sft-labels-8"]["trainData"] == {
+        "examples": 8,
+        "columnShare": 1.0,
+        "correctShare": 1.0,
+    }
 
 
 def test_compute_scaling_smoke(work: Path, tmp_path: Path) -> None:

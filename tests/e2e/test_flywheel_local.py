@@ -37,11 +37,19 @@ def test_two_cycles_second_waits_for_new_prompts_and_trains_on_them(tmp_path: Pa
         "preflight": {"enabled": False},
     }
     job = tmp_path / "taojob.yaml"
-    job.write_text(yaml.safe_dump({"apiVersion": "tao.dev/v1alpha1", "kind": "TAOJob",
-                                   "metadata": {"name": "wheel"}, "spec": spec}))
+    job.write_text(
+        yaml.safe_dump(
+            {"apiVersion": "tao.dev/v1alpha1", "kind": "TAOJob", "metadata": {"name": "wheel"}, "spec": spec}
+        )
+    )
     run = tmp_path / "runs/default/wheel/local"
-    proc = subprocess.Popen([sys.executable, "-m", "tao_operator.cli", "run", str(job), "--cycles", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tao_operator.cli", "run", str(job), "--cycles", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (run / "round-001/results/evaluate.json").exists():

@@ -41,29 +41,45 @@ def write_job(tmp: Path, model: Path, scorers: list[dict[str, Any]], **spec: Any
 
 
 def tao(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tao_operator.cli", *args], capture_output=True, text=True,
-                          env=ENV, check=False, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tao_operator.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+        timeout=600,
+    )
 
 
 def test_tao_preflight_reports_a_signal_per_scorer(tmp_path: Path, tiny_model: Path) -> None:
-    job = write_job(tmp_path, tiny_model, [{"type": "python", "path": "checksum.py", "function": "checksum"}, NEVER])
+    job = write_job(
+        tmp_path, tiny_model, [{"type": "python", "path": "checksum.py", "function": "checksum"}, NEVER]
+    )
     proc = tao("preflight", str(job))
     assert proc.returncode == 0, proc.stderr
     assert "6 prompts, 24 candidates" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith("signal: ")
-    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.startswith(("checksum", "regex"))}
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in proc.stdout.splitlines()
+        if line.startswith(("checksum", "regex"))
+    }
     assert float(rows["checksum"][0]) > 0.5  # informative share of the checksum scorer
     assert rows["regex"][:3] == ["0.000", "0.000", "0.000"]  # never informative, never abstains, mean 0
     assert not (tmp_path / "runs").exists()  # a check, not a run: nothing written where the run will go
 
 
-def test_tao_preflight_exits_2_when_the_scorers_cannot_tell_candidates_apart(tmp_path: Path, tiny_model: Path) -> None:
+def test_tao_preflight_exits_2_when_the_scorers_cannot_tell_candidates_apart(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     proc = tao("preflight", str(write_job(tmp_path, tiny_model, [NEVER])), "--prompts", "3")
     assert proc.returncode == 2, proc.stderr
     assert "3 prompts, 12 candidates" in proc.stdout and "no signal" in proc.stdout
 
 
-def test_tao_run_stops_on_no_signal_and_continues_once_the_scorers_are_fixed(tmp_path: Path, tiny_model: Path) -> None:
+def test_tao_run_stops_on_no_signal_and_continues_once_the_scorers_are_fixed(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     job = write_job(tmp_path, tiny_model, [NEVER])
     proc = tao("run", str(job))
     assert proc.returncode == 1

@@ -41,11 +41,18 @@ def write_job(tmp: Path, model: Path, n_prompts: int = 40, **spec_overrides: Any
         "storage": {"uri": "runs"},
         "rounds": 2,
         "generation": {"candidates": 4, "maxNewTokens": 8, "batchSize": 16},
-        "scoring": {"scorers": [{"type": "python", "path": "spy.py", "function": "spy"},
-                                {"type": "majority", "extract": r"(\d)", "weight": 0.5}]},
+        "scoring": {
+            "scorers": [
+                {"type": "python", "path": "spy.py", "function": "spy"},
+                {"type": "majority", "extract": r"(\d)", "weight": 0.5},
+            ]
+        },
         "training": {"method": "sft", "learningRate": 1e-3, "batchSize": 8, "sft": {"minScore": 0.0}},
-        "evaluation": {"maxPrompts": 8, "minImprovement": -10.0,
-                       "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\S+)"}]},
+        "evaluation": {
+            "maxPrompts": 8,
+            "minImprovement": -10.0,
+            "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\S+)"}],
+        },
     }
     for key, value in spec_overrides.items():
         spec[key] = spec.get(key, {}) | value if isinstance(value, dict) else value
@@ -56,8 +63,15 @@ def write_job(tmp: Path, model: Path, n_prompts: int = 40, **spec_overrides: Any
 
 
 def tao(*args: str, tmp: Path, **popen: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tao_operator.cli", *args], capture_output=True, text=True,
-                          env=ENV | {"TAO_SPY_FILE": str(tmp / "spy.log")}, check=False, timeout=600, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "tao_operator.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV | {"TAO_SPY_FILE": str(tmp / "spy.log")},
+        check=False,
+        timeout=600,
+        **popen,
+    )
 
 
 def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Path) -> None:
@@ -81,14 +95,19 @@ def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Pa
     # The label field never reaches scoring, and no artifact but the held-out labels file holds a label.
     received = {tuple(json.loads(line)) for line in (tmp_path / "spy.log").read_text().splitlines()}
     assert received == {("topic",)}
-    holders = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
-                     if p.is_file() and b"LABEL-CANARY" in p.read_bytes())
+    holders = sorted(
+        str(p.relative_to(run_dir))
+        for p in run_dir.rglob("*")
+        if p.is_file() and b"LABEL-CANARY" in p.read_bytes()
+    )
     assert holders == ["round-001/heldout/labels.jsonl", "round-002/heldout/labels.jsonl"]
 
     # Running it again finds everything done and reruns nothing.
     again = tao("run", str(job), tmp=tmp_path)
     assert again.returncode == 0
-    stage_lines = [ln for ln in again.stdout.splitlines() if ln.strip().startswith(("prepare", "generate", "train"))]
+    stage_lines = [
+        ln for ln in again.stdout.splitlines() if ln.strip().startswith(("prepare", "generate", "train"))
+    ]
     assert stage_lines == []
 
 
@@ -97,9 +116,16 @@ def test_changed_spec_refuses_to_mix_runs_until_fresh(tmp_path: Path, tiny_model
     missing = {"preflight": {"enabled": False}}
     job = write_job(tmp_path, tmp_path / "missing-model", rounds=1, **missing)
     first = tao("run", str(job), tmp=tmp_path)
-    assert first.returncode == 1 and "missing-model" in first.stderr and "run the same command" in first.stderr
-    job = write_job(tmp_path, tmp_path / "missing-model", rounds=1, generation={"candidates": 2, "maxNewTokens": 8},
-                    **missing)
+    assert (
+        first.returncode == 1 and "missing-model" in first.stderr and "run the same command" in first.stderr
+    )
+    job = write_job(
+        tmp_path,
+        tmp_path / "missing-model",
+        rounds=1,
+        generation={"candidates": 2, "maxNewTokens": 8},
+        **missing,
+    )
     changed = tao("run", str(job), tmp=tmp_path)
     assert changed.returncode == 1 and "spec.generation" in changed.stderr and "--fresh" in changed.stderr
     fresh = tao("run", str(job), "--fresh", tmp=tmp_path)
@@ -116,12 +142,27 @@ def test_invalid_manifest_exits_with_the_field_named(tmp_path: Path, tiny_model:
 
 
 def test_interrupted_run_resumes_without_redoing_complete_shards(tmp_path: Path, tiny_model: Path) -> None:
-    job = write_job(tmp_path, tiny_model, n_prompts=400, rounds=1,
-                    generation={"candidates": 4, "maxNewTokens": 24, "batchSize": 25, "shards": 6},
-                    training={"method": "sft", "learningRate": 1e-3, "batchSize": 16, "sft": {"minScore": 0.0, "topK": 1}})
+    job = write_job(
+        tmp_path,
+        tiny_model,
+        n_prompts=400,
+        rounds=1,
+        generation={"candidates": 4, "maxNewTokens": 24, "batchSize": 25, "shards": 6},
+        training={
+            "method": "sft",
+            "learningRate": 1e-3,
+            "batchSize": 16,
+            "sft": {"minScore": 0.0, "topK": 1},
+        },
+    )
     cand_dir = tmp_path / "runs/default/tiny/local/round-001/candidates"
-    proc = subprocess.Popen([sys.executable, "-m", "tao_operator.cli", "run", str(job)], env=ENV | {"TAO_SPY_FILE": str(tmp_path / "spy.log")},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tao_operator.cli", "run", str(job)],
+        env=ENV | {"TAO_SPY_FILE": str(tmp_path / "spy.log")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while len(list(cand_dir.glob("shard-*.jsonl"))) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, "generation never produced two shards"

@@ -35,8 +35,14 @@ def sha256(path: Path) -> str:
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """prepare.py into a temporary directory, with a short pretraining (a weaker base is fine here)."""
     work = tmp_path_factory.mktemp("text-to-sql") / "work"
-    proc = subprocess.run([sys.executable, str(EXAMPLE / "prepare.py"), "--out", str(work), "--max-steps", "100"],
-                          capture_output=True, text=True, env=ENV, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE / "prepare.py"), "--out", str(work), "--max-steps", "100"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "greedy SQL runs on" in proc.stdout
     return work
@@ -47,9 +53,22 @@ def judge_url(prepared: Path) -> Iterator[str]:
     """`tao serve` on the tiny base model, on a free port, named as the manifest's judge model."""
     log = (prepared.parent / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tao_operator.cli", "serve", str(prepared / "base-model"), "--port", "0",
-         "--served-model-name", "judge", "--quiet"],
-        stdout=subprocess.PIPE, stderr=log, text=True, env=ENV,
+        [
+            sys.executable,
+            "-m",
+            "tao_operator.cli",
+            "serve",
+            str(prepared / "base-model"),
+            "--port",
+            "0",
+            "--served-model-name",
+            "judge",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=ENV,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
@@ -69,17 +88,26 @@ def judge_url(prepared: Path) -> Iterator[str]:
 
 def test_manifests_validate() -> None:
     for name in ("taojob.yaml", "taojob-cluster.yaml"):
-        proc = subprocess.run([sys.executable, "-m", "tao_operator.cli", "validate", str(EXAMPLE / name)],
-                              capture_output=True, text=True, env=ENV, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tao_operator.cli", "validate", str(EXAMPLE / name)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
 
 
-def test_prepare_writes_database_prompts_and_a_model_behind_the_manifest_system_prompt(prepared: Path) -> None:
+def test_prepare_writes_database_prompts_and_a_model_behind_the_manifest_system_prompt(
+    prepared: Path,
+) -> None:
     import sqlite3
 
     conn = sqlite3.connect(prepared / "shop.sqlite")
-    counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-              for t in ("customers", "products", "orders", "order_items")}
+    counts = {
+        t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("customers", "products", "orders", "order_items")
+    }
     conn.close()
     assert counts["customers"] == 60 and counts["products"] == 30 and counts["orders"] == 200
     assert 300 <= counts["order_items"] <= 800
@@ -109,7 +137,7 @@ def test_tao_run_scores_with_sql_and_judge_and_leaves_the_database_alone(
     spec["preflight"]["stopOnNoSignal"] = False  # a briefly trained base may fail every query of 4 prompts
     spec["evaluation"]["maxPrompts"] = 6
     spec["evaluation"]["minImprovement"] = -10.0  # promotion is not the point here
-    spec["training"]["sft"]["minScore"] = 0.0      # train on whatever ran, however few
+    spec["training"]["sft"]["minScore"] = 0.0  # train on whatever ran, however few
     sql, judge = spec["scoring"]["scorers"]
     assert (sql["type"], judge["type"]) == ("sql", "judge")
     sql["database"] = str(prepared / "shop.sqlite")
@@ -118,8 +146,14 @@ def test_tao_run_scores_with_sql_and_judge_and_leaves_the_database_alone(
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     before = sha256(prepared / "shop.sqlite")
-    proc = subprocess.run([sys.executable, "-m", "tao_operator.cli", "run", str(manifest)],
-                          capture_output=True, text=True, env=ENV, timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tao_operator.cli", "run", str(manifest)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert sha256(prepared / "shop.sqlite") == before
 
@@ -132,7 +166,9 @@ def test_tao_run_scores_with_sql_and_judge_and_leaves_the_database_alone(
     assert score.get("judge.parseFailures", 0) + score.get("judge.refusals", 0) == score["judge.calls"]
     preflight = json.loads((run_dir / "round-001/results/preflight.json").read_text())["counts"]
     assert preflight["judge.calls"] > 0
-    assert preflight.get("sql.executed", 0) + preflight.get("sql.errors", 0) == 4 * 4  # a counter appears once used
+    assert (
+        preflight.get("sql.executed", 0) + preflight.get("sql.errors", 0) == 4 * 4
+    )  # a counter appears once used
     evaluate = json.loads((run_dir / "round-001/results/evaluate.json").read_text())
     assert evaluate["counts"]["judge.calls"] > 0
     assert evaluate["counts"].get("sql.executed", 0) + evaluate["counts"].get("sql.errors", 0) == 2 * 6
@@ -146,12 +182,25 @@ def test_tao_run_scores_with_sql_and_judge_and_leaves_the_database_alone(
             assert "reference_sql" not in json.loads(line).get("fields", {}), shard
     for line in (run_dir / "round-001/scores/shard-00000.jsonl").read_text().splitlines():
         assert all(d["matchesReference"] is None for d in json.loads(line)["details"]["sql"])
-    labels = [json.loads(line) for line in (run_dir / "round-001/heldout/labels.jsonl").read_text().splitlines()]
+    labels = [
+        json.loads(line) for line in (run_dir / "round-001/heldout/labels.jsonl").read_text().splitlines()
+    ]
     assert labels and all(row["reference_sql"].startswith("SELECT") for row in labels)
 
-    measured = subprocess.run([sys.executable, str(EXAMPLE / "measure.py"), str(run_dir), "--database",
-                               str(prepared / "shop.sqlite"), "--json"],
-                              capture_output=True, text=True, env=ENV, check=False)
+    measured = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLE / "measure.py"),
+            str(run_dir),
+            "--database",
+            str(prepared / "shop.sqlite"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+    )
     assert measured.returncode == 0, measured.stderr
     figures = json.loads(measured.stdout)["rounds"][0]
     assert 0.0 <= figures["champion"]["execAccuracy"] <= figures["champion"]["runs"] <= 1.0

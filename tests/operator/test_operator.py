@@ -60,7 +60,9 @@ def check_recorded_calls(calls: set[tuple[str, str, str]]) -> None:
         API_CALLS.write_text(json.dumps(sorted(recorded | calls), indent=1) + "\n")
         return
     missing = calls - recorded
-    assert not missing, f"API calls not in {API_CALLS.name} (and so not in the chart's RBAC): {sorted(missing)}"
+    assert not missing, (
+        f"API calls not in {API_CALLS.name} (and so not in the chart's RBAC): {sorted(missing)}"
+    )
 
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "arithmetic" / "taojob.yaml"
@@ -70,8 +72,13 @@ def manifest(tmp: Path, model: Path, name: str = "arith", **spec: Any) -> dict[s
     """The arithmetic example as a user would apply it, at test size: a tiny model, 40 prompts, short answers."""
     prompts = tmp / "prompts.jsonl"
     if not prompts.exists():
-        prompts.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
-                                   for a in range(8) for b in range(5)))
+        prompts.write_text(
+            "".join(
+                json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
+                for a in range(8)
+                for b in range(5)
+            )
+        )
     doc = yaml.safe_load(EXAMPLE.read_text())
     body: dict[str, Any] = doc["spec"]
     small: dict[str, Any] = {
@@ -114,15 +121,18 @@ def creations(emu: Emulator, kind: str) -> dict[str, int]:
     return {name: n for (plural, name), n in emu.creations.items() if plural == kind}
 
 
-async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(k8s: Any, tmp_path: Path,
-                                                                            tiny_model: Path) -> None:
+async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(
+    k8s: Any, tmp_path: Path, tiny_model: Path
+) -> None:
     api: Api = k8s.api
     await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, rounds=2))
 
     # Round 1 passes the gate (minImprovement -10): its model is rolled out behind a Deployment + Service.
     await eventually(lambda: _round(api, 1, "promoted"), timeout=300)
     dep = await eventually(lambda: api.get("deployments", "arith-serve"))
-    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith("round-001/train/model")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith(
+        "round-001/train/model"
+    )
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
     # Suspend, and raise the gate out of reach for round 2.
@@ -131,9 +141,13 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(k8s
     jobs_when_suspended = {j["metadata"]["name"] for j in await api.list("jobs")}
     await asyncio.sleep(2.5)  # longer than the operator's safety timer
     jobs_later = await api.list("jobs")
-    assert {j["metadata"]["name"] for j in jobs_later} == jobs_when_suspended, "a suspended TAOJob started a stage"
+    assert {j["metadata"]["name"] for j in jobs_later} == jobs_when_suspended, (
+        "a suspended TAOJob started a stage"
+    )
     for job in jobs_later:
-        if not any(c["type"] in ("Complete", "Failed") for c in (job.get("status") or {}).get("conditions", [])):
+        if not any(
+            c["type"] in ("Complete", "Failed") for c in (job.get("status") or {}).get("conditions", [])
+        ):
             assert job["spec"]["suspend"] is True
     await api.patch("taojobs", "arith", {"spec": {"suspend": False}})
 
@@ -152,7 +166,9 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(k8s
     assert st["champion"]["round"] == 1 and st["serving"]["round"] == 1 and st["serving"]["ready"] is True
     assert st["serving"]["url"] == "http://arith-serve.default.svc.cluster.local:8000/v1"
     dep = await api.get("deployments", "arith-serve")
-    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith("round-001/train/model")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith(
+        "round-001/train/model"
+    )
     assert await api.get("services", "arith-serve") is not None
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] >= 1
@@ -160,14 +176,24 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(k8s
     # Every stage ran as one Job, created once, owned by the TAOJob; generate and score as Indexed Jobs.
     uid = (await taojob(api))["metadata"]["uid"]
     jobs = {j["metadata"]["name"]: j for j in await api.list("jobs")}
-    assert set(jobs) == {f"arith-r{r}-{s}" for r in (1, 2) for s in ("prepare", "generate", "score", "train", "evaluate")}
+    assert set(jobs) == {
+        f"arith-r{r}-{s}" for r in (1, 2) for s in ("prepare", "generate", "score", "train", "evaluate")
+    }
     assert set(creations(k8s.emu, "jobs").values()) == {1}
     assert jobs["arith-r1-generate"]["spec"]["completionMode"] == "Indexed"
     assert jobs["arith-r1-generate"]["spec"]["completions"] == 2
     for obj in [*jobs.values(), dep]:
         assert obj["metadata"]["ownerReferences"][0]["uid"] == uid
     reasons = [r for r, _ in await events(api)]
-    for reason in ("StageStarted", "StageSucceeded", "Promoted", "NotPromoted", "RolloutStarted", "Suspended", "Resumed"):
+    for reason in (
+        "StageStarted",
+        "StageSucceeded",
+        "Promoted",
+        "NotPromoted",
+        "RolloutStarted",
+        "Suspended",
+        "Resumed",
+    ):
         assert reason in reasons, reason
 
     # Rollback: pinning round 0 serves the base model; unpinning serves the champion again.
@@ -203,7 +229,13 @@ async def scrape_metrics(api: Api) -> dict[str, float]:
 
 async def _served(api: Api, model_uri: str) -> bool:
     dep = await api.get("deployments", "arith-serve") or {}
-    served = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get("tao.dev/model-uri")
+    served = (
+        dep.get("spec", {})
+        .get("template", {})
+        .get("metadata", {})
+        .get("annotations", {})
+        .get("tao.dev/model-uri")
+    )
     return served == model_uri and (await status(api)).get("serving", {}).get("modelUri") == model_uri
 
 
@@ -212,7 +244,9 @@ async def _round(api: Api, round_: int, key: str, name: str = "arith") -> Any:
     return len(rounds) >= round_ and rounds[round_ - 1].get(key)
 
 
-async def test_a_restarted_operator_resumes_without_duplicating_jobs(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
+async def test_a_restarted_operator_resumes_without_duplicating_jobs(
+    k8s: Any, tmp_path: Path, tiny_model: Path
+) -> None:
     api: Api = k8s.api
     await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model))
     await eventually(lambda: api.get("jobs", "arith-r1-generate"), timeout=120)
@@ -223,7 +257,9 @@ async def test_a_restarted_operator_resumes_without_duplicating_jobs(k8s: Any, t
     st = await status(api)
     assert st["phase"] == "Succeeded", st.get("message")
     assert set(creations(k8s.emu, "jobs").values()) == {1}
-    assert sorted(creations(k8s.emu, "jobs")) == sorted(f"arith-r1-{s}" for s in ("prepare", "generate", "score", "train", "evaluate"))
+    assert sorted(creations(k8s.emu, "jobs")) == sorted(
+        f"arith-r1-{s}" for s in ("prepare", "generate", "score", "train", "evaluate")
+    )
 
 
 async def _complete(api: Api, name: str) -> bool:
@@ -231,21 +267,30 @@ async def _complete(api: Api, name: str) -> bool:
     return any(c["type"] == "Complete" for c in (job.get("status") or {}).get("conditions", []))
 
 
-async def test_a_failed_stage_fails_the_taojob_once_with_the_pods_message(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
+async def test_a_failed_stage_fails_the_taojob_once_with_the_pods_message(
+    k8s: Any, tmp_path: Path, tiny_model: Path
+) -> None:
     api: Api = k8s.api
-    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, prompts={"uri": (tmp_path / "nope.jsonl").as_uri()}))
+    await api.call(
+        "POST", TAOJOBS, manifest(tmp_path, tiny_model, prompts={"uri": (tmp_path / "nope.jsonl").as_uri()})
+    )
     await eventually(lambda: phase_is(api, "Failed"), timeout=120)
     st = await status(api)
-    assert "prepare" in st["message"] and "nope.jsonl" in st["message"] and "pod arith-r1-prepare" in st["message"]
+    assert (
+        "prepare" in st["message"]
+        and "nope.jsonl" in st["message"]
+        and "pod arith-r1-prepare" in st["message"]
+    )
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "StageFailed")
     await asyncio.sleep(3)  # the safety timer fires: a terminal round is never recreated
     assert creations(k8s.emu, "jobs") == {"arith-r1-prepare": 1}
-    assert ("StageFailed" in [r for r, _ in await events(api)])
+    assert "StageFailed" in [r for r, _ in await events(api)]
 
 
-async def test_a_preflight_that_finds_no_signal_stops_the_taojob_before_round_one(k8s: Any, tmp_path: Path,
-                                                                                   tiny_model: Path) -> None:
+async def test_a_preflight_that_finds_no_signal_stops_the_taojob_before_round_one(
+    k8s: Any, tmp_path: Path, tiny_model: Path
+) -> None:
     api: Api = k8s.api
     # The random tiny model never writes ';123', so the vote never reaches a majority: every candidate scores 0.
     await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, preflight={"enabled": True, "prompts": 4}))
@@ -267,21 +312,27 @@ async def test_a_preflight_that_finds_no_signal_stops_the_taojob_before_round_on
 async def _chat(url: str, text: str) -> dict[str, Any]:
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{url}/chat/completions", json={"model": "flywheel", "max_tokens": 4,
-                                         "messages": [{"role": "user", "content": text}]}) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/chat/completions",
+            json={"model": "flywheel", "max_tokens": 4, "messages": [{"role": "user", "content": text}]},
+        ) as response,
+    ):
         assert response.status == 200, await response.text()
         return await response.json()
 
 
-async def test_the_flywheel_serves_captures_and_starts_the_next_round_by_itself(k8s: Any, tmp_path: Path,
-                                                                               tiny_model: Path) -> None:
+async def test_the_flywheel_serves_captures_and_starts_the_next_round_by_itself(
+    k8s: Any, tmp_path: Path, tiny_model: Path
+) -> None:
     api: Api = k8s.api
     k8s.plane.serve_models = True
     data = tmp_path / "prompts"
     data.mkdir()
-    (data / "seed.jsonl").write_text("".join(json.dumps({"prompt": f"{a}+{b}="}) + "\n"
-                                             for a in range(6) for b in range(5)))
+    (data / "seed.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"{a}+{b}="}) + "\n" for a in range(6) for b in range(5))
+    )
     body = manifest(tmp_path, tiny_model, name="flywheel", rounds=1)
     del body["spec"]["rounds"]
     body["spec"]["prompts"] = {"uri": data.as_uri() + "/", "heldOutFraction": 0.2}
@@ -312,8 +363,9 @@ async def test_the_flywheel_serves_captures_and_starts_the_next_round_by_itself(
     r1, r2 = st["rounds"][:2]  # round 3 may have begun: its watch
     assert r1["promoted"] is True and r2["promoted"] is False and "kept the champion" in r2["verdict"]
     run = Path(st["runUri"].removeprefix("file://"))
-    round2 = [json.loads(line) for line in (run / "round-002/prompts/shard-00000.jsonl").open()] + \
-             [json.loads(line) for line in (run / "round-002/prompts/shard-00001.jsonl").open()]
+    round2 = [json.loads(line) for line in (run / "round-002/prompts/shard-00000.jsonl").open()] + [
+        json.loads(line) for line in (run / "round-002/prompts/shard-00001.jsonl").open()
+    ]
     texts = json.dumps([p["prompt"] for p in round2])
     assert round2 and "+7=" in texts and "@example.com" not in texts  # the captured prompts, redacted
     watch = next(s for s in r2["stages"] if s["stage"] == "watch")
@@ -321,14 +373,18 @@ async def test_the_flywheel_serves_captures_and_starts_the_next_round_by_itself(
     # The champion keeps serving: the Deployment still runs round 1's model.
     assert st["champion"]["round"] == 1 and st["serving"]["round"] == 1
     dep = await api.get("deployments", "flywheel-serve")
-    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith("round-001/train/model")
+    assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith(
+        "round-001/train/model"
+    )
     assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == ["vllm", "capture"]
     # ...and the flywheel turns on: round 3 waits for the next prompts.
     await eventually(lambda: api.get("jobs", "flywheel-r3-watch"), timeout=60)
     assert (await status(api, "flywheel"))["phase"] == "Watching"
 
 
-async def test_tao_operator_logs_in_from_a_kubeconfig_and_runs_a_taojob(tmp_path: Path, tiny_model: Path) -> None:
+async def test_tao_operator_logs_in_from_a_kubeconfig_and_runs_a_taojob(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     """The command the chart's Deployment runs, logging in as kopf does outside a pod (no server URL given)."""
     import socket
     import subprocess
@@ -338,19 +394,40 @@ async def test_tao_operator_logs_in_from_a_kubeconfig_and_runs_a_taojob(tmp_path
         declare_resources(emu)
         url = str(emu.url).rstrip("/")
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-            "clusters": [{"name": "emu", "cluster": {"server": url}}],
-            "users": [{"name": "me", "user": {"token": "t0ken"}}],
-            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "me", "namespace": "default"}}],
-        }))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "emu",
+                    "clusters": [{"name": "emu", "cluster": {"server": url}}],
+                    "users": [{"name": "me", "user": {"token": "t0ken"}}],
+                    "contexts": [
+                        {"name": "emu", "context": {"cluster": "emu", "user": "me", "namespace": "default"}}
+                    ],
+                }
+            )
+        )
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         env = stage_env() | {"KUBECONFIG": str(kubeconfig), "TAO_METRICS_PORT": ""}
-        proc = subprocess.Popen([sys.executable, "-m", "tao_operator.cli", "operator", "--namespace", "default",
-                                 "--liveness", f"http://127.0.0.1:{port}/healthz"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tao_operator.cli",
+                "operator",
+                "--namespace",
+                "default",
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         api = Api(url)
         try:
             await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, name="via-kubeconfig"))
@@ -373,7 +450,9 @@ async def test_an_invalid_spec_is_reported_on_the_object(k8s: Any, tmp_path: Pat
     assert await api.list("jobs") == []
 
 
-async def test_deleting_a_taojob_removes_children_and_keeps_artifacts(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
+async def test_deleting_a_taojob_removes_children_and_keeps_artifacts(
+    k8s: Any, tmp_path: Path, tiny_model: Path
+) -> None:
     api: Api = k8s.api
     await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model))
     await eventually(lambda: api.get("jobs", "arith-r1-generate"), timeout=120)

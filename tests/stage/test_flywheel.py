@@ -19,13 +19,15 @@ def write_prompts(path: Path, texts: list[str], mode: str = "w") -> None:
 
 
 def loop_spec(prompts_uri: str, min_new: int = 3) -> LoopSpec:
-    return LoopSpec.model_validate({
-        "model": {"uri": "file:///unused"},
-        "prompts": {"uri": prompts_uri, "heldOutFraction": 0.2},
-        "storage": {"uri": "file:///unused"},
-        "scoring": {"scorers": [{"type": "regex", "pattern": ".+"}]},
-        "continuous": {"interval": "1s", "minNewPrompts": min_new},
-    })
+    return LoopSpec.model_validate(
+        {
+            "model": {"uri": "file:///unused"},
+            "prompts": {"uri": prompts_uri, "heldOutFraction": 0.2},
+            "storage": {"uri": "file:///unused"},
+            "scoring": {"scorers": [{"type": "regex", "pattern": ".+"}]},
+            "continuous": {"interval": "1s", "minNewPrompts": min_new},
+        }
+    )
 
 
 def config(spec: LoopSpec, run: Path, round_: int, stage: str = "prepare") -> StageConfig:

@@ -55,10 +55,17 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def judge_for(url: str, **fields: object) -> JudgeScorer:
-    endpoint = {"url": url, "model": "judge", "apiKeyEnv": "TAO_JUDGE_HTTP_KEY", "maxRetries": 1, "timeoutSeconds": 60}
+    endpoint = {
+        "url": url,
+        "model": "judge",
+        "apiKeyEnv": "TAO_JUDGE_HTTP_KEY",
+        "maxRetries": 1,
+        "timeoutSeconds": 60,
+    }
     endpoint.update(fields.pop("endpoint", {}))  # type: ignore[arg-type]
-    judge = JudgeScorer(endpoint=endpoint, rubric="The answer is correct and shows its work.",
-                        max_tokens=12, **fields)
+    judge = JudgeScorer(
+        endpoint=endpoint, rubric="The answer is correct and shows its work.", max_tokens=12, **fields
+    )
     judge.backoff_base = 0.01
     return judge
 
@@ -90,7 +97,9 @@ def test_pointwise_over_http_with_concurrency(judge_server: ServerHandle, api_ke
 
 
 def test_relative_over_http(judge_server: ServerHandle, api_key: str) -> None:
-    judge = judge_for(judge_server.url, mode="relative", endpoint={"concurrency": 2}, include_fields=["topic"])
+    judge = judge_for(
+        judge_server.url, mode="relative", endpoint={"concurrency": 2}, include_fields=["topic"]
+    )
     prompts = ["2+2?"] * 3 + ["3+3?"] * 3
     values = judge(prompts, ["4", "5", "four"] + ["6", "7", "six"], topic=["arithmetic"] * 6)
     assert len(values) == 6
@@ -102,11 +111,22 @@ def test_relative_over_http(judge_server: ServerHandle, api_key: str) -> None:
 def test_combined_with_another_scorer(judge_server: ServerHandle, api_key: str) -> None:
     from tao_trainer.scorers import build_scorers
 
-    scorers = build_scorers([
-        {"type": "regex", "pattern": r"\d+", "mode": "search"},
-        {"type": "judge", "rubric": "Correct.", "maxTokens": 8,
-         "endpoint": {"url": judge_server.url, "model": "judge", "apiKeyEnv": "TAO_JUDGE_HTTP_KEY", "maxRetries": 0}},
-    ])
+    scorers = build_scorers(
+        [
+            {"type": "regex", "pattern": r"\d+", "mode": "search"},
+            {
+                "type": "judge",
+                "rubric": "Correct.",
+                "maxTokens": 8,
+                "endpoint": {
+                    "url": judge_server.url,
+                    "model": "judge",
+                    "apiKeyEnv": "TAO_JUDGE_HTTP_KEY",
+                    "maxRetries": 0,
+                },
+            },
+        ]
+    )
     batch = score_all(scorers, ["q", "q"], ["42", "none"])
     assert batch.per_scorer["regex"] == [1.0, 0.0]
     assert len(batch.per_scorer["judge"]) == 2 and scorers[1].stats["calls"] == 2

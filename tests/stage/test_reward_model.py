@@ -30,8 +30,15 @@ def reward_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(lm)
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=4, num_labels=1,
-        bos_token_id=1, eos_token_id=1, pad_token_id=0,
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        num_labels=1,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
     )
     model = GPT2ForSequenceClassification(config)
     rm = root / "rm"
@@ -77,7 +84,9 @@ def test_chat_template_is_used_when_present(reward_models: dict[str, Path]) -> N
     assert chat(["2+2="], ["4"]) == pytest.approx(plain(["<user>2+2="], ["<assistant>4"]), abs=1e-5)
     # Conversational prompts and completions are kept as messages.
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
-    assert chat._texts([messages], [[{"role": "assistant", "content": "A"}]])[0] == ["<system>S<user>Q<assistant>A"]
+    assert chat._texts([messages], [[{"role": "assistant", "content": "A"}]])[0] == [
+        "<system>S<user>Q<assistant>A"
+    ]
     plain._load()
     assert plain._texts([messages], ["A"]) == (["S\nQA"], False)
 
@@ -99,7 +108,9 @@ def test_long_inputs_keep_their_end(reward_models: dict[str, Path]) -> None:
 
 
 def test_combined_with_normalisation_and_pickled(reward_models: dict[str, Path]) -> None:
-    scorer = build_scorer({"type": "reward_model", "model": str(reward_models["rm"]), "normalization": "sigmoid"})
+    scorer = build_scorer(
+        {"type": "reward_model", "model": str(reward_models["rm"]), "normalization": "sigmoid"}
+    )
     assert isinstance(scorer, RewardModelScorer)
     batch = score_all([scorer], PROMPTS, COMPLETIONS)
     logits = batch.raw["reward_model"]
@@ -145,19 +156,39 @@ def test_score_stage_writes_raw_details_and_counters(reward_models: dict[str, Pa
     from tao_trainer.contract import LoopSpec, RunLayout, StageConfig
     from tao_trainer.stages import run_score
 
-    spec = LoopSpec.model_validate({
-        "model": {"uri": reward_models["lm"].as_uri()},
-        "prompts": {"uri": (tmp_path / "prompts.jsonl").as_uri()},
-        "storage": {"uri": (tmp_path / "runs").as_uri()},
-        "generation": {"candidates": 3, "shards": 1},
-        "scoring": {"scorers": [
-            {"type": "regex", "pattern": r"\d", "mode": "search", "require": True, "weight": 0, "name": "digit"},
-            {"type": "reward_model", "model": str(reward_models["rm"]), "normalization": "group_zscore",
-             "maxLength": 12},
-        ]},
-    })
-    cfg = StageConfig(stage="score", round=1, run_uri=(tmp_path / "runs" / "r").as_uri(), model_uri=spec.model.uri,
-                      spec=spec)
+    spec = LoopSpec.model_validate(
+        {
+            "model": {"uri": reward_models["lm"].as_uri()},
+            "prompts": {"uri": (tmp_path / "prompts.jsonl").as_uri()},
+            "storage": {"uri": (tmp_path / "runs").as_uri()},
+            "generation": {"candidates": 3, "shards": 1},
+            "scoring": {
+                "scorers": [
+                    {
+                        "type": "regex",
+                        "pattern": r"\d",
+                        "mode": "search",
+                        "require": True,
+                        "weight": 0,
+                        "name": "digit",
+                    },
+                    {
+                        "type": "reward_model",
+                        "model": str(reward_models["rm"]),
+                        "normalization": "group_zscore",
+                        "maxLength": 12,
+                    },
+                ]
+            },
+        }
+    )
+    cfg = StageConfig(
+        stage="score",
+        round=1,
+        run_uri=(tmp_path / "runs" / "r").as_uri(),
+        model_uri=spec.model.uri,
+        spec=spec,
+    )
     lay = RunLayout(cfg.run_uri)
     records = [
         {"id": "a", "prompt": "1+1=", "fields": {}, "candidates": ["2", "two", "it is 2, surely, as always"]},

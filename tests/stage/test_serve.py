@@ -22,8 +22,9 @@ from tao_trainer.serve import ServerHandle, start_server
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def call(url: str, body: Any = None, *, method: str | None = None, key: str | None = None,
-         raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+def call(
+    url: str, body: Any = None, *, method: str | None = None, key: str | None = None, raw: bytes | None = None
+) -> tuple[int, dict[str, Any]]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     headers = {"Content-Type": "application/json"}
     if key is not None:
@@ -51,12 +52,20 @@ def test_health_and_models(served: ServerHandle) -> None:
 
 
 def test_chat_completion_shape_and_usage(served: ServerHandle) -> None:
-    status, body = call(served.url + "/chat/completions", {
-        "model": "tiny", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
-        "max_tokens": 8, "temperature": 0.7, "seed": 3,
-    })
+    status, body = call(
+        served.url + "/chat/completions",
+        {
+            "model": "tiny",
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
+            "max_tokens": 8,
+            "temperature": 0.7,
+            "seed": 3,
+        },
+    )
     assert status == 200, body
-    assert body["object"] == "chat.completion" and body["model"] == "tiny" and body["id"].startswith("chatcmpl-")
+    assert (
+        body["object"] == "chat.completion" and body["model"] == "tiny" and body["id"].startswith("chatcmpl-")
+    )
     [choice] = body["choices"]
     assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
     assert isinstance(choice["message"]["content"], str)
@@ -69,38 +78,69 @@ def test_chat_completion_shape_and_usage(served: ServerHandle) -> None:
     if choice["finish_reason"] == "length":
         assert usage["completion_tokens"] == 8
     # The model is named optionally (one model); text parts are accepted.
-    status, body = call(served.url + "/chat/completions", {
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}],
-        "max_tokens": 2,
-    })
+    status, body = call(
+        served.url + "/chat/completions",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}
+            ],
+            "max_tokens": 2,
+        },
+    )
     assert status == 200 and body["usage"]["prompt_tokens"] == 5
 
 
 def test_seed_reproduces(served: ServerHandle) -> None:
-    request = {"messages": [{"role": "user", "content": "abc"}], "max_tokens": 12, "temperature": 1.0, "seed": 7}
+    request = {
+        "messages": [{"role": "user", "content": "abc"}],
+        "max_tokens": 12,
+        "temperature": 1.0,
+        "seed": 7,
+    }
     first, second = (call(served.url + "/chat/completions", request)[1] for _ in range(2))
     assert first["choices"] == second["choices"]
 
 
 def test_n_samples(served: ServerHandle) -> None:
-    status, body = call(served.url + "/chat/completions", {
-        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "n": 3, "temperature": 1.0, "seed": 1,
-    })
+    status, body = call(
+        served.url + "/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 6,
+            "n": 3,
+            "temperature": 1.0,
+            "seed": 1,
+        },
+    )
     assert status == 200
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
     assert body["usage"]["prompt_tokens"] == 2
     assert 3 <= body["usage"]["completion_tokens"] <= 18
     # Greedy: n copies of the one answer.
-    status, body = call(served.url + "/chat/completions", {
-        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "n": 2, "temperature": 0,
-    })
+    status, body = call(
+        served.url + "/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 6,
+            "n": 2,
+            "temperature": 0,
+        },
+    )
     assert body["choices"][0]["message"] == body["choices"][1]["message"]
 
 
 def test_completions_with_several_prompts(served: ServerHandle) -> None:
-    status, body = call(served.url + "/completions", {
-        "model": "tiny", "prompt": ["ab", "cde"], "max_tokens": 4, "n": 2, "temperature": 0.9, "seed": 0,
-    })
+    status, body = call(
+        served.url + "/completions",
+        {
+            "model": "tiny",
+            "prompt": ["ab", "cde"],
+            "max_tokens": 4,
+            "n": 2,
+            "temperature": 0.9,
+            "seed": 0,
+        },
+    )
     assert status == 200 and body["object"] == "text_completion" and body["id"].startswith("cmpl-")
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
     assert all(isinstance(c["text"], str) for c in body["choices"])
@@ -121,7 +161,10 @@ def test_stop_strings(served: ServerHandle) -> None:
     assert choice["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] <= text.index(stop) + len(stop) + 1
     # A plain string works too.
-    assert call(served.url + "/completions", {**request, "stop": stop})[1]["choices"][0]["text"] == choice["text"]
+    assert (
+        call(served.url + "/completions", {**request, "stop": stop})[1]["choices"][0]["text"]
+        == choice["text"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,23 +176,51 @@ def test_stop_strings(served: ServerHandle) -> None:
         ("/chat/completions", {"messages": "hi"}, 400, "messages", "non-empty list"),
         ("/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages", "role"),
         ("/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages", "content"),
-        ("/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": "8"}, 400,
-         "max_tokens", "positive integer"),
-        ("/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400,
-         "temperature", "must be a number"),
+        (
+            "/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "max_tokens": "8"},
+            400,
+            "max_tokens",
+            "positive integer",
+        ),
+        (
+            "/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            400,
+            "temperature",
+            "must be a number",
+        ),
         ("/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 0}, 400, "n", "'n'"),
-        ("/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stop": 5}, 400, "stop", "'stop'"),
-        ("/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}, 400, "stream",
-         "streaming"),
-        ("/chat/completions", {"model": 3, "messages": [{"role": "user", "content": "x"}]}, 400, "model", "string"),
+        (
+            "/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "stop": 5},
+            400,
+            "stop",
+            "'stop'",
+        ),
+        (
+            "/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "stream": True},
+            400,
+            "stream",
+            "streaming",
+        ),
+        (
+            "/chat/completions",
+            {"model": 3, "messages": [{"role": "user", "content": "x"}]},
+            400,
+            "model",
+            "string",
+        ),
         ("/completions", {"model": "tiny"}, 400, "prompt", "'prompt' is required"),
         ("/completions", {"prompt": [1, 2, 3]}, 400, "prompt", "token ids are not supported"),
         ("/completions", {"prompt": "x" * 300}, 400, "prompt", "maximum context length is 256"),
         ("/completions", {"prompt": "x" * 200, "max_tokens": 100}, 400, "prompt", "maximum context length"),
     ],
 )
-def test_request_errors(served: ServerHandle, path: str, body: Any, status: int, param: str | None,
-                        needle: str) -> None:
+def test_request_errors(
+    served: ServerHandle, path: str, body: Any, status: int, param: str | None, needle: str
+) -> None:
     raw = body if isinstance(body, bytes) else None
     got, payload = call(served.url + path, None if raw else body, raw=raw, method="POST")
     assert got == status
@@ -160,9 +231,14 @@ def test_request_errors(served: ServerHandle, path: str, body: Any, status: int,
 
 
 def test_unknown_model_and_paths(served: ServerHandle) -> None:
-    status, payload = call(served.url + "/chat/completions",
-                           {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})
-    assert status == 404 and payload["error"]["code"] == "model_not_found" and payload["error"]["param"] == "model"
+    status, payload = call(
+        served.url + "/chat/completions", {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert (
+        status == 404
+        and payload["error"]["code"] == "model_not_found"
+        and payload["error"]["param"] == "model"
+    )
     assert call(served.url + "/nope")[0] == 404
     assert call(served.url + "/nope", {"a": 1})[0] == 404
     assert call(served.url + "/chat/completions")[0] == 405
@@ -172,8 +248,9 @@ def test_unknown_model_and_paths(served: ServerHandle) -> None:
 
 def test_api_key(served: ServerHandle, capsys: pytest.CaptureFixture[str]) -> None:
     key = "tao-secret-key-81f3"
-    with start_server("unused", served_model_name="tiny", api_key=key, backend=served.backend,
-                      log_requests=True) as secured:
+    with start_server(
+        "unused", served_model_name="tiny", api_key=key, backend=served.backend, log_requests=True
+    ) as secured:
         request = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
         status, payload = call(secured.url + "/chat/completions", request)
         assert status == 401 and payload["error"]["code"] == "invalid_api_key"
@@ -192,10 +269,15 @@ def test_concurrent_requests(served: ServerHandle) -> None:
     lock = threading.Lock()
 
     def worker(i: int) -> None:
-        result = call(served.url + "/chat/completions", {
-            "messages": [{"role": "user", "content": f"request {i}"}], "max_tokens": 16, "temperature": 0.8,
-            "seed": i,
-        })
+        result = call(
+            served.url + "/chat/completions",
+            {
+                "messages": [{"role": "user", "content": f"request {i}"}],
+                "max_tokens": 16,
+                "temperature": 0.8,
+                "seed": i,
+            },
+        )
         with lock:
             results.append(result)
 
@@ -209,10 +291,18 @@ def test_concurrent_requests(served: ServerHandle) -> None:
 
 
 def test_cli_prints_the_url(tiny_model: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TAO_SERVE_API_KEY": "cli-key-77"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TAO_SERVE_API_KEY": "cli-key-77",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "tao_operator.cli", "serve", f"file://{tiny_model}", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]

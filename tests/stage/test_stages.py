@@ -23,11 +23,18 @@ def loop_spec(model: Path, prompts: Path, runs: Path, **overrides: Any) -> LoopS
         "prompts": {"uri": prompts.as_uri(), "heldOutFraction": 0.25, "labelFields": ["answer"]},
         "storage": {"uri": runs.as_uri()},
         "generation": {"candidates": 4, "maxNewTokens": 6, "shards": 2, "batchSize": 8},
-        "scoring": {"scorers": [{"type": "regex", "pattern": r"\d", "mode": "search"},
-                                {"type": "majority", "extract": r"(\d)"}]},
+        "scoring": {
+            "scorers": [
+                {"type": "regex", "pattern": r"\d", "mode": "search"},
+                {"type": "majority", "extract": r"(\d)"},
+            ]
+        },
         "training": {"method": "sft", "learningRate": 1e-3, "batchSize": 4, "sft": {"minScore": 0.0}},
-        "evaluation": {"maxPrompts": 6, "minImprovement": -1.0,
-                       "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\d)"}]},
+        "evaluation": {
+            "maxPrompts": 6,
+            "minImprovement": -1.0,
+            "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\d)"}],
+        },
     }
     for key, value in overrides.items():
         doc[key] = doc.get(key, {}) | value if isinstance(value, dict) else value
@@ -37,17 +44,27 @@ def loop_spec(model: Path, prompts: Path, runs: Path, **overrides: Any) -> LoopS
 @pytest.fixture
 def workspace(tmp_path: Path, tiny_model: Path) -> dict[str, Path]:
     prompts = tmp_path / "prompts.jsonl"
-    lines = [json.dumps({"prompt": f"{a}+{b}=", "answer": str((a + b) % 10), "topic": "sum"})
-             for a in range(6) for b in range(4)]
+    lines = [
+        json.dumps({"prompt": f"{a}+{b}=", "answer": str((a + b) % 10), "topic": "sum"})
+        for a in range(6)
+        for b in range(4)
+    ]
     lines.insert(3, "{not json")
     prompts.write_text("\n".join(lines) + "\n")
     return {"model": tiny_model, "prompts": prompts, "runs": tmp_path / "runs"}
 
 
-def config(ws: dict[str, Path], stage: str, round_: int = 1, model_uri: str | None = None, **overrides: Any) -> StageConfig:
+def config(
+    ws: dict[str, Path], stage: str, round_: int = 1, model_uri: str | None = None, **overrides: Any
+) -> StageConfig:
     spec = loop_spec(ws["model"], ws["prompts"], ws["runs"], **overrides)
-    return StageConfig(stage=stage, round=round_, run_uri=(ws["runs"] / "ns" / "job" / "uid").as_uri(),
-                       model_uri=model_uri or spec.model.uri, spec=spec)
+    return StageConfig(
+        stage=stage,
+        round=round_,
+        run_uri=(ws["runs"] / "ns" / "job" / "uid").as_uri(),
+        model_uri=model_uri or spec.model.uri,
+        spec=spec,
+    )
 
 
 def run_through(ws: dict[str, Path], *stages: str, **overrides: Any) -> dict[str, Any]:
@@ -97,7 +114,9 @@ def test_score_records_total_and_per_scorer_values(workspace: dict[str, Path]) -
     rows = storage.read_jsonl(lay.shard("scores", 1, 0))
     assert set(rows[0]["perScorer"]) == {"regex", "majority"}
     assert len(rows[0]["scores"]) == 4
-    assert res.counts["candidates"] == sum(len(r["scores"]) for i in range(2) for r in storage.read_jsonl(lay.shard("scores", 1, i)))
+    assert res.counts["candidates"] == sum(
+        len(r["scores"]) for i in range(2) for r in storage.read_jsonl(lay.shard("scores", 1, i))
+    )
 
 
 def _weights(path: Path) -> Any:
@@ -107,11 +126,21 @@ def _weights(path: Path) -> Any:
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "grpo"])
-def test_training_runs_a_real_step_and_writes_a_loadable_model(workspace: dict[str, Path], method: str) -> None:
+def test_training_runs_a_real_step_and_writes_a_loadable_model(
+    workspace: dict[str, Path], method: str
+) -> None:
     stages = ("prepare", "train") if method == "grpo" else ("prepare", "generate", "score", "train")
     # DPO needs pairs with a margin: a regex that only some random candidates satisfy gives them.
-    overrides: dict[str, Any] = {"training": {"method": method, "learningRate": 1e-2, "batchSize": 4,
-                                              "sft": {"minScore": 0.0}, "dpo": {"minMargin": 0.1}, "epochs": 1}}
+    overrides: dict[str, Any] = {
+        "training": {
+            "method": method,
+            "learningRate": 1e-2,
+            "batchSize": 4,
+            "sft": {"minScore": 0.0},
+            "dpo": {"minMargin": 0.1},
+            "epochs": 1,
+        }
+    }
     res = run_through(workspace, *stages, **overrides)["train"]
     assert res.ok and res.counts["examples"] > 0 and res.counts["steps"] >= 1
     model_dir = Path(res.outputs["model"].removeprefix("file://"))
@@ -123,14 +152,23 @@ def test_training_runs_a_real_step_and_writes_a_loadable_model(workspace: dict[s
 
 
 def test_lora_adapter_is_merged_into_a_plain_model(workspace: dict[str, Path]) -> None:
-    overrides = {"training": {"method": "sft", "learningRate": 1e-2, "batchSize": 4, "sft": {"minScore": 0.0},
-                              "lora": {"r": 4, "alpha": 8, "targetModules": ["c_attn"]}}}
+    overrides = {
+        "training": {
+            "method": "sft",
+            "learningRate": 1e-2,
+            "batchSize": 4,
+            "sft": {"minScore": 0.0},
+            "lora": {"r": 4, "alpha": 8, "targetModules": ["c_attn"]},
+        }
+    }
     res = run_through(workspace, "prepare", "generate", "score", "train", **overrides)["train"]
     model_dir = Path(res.outputs["model"].removeprefix("file://"))
     assert (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists()
 
 
-def test_evaluate_compares_champion_and_challenger_and_reports_label_metrics_apart(workspace: dict[str, Path]) -> None:
+def test_evaluate_compares_champion_and_challenger_and_reports_label_metrics_apart(
+    workspace: dict[str, Path],
+) -> None:
     res = run_through(workspace, "prepare", "generate", "score", "train", "evaluate")["evaluate"]
     assert res.ok and res.promoted is not None
     for side in ("champion", "challenger"):
@@ -148,37 +186,60 @@ def test_stage_cli_reports_a_failure_as_a_result(workspace: dict[str, Path], tmp
     cfg_path.write_text(cfg.model_dump_json(by_alias=True))
     result_path = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "tao_trainer.cli", "generate", "--config", str(cfg_path), "--result", str(result_path)],
-        capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"}, check=False,
+        [
+            sys.executable,
+            "-m",
+            "tao_trainer.cli",
+            "generate",
+            "--config",
+            str(cfg_path),
+            "--result",
+            str(result_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        check=False,
     )
     assert proc.returncode == 1
     result = json.loads(result_path.read_text())
-    assert result["ok"] is False and "FileNotFoundError" in result["message"] and "shard-00000" in result["message"]
+    assert (
+        result["ok"] is False
+        and "FileNotFoundError" in result["message"]
+        and "shard-00000" in result["message"]
+    )
     assert len(result_path.read_bytes()) < 4096
 
 
-def test_a_whole_round_on_s3_storage_with_the_model_in_s3(tmp_path: Path, tiny_model: Path, s3_bucket: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_whole_round_on_s3_storage_with_the_model_in_s3(
+    tmp_path: Path, tiny_model: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real loading code: the model, the prompts and every artifact on an S3 protocol server."""
     from tao_trainer.cli import _runner
 
     monkeypatch.setenv("TAO_CACHE_DIR", str(tmp_path / "cache"))
     model_uri = f"s3://{s3_bucket}/models/tiny"
     storage.upload_dir(tiny_model, model_uri)
-    prompts = "".join(json.dumps({"prompt": f"{a}*{b}=", "answer": str(a * b)}) + "\n" for a in range(6) for b in range(4))
+    prompts = "".join(
+        json.dumps({"prompt": f"{a}*{b}=", "answer": str(a * b)}) + "\n" for a in range(6) for b in range(4)
+    )
     storage.write_text(f"s3://{s3_bucket}/data/prompts.jsonl", prompts)
-    spec = LoopSpec.model_validate({
-        "model": {"uri": model_uri},
-        "prompts": {"uri": f"s3://{s3_bucket}/data/", "heldOutFraction": 0.25, "labelFields": ["answer"]},
-        "storage": {"uri": f"s3://{s3_bucket}/runs"},
-        "generation": {"candidates": 2, "maxNewTokens": 4},
-        "scoring": {"scorers": [{"type": "regex", "pattern": r"\d", "mode": "search"}]},
-        "training": {"learningRate": 1e-3, "batchSize": 4, "sft": {"minScore": 0.0}},
-        "evaluation": {"maxPrompts": 4, "minImprovement": -1.0},
-    })
+    spec = LoopSpec.model_validate(
+        {
+            "model": {"uri": model_uri},
+            "prompts": {"uri": f"s3://{s3_bucket}/data/", "heldOutFraction": 0.25, "labelFields": ["answer"]},
+            "storage": {"uri": f"s3://{s3_bucket}/runs"},
+            "generation": {"candidates": 2, "maxNewTokens": 4},
+            "scoring": {"scorers": [{"type": "regex", "pattern": r"\d", "mode": "search"}]},
+            "training": {"learningRate": 1e-3, "batchSize": 4, "sft": {"minScore": 0.0}},
+            "evaluation": {"maxPrompts": 4, "minImprovement": -1.0},
+        }
+    )
     run_uri = f"s3://{s3_bucket}/runs/ns/job/uid"
     for stage in ("prepare", "generate", "score", "train", "evaluate"):
-        result = _runner(stage)(StageConfig(stage=stage, round=1, run_uri=run_uri, model_uri=model_uri, spec=spec))
+        result = _runner(stage)(
+            StageConfig(stage=stage, round=1, run_uri=run_uri, model_uri=model_uri, spec=spec)
+        )
         assert result.ok, (stage, result.message)
     lay = RunLayout(run_uri)
     assert storage.exists(f"{lay.model(1)}/config.json") and storage.exists(lay.eval_report(1))

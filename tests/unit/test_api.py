@@ -45,7 +45,11 @@ def test_valid_manifest_gets_defaults() -> None:
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("spec.generation.candidates", 0, "spec.generation.candidates: Input should be greater than or equal to 1"),
+        (
+            "spec.generation.candidates",
+            0,
+            "spec.generation.candidates: Input should be greater than or equal to 1",
+        ),
         ("spec.generation.topP", 1.5, "spec.generation.topP"),
         ("spec.training.method", "ppo", "spec.training.method: Input should be 'sft', 'dpo' or 'grpo'"),
         ("spec.model.uri", "ftp://x/y", "must start with one of file://, s3://, hf://"),
@@ -66,7 +70,9 @@ def test_invalid_field_is_named(path: str, value: object, expected: str) -> None
 
 def test_metric_must_read_a_declared_label_field() -> None:
     doc = with_change("spec.prompts.labelFields", [])
-    with pytest.raises(SpecError, match=r"evaluation.metrics\[0\].field 'answer' must be listed in prompts.labelFields"):
+    with pytest.raises(
+        SpecError, match=r"evaluation.metrics\[0\].field 'answer' must be listed in prompts.labelFields"
+    ):
         parse_taojob(doc)
 
 

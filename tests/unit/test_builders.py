@@ -163,8 +163,11 @@ def all_manifests() -> list[tuple[str, dict[str, Any]]]:
         out.append((f"deployment-only-{field}", serving_deployment(one, "s3://m", 2, DEFAULTS)))
     out.append(("service-bare", serving_service(bare)))
     out.append(("service-full", serving_service(full)))
-    captured = taojob(serving={"capture": {"enabled": True, "redact": None, "captureResponses": True}},
-                      prompts={"uri": "s3://data/prompts/"}, credentials={"secretRef": {"name": SECRET_NAME}})
+    captured = taojob(
+        serving={"capture": {"enabled": True, "redact": None, "captureResponses": True}},
+        prompts={"uri": "s3://data/prompts/"},
+        credentials={"secretRef": {"name": SECRET_NAME}},
+    )
     out.append(("deployment-capture", serving_deployment(captured, "s3://m", 1, DEFAULTS)))
     for stage in ("preflight", "watch"):
         out.append((f"job-{stage}", build(taojob(continuous={"minNewPrompts": 5}), stage, 2)))
@@ -554,8 +557,11 @@ def test_secret_is_referenced_by_name_only(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_capture_puts_the_proxy_between_the_service_and_vllm() -> None:
-    job = taojob(serving={"capture": {"enabled": True, "batchSize": 50}}, prompts={"uri": "s3://data/prompts/"},
-                 credentials={"secretRef": {"name": SECRET_NAME}})
+    job = taojob(
+        serving={"capture": {"enabled": True, "batchSize": 50}},
+        prompts={"uri": "s3://data/prompts/"},
+        credentials={"secretRef": {"name": SECRET_NAME}},
+    )
     dep = serving_deployment(job, "s3://m", 1, DEFAULTS)
     vllm, proxy = pod(dep)["containers"]
     assert (vllm["name"], proxy["name"]) == ("vllm", "capture")
@@ -571,7 +577,9 @@ def test_capture_puts_the_proxy_between_the_service_and_vllm() -> None:
     assert proxy["envFrom"] == [{"secretRef": {"name": SECRET_NAME}}]  # it writes to storage
     assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
     # Without capture, nothing changes.
-    assert [c["name"] for c in pod(serving_deployment(taojob(), "s3://m", 1, DEFAULTS))["containers"]] == ["vllm"]
+    assert [c["name"] for c in pod(serving_deployment(taojob(), "s3://m", 1, DEFAULTS))["containers"]] == [
+        "vllm"
+    ]
 
 
 def test_capture_needs_a_place_beside_the_prompts() -> None:
@@ -584,8 +592,12 @@ def test_capture_needs_a_place_beside_the_prompts() -> None:
 JUDGE = {
     "type": "judge",
     "rubric": "Is the answer correct?",
-    "endpoint": {"url": "https://api.example.com/v1", "model": "judge-large", "apiKeyEnv": "JUDGE_API_KEY",
-                 "apiKeySecretRef": {"name": "judge-creds", "key": "token"}},
+    "endpoint": {
+        "url": "https://api.example.com/v1",
+        "model": "judge-large",
+        "apiKeyEnv": "JUDGE_API_KEY",
+        "apiKeySecretRef": {"name": "judge-creds", "key": "token"},
+    },
 }
 
 
@@ -603,7 +615,9 @@ def test_a_judges_api_key_reaches_only_the_stages_that_score_as_a_secret_referen
 
 
 def test_a_user_variable_of_the_same_name_wins_over_the_judges_secret_reference() -> None:
-    job = taojob(scoring={"scorers": [JUDGE]}, pods={"default": {"env": [{"name": "JUDGE_API_KEY", "value": "x"}]}})
+    job = taojob(
+        scoring={"scorers": [JUDGE]}, pods={"default": {"env": [{"name": "JUDGE_API_KEY", "value": "x"}]}}
+    )
     entries = [e for e in container(build(job, "score"))["env"] if e["name"] == "JUDGE_API_KEY"]
     assert entries == [{"name": "JUDGE_API_KEY", "value": "x"}]
 
@@ -808,12 +822,19 @@ def test_serving_inherits_the_default_identity_and_pull_secrets_unless_it_sets_i
     dep = serving_deployment(job, "s3://m/r1", 1, DEFAULTS)
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "tao-s3"
     assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
-    own = taojob(pods={"default": {"serviceAccountName": "tao-s3"}}, serving={"pod": {"serviceAccountName": "serve"}})
-    assert serving_deployment(own, "s3://m/r1", 1, DEFAULTS)["spec"]["template"]["spec"]["serviceAccountName"] == "serve"
+    own = taojob(
+        pods={"default": {"serviceAccountName": "tao-s3"}}, serving={"pod": {"serviceAccountName": "serve"}}
+    )
+    assert (
+        serving_deployment(own, "s3://m/r1", 1, DEFAULTS)["spec"]["template"]["spec"]["serviceAccountName"]
+        == "serve"
+    )
 
 
 def test_the_watch_pod_never_holds_the_default_gpus_while_it_waits_for_prompts() -> None:
-    job = taojob(pods={"default": {"gpus": 2, "activeDeadlineSeconds": 3600}}, continuous={"minNewPrompts": 5})
+    job = taojob(
+        pods={"default": {"gpus": 2, "activeDeadlineSeconds": 3600}}, continuous={"minNewPrompts": 5}
+    )
     assert "resources" not in container(build(job, "watch", 2))
     assert "activeDeadlineSeconds" not in build(job, "watch", 2)["spec"]
     assert container(build(job, "prepare", 2))["resources"]["limits"]["nvidia.com/gpu"] == "2"

@@ -65,7 +65,12 @@ def test_none_leaves_values_alone() -> None:
 
 def test_range_maps_and_clips() -> None:
     assert normalize_values([0.0, 5.0, 10.0, -3.0, 12.0, None], "range", value_range=[0, 10]) == [
-        0.0, 0.5, 1.0, 0.0, 1.0, None,
+        0.0,
+        0.5,
+        1.0,
+        0.0,
+        1.0,
+        None,
     ]
     with pytest.raises(ValueError, match="value_range"):
         normalize_values([1.0], "range")
@@ -97,10 +102,18 @@ def test_group_zscore_within_each_prompt() -> None:
 def test_group_normalisation_skips_none_and_all_none_groups() -> None:
     prompts = ["a", "a", "a", "b", "b"]
     assert normalize_values([None, 2.0, 4.0, None, None], "group_minmax", prompts=prompts) == [
-        None, 0.0, 1.0, None, None,
+        None,
+        0.0,
+        1.0,
+        None,
+        None,
     ]
     assert normalize_values([2.0, None, 4.0, None, 7.0], "group_zscore", prompts=prompts) == [
-        -1.0, None, 1.0, None, 0.0,
+        -1.0,
+        None,
+        1.0,
+        None,
+        0.0,
     ]
 
 

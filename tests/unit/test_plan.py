@@ -59,7 +59,9 @@ def test_a_rejected_round_leaves_the_previous_champion() -> None:
 
 
 def test_a_failed_stage_is_terminal_and_named() -> None:
-    results = done(1, "prepare") | {(1, "generate"): StageResult(stage="generate", round=1, ok=False, message="OOM")}
+    results = done(1, "prepare") | {
+        (1, "generate"): StageResult(stage="generate", round=1, ok=False, message="OOM")
+    }
     assert next_action(spec(), LAYOUT, results) == Failed(1, "generate", "OOM")
 
 
@@ -98,12 +100,27 @@ def test_report_has_base_and_per_round_values() -> None:
     results = done(1, *STAGES) | done(2, *STAGES)
     results[(1, "prepare")] = StageResult(stage="prepare", round=1, counts={"prompts": 100, "heldOut": 20})
     results[(1, "evaluate")] = StageResult(
-        stage="evaluate", round=1, promoted=True, message="promoted",
-        metrics={"champion.score": 0.4, "challenger.score": 0.8, "champion.accuracy": 0.45, "challenger.accuracy": 0.85},
+        stage="evaluate",
+        round=1,
+        promoted=True,
+        message="promoted",
+        metrics={
+            "champion.score": 0.4,
+            "challenger.score": 0.8,
+            "champion.accuracy": 0.45,
+            "challenger.accuracy": 0.85,
+        },
     )
     results[(2, "evaluate")] = StageResult(
-        stage="evaluate", round=2, promoted=False,
-        metrics={"champion.score": 0.8, "challenger.score": 0.79, "champion.accuracy": 0.86, "challenger.accuracy": 0.84},
+        stage="evaluate",
+        round=2,
+        promoted=False,
+        metrics={
+            "champion.score": 0.8,
+            "challenger.score": 0.79,
+            "champion.accuracy": 0.86,
+            "challenger.accuracy": 0.84,
+        },
     )
     report = build_report("demo", spec(), LAYOUT, results)
     assert report["base"] == {"score": 0.4, "accuracy": 0.45}
@@ -131,11 +148,15 @@ def test_continuous_rounds_after_the_first_wait_for_new_prompts() -> None:
         seen.append((action.round, action.stage))
         results |= done(action.round, action.stage, promoted=action.round == 2)
     assert seen == [(1, st) for st in STAGES] + [(r, st) for r in (2, 3) for st in ("watch", *STAGES)]
-    assert action == Finished(2, LAYOUT.model(2))  # round 3's challenger was not better: round 2 stays champion
+    assert action == Finished(
+        2, LAYOUT.model(2)
+    )  # round 3's challenger was not better: round 2 stays champion
 
 
 def test_continuous_without_a_limit_always_has_a_next_round() -> None:
-    results = {key: res for r in range(1, 51) for key, res in done(r, "watch", *STAGES, promoted=r == 7).items()}
+    results = {
+        key: res for r in range(1, 51) for key, res in done(r, "watch", *STAGES, promoted=r == 7).items()
+    }
     assert next_action(continuous(), LAYOUT, results) == RunStage(51, "watch", LAYOUT.model(7))
     report = build_report("demo", continuous(), LAYOUT, results)
     assert len(report["rounds"]) == 50 and report["champion"] == {"round": 7, "uri": LAYOUT.model(7)}

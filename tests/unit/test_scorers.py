@@ -439,7 +439,11 @@ def test_nan_means_no_judgement(tmp_path: Path) -> None:
 
 def test_registry_and_keyword_construction() -> None:
     # Other families register beside these (judge, reward_model, sql, ...); each is a built-in type.
-    assert {"majority", "regex", "json", "python", "reward_model"} <= set(SCORER_TYPES) <= set(BUILTIN_SCORER_TYPES)
+    assert (
+        {"majority", "regex", "json", "python", "reward_model"}
+        <= set(SCORER_TYPES)
+        <= set(BUILTIN_SCORER_TYPES)
+    )
     assert isinstance(build_scorer({"type": "majority", "extract": "x"}), MajorityScorer)
     spec = parse_scorer_spec({"type": "regex", "pattern": "a", "name": "fmt", "weight": 3})
     scorer = build_scorer(spec)

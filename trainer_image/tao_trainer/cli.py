@@ -49,13 +49,17 @@ def compact(result: StageResult) -> str:
     text = result.model_dump_json(by_alias=True)
     if len(text) > RESULT_LIMIT:
         keep = max(0, len(result.message) - (len(text) - RESULT_LIMIT) - 20)
-        text = result.model_copy(update={"message": result.message[:keep] + " [truncated]"}).model_dump_json(by_alias=True)
+        text = result.model_copy(update={"message": result.message[:keep] + " [truncated]"}).model_dump_json(
+            by_alias=True
+        )
     return text
 
 
 def download(argv: list[str]) -> int:
     """`tao-stage download --uri URI --to DIR`: fetch a model for serving (the init container's job)."""
-    parser = argparse.ArgumentParser(prog="tao-stage download", description="copy a model directory from storage")
+    parser = argparse.ArgumentParser(
+        prog="tao-stage download", description="copy a model directory from storage"
+    )
     parser.add_argument("--uri", required=True, help="file:// or s3:// model directory, or hf://org/name")
     parser.add_argument("--to", required=True, help="local directory")
     args = parser.parse_args(argv)
@@ -82,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tao-stage", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=ALL_STAGES)
     parser.add_argument("--config", required=True, help="StageConfig JSON: a path, file:// or s3:// URI")
-    parser.add_argument("--result", default=os.environ.get("TAO_RESULT_PATH"), help="where to write the StageResult")
+    parser.add_argument(
+        "--result", default=os.environ.get("TAO_RESULT_PATH"), help="where to write the StageResult"
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -96,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.stage != args.stage:
             raise ValueError(f"--config is for stage {cfg.stage!r}, not {args.stage!r}")
         s = cfg.spec.storage
-        storage.configure(storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style))
+        storage.configure(
+            storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style)
+        )
         result = _runner(args.stage)(cfg)
         code = 0 if result.ok else 1
     except Exception as e:  # noqa: BLE001 - every failure must become a reported result

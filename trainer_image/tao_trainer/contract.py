@@ -83,7 +83,9 @@ class PromptsSpec(CamelModel):
         "always lands on the same side, whatever else the file holds.",
     )
     max_per_round: int | None = Field(
-        default=None, ge=1, description="At most this many training prompts per round (rounds take successive slices)."
+        default=None,
+        ge=1,
+        description="At most this many training prompts per round (rounds take successive slices).",
     )
     label_fields: list[str] = Field(
         default_factory=list,
@@ -130,14 +132,19 @@ class GenerationSpec(CamelModel):
     temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(default=256, ge=1, description="Longest candidate, in tokens.")
-    system_prompt: str | None = Field(default=None, description="Prepended as a system message (or plain text).")
+    system_prompt: str | None = Field(
+        default=None, description="Prepended as a system message (or plain text)."
+    )
     teacher: TeacherSpec | None = Field(
-        default=None, description="Generate with this model instead (curated distillation into the tuned model)."
+        default=None,
+        description="Generate with this model instead (curated distillation into the tuned model).",
     )
     backend: Literal["auto", "transformers", "vllm"] = Field(
         default="auto", description="auto: vLLM when a GPU and vllm are present, else transformers."
     )
-    batch_size: int = Field(default=32, ge=1, description="Prompts per generation batch (transformers backend).")
+    batch_size: int = Field(
+        default=32, ge=1, description="Prompts per generation batch (transformers backend)."
+    )
     shards: int = Field(default=1, ge=1, le=1000, description="Prompt shards (parallel pods on Kubernetes).")
     seed: int = Field(default=0, description="Sampling seed; each round and shard derive their own from it.")
 
@@ -171,7 +178,9 @@ class SftSpec(CamelModel):
 
 
 class DpoSpec(CamelModel):
-    min_margin: float = Field(default=0.5, ge=0.0, description="Pair best and worst only if they differ by this.")
+    min_margin: float = Field(
+        default=0.5, ge=0.0, description="Pair best and worst only if they differ by this."
+    )
     beta: float = Field(default=0.1, gt=0.0, description="DPO beta.")
 
 
@@ -208,10 +217,13 @@ class MetricSpec(CamelModel):
     """A reporting metric computed on held-out prompts; may read label fields; never gates promotion."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Key in reports (e.g. accuracy).")
-    type: Literal["exact_match"] = Field(default="exact_match", description="exact_match: extracted == label.")
+    type: Literal["exact_match"] = Field(
+        default="exact_match", description="exact_match: extracted == label."
+    )
     field: str = Field(description="The label field of the prompt record holding the reference.")
     extract: str | None = Field(
-        default=None, description="Regex applied to the answer (group 1 if any, last match); default: the whole stripped text."
+        default=None,
+        description="Regex applied to the answer (group 1 if any, last match); default: the whole stripped text.",
     )
 
     @field_validator("extract")
@@ -235,10 +247,13 @@ class EvaluationSpec(CamelModel):
         "majority judge a greedy answer against samples of both models, pooled.",
     )
     reference_samples: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Samples per prompt and model for group scorers (default: generation.candidates).",
     )
-    metrics: list[MetricSpec] = Field(default_factory=list, description="Reporting-only metrics (may use labels).")
+    metrics: list[MetricSpec] = Field(
+        default_factory=list, description="Reporting-only metrics (may use labels)."
+    )
 
 
 class PreflightSpec(CamelModel):
@@ -283,7 +298,9 @@ class ContinuousSpec(CamelModel):
         default=100, ge=1, description="New prompts (not seen by an earlier round) that start the next round."
     )
     max_rounds: int | None = Field(
-        default=None, ge=1, description="Stop after this many rounds (default: keep improving as prompts arrive)."
+        default=None,
+        ge=1,
+        description="Stop after this many rounds (default: keep improving as prompts arrive).",
     )
 
     def interval_seconds(self) -> int:
@@ -327,7 +344,9 @@ class LoopSpec(CamelModel):
     def _rounds_or_continuous(self) -> LoopSpec:
         # `rounds` keeps its default under continuous (a serialised spec carries it, so presence proves nothing).
         if self.continuous is not None and self.rounds != 1:
-            raise ValueError("set either rounds (a fixed count) or continuous (with continuous.maxRounds), not both")
+            raise ValueError(
+                "set either rounds (a fixed count) or continuous (with continuous.maxRounds), not both"
+            )
         return self
 
     def last_round(self) -> int | None:
@@ -342,7 +361,9 @@ class LoopSpec(CamelModel):
     def stages(self, round_: int = 1) -> tuple[Stage, ...]:
         """The stages of one round, in order. GRPO samples and scores online inside training; the other
         methods use the offline stages. Round 1 starts with the scorer preflight when it is enabled."""
-        per_round: tuple[Stage, ...] = ("prepare", "train", "evaluate") if self.training.method == "grpo" else STAGES
+        per_round: tuple[Stage, ...] = (
+            ("prepare", "train", "evaluate") if self.training.method == "grpo" else STAGES
+        )
         if round_ == 1 and self.preflight.enabled:
             return ("preflight", *per_round)
         if round_ > 1 and self.continuous is not None:
@@ -362,7 +383,8 @@ class StageConfig(CamelModel):
     model_uri: str = Field(description="The round's starting model (the champion).")
     spec: LoopSpec
     shards: list[int] | None = Field(
-        default=None, description="Shards this process handles (default: all; a pod uses JOB_COMPLETION_INDEX)."
+        default=None,
+        description="Shards this process handles (default: all; a pod uses JOB_COMPLETION_INDEX).",
     )
 
 
@@ -459,4 +481,3 @@ class RunLayout:
     @property
     def spec_snapshot(self) -> str:
         return f"{self.root}/spec.json"
-

@@ -54,7 +54,9 @@ def _mean(values: list[float | None]) -> float | None:
     return round(sum(valued) / len(valued), 4) if valued else None
 
 
-def _answers(model_uri: str, rendered_for: Any, cfg: StageConfig, references: int) -> tuple[list[str], list[list[str]]]:
+def _answers(
+    model_uri: str, rendered_for: Any, cfg: StageConfig, references: int
+) -> tuple[list[str], list[list[str]]]:
     """Greedy answers (and `references` samples per prompt, if asked) of one model; frees it afterwards."""
     from tao_trainer import generate
 
@@ -75,7 +77,10 @@ def _answers(model_uri: str, rendered_for: Any, cfg: StageConfig, references: in
 
 
 def score_sides(
-    scorers: list[Any], prompts_: list[Any], sides: dict[str, list[str]], references: list[list[str]],
+    scorers: list[Any],
+    prompts_: list[Any],
+    sides: dict[str, list[str]],
+    references: list[list[str]],
     kwargs: dict[str, list[Any]],
 ) -> dict[str, Any]:
     """Each side's `ScoredBatch`, scored in one batch with a prompt's answers side by side: a group_*
@@ -104,8 +109,12 @@ def score_sides(
         def cut(by_name: dict[str, list[Any]]) -> dict[str, list[Any]]:
             return {name: values[j::k] for name, values in by_name.items()}
 
-        return ScoredBatch(total=both.total[j::k], per_scorer=cut(both.per_scorer), raw=cut(both.raw),
-                           details=cut(both.details))
+        return ScoredBatch(
+            total=both.total[j::k],
+            per_scorer=cut(both.per_scorer),
+            raw=cut(both.raw),
+            details=cut(both.details),
+        )
 
     return {name: side(j) for j, name in enumerate(names)}
 
@@ -127,7 +136,11 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     held = storage.read_jsonl(lay.heldout(r))
     labels = {row["id"]: row for row in storage.read_jsonl(lay.heldout_labels(r))}
     scorers = [build_scorer(s) for s in spec.gate_scorers()]
-    n_refs = (spec.evaluation.reference_samples or spec.generation.candidates) if any(s.is_group for s in scorers) else 0
+    n_refs = (
+        (spec.evaluation.reference_samples or spec.generation.candidates)
+        if any(s.is_group for s in scorers)
+        else 0
+    )
 
     def rendered_for(tokenizer: Any) -> list[str]:
         return [models.render_prompt(tokenizer, rec["prompt"], spec.generation.system_prompt) for rec in held]
@@ -172,10 +185,16 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
             {
                 "id": rec["id"],
                 "prompt": rec["prompt"],
-                "champion": {"answer": champ_greedy[i], "score": scores["champion"].total[i],
-                             **{k: v[i] for k, v in per_metric.get("champion", {}).items()}},
-                "challenger": {"answer": chall_greedy[i], "score": scores["challenger"].total[i],
-                               **{k: v[i] for k, v in per_metric.get("challenger", {}).items()}},
+                "champion": {
+                    "answer": champ_greedy[i],
+                    "score": scores["champion"].total[i],
+                    **{k: v[i] for k, v in per_metric.get("champion", {}).items()},
+                },
+                "challenger": {
+                    "answer": chall_greedy[i],
+                    "score": scores["challenger"].total[i],
+                    **{k: v[i] for k, v in per_metric.get("challenger", {}).items()},
+                },
             }
         )
     storage.write_jsonl(lay.eval_samples(r), samples)
@@ -187,7 +206,9 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         "referenceSamples": 2 * n_refs,
         "metrics": metrics,
         "gateScorers": [s.name for s in scorers],
-        "labelMetrics": {m.name: {"field": m.field, "usesLabels": True, "gates": False} for m in spec.evaluation.metrics},
+        "labelMetrics": {
+            m.name: {"field": m.field, "usesLabels": True, "gates": False} for m in spec.evaluation.metrics
+        },
         "promoted": promoted,
         "verdict": verdict,
     }

@@ -85,12 +85,16 @@ def run_watch(cfg: StageConfig, sleep: Callable[[float], None] = time.sleep) -> 
                 raise RuntimeError(
                     f"prompts.uri {spec.prompts.uri!r} unreadable in {failed} polls in a row: {exc}"
                 ) from exc
-            log(f"watch: cannot read {spec.prompts.uri} ({type(exc).__name__}: {exc}); retrying in {interval}s")
+            log(
+                f"watch: cannot read {spec.prompts.uri} ({type(exc).__name__}: {exc}); retrying in {interval}s"
+            )
             sleep(interval)
             continue
         failed = 0
-        log(f"watch: round {r}: {new}/{wanted} new prompts in {objects} new or changed object(s) under "
-            f"{spec.prompts.uri}")
+        log(
+            f"watch: round {r}: {new}/{wanted} new prompts in {objects} new or changed object(s) under "
+            f"{spec.prompts.uri}"
+        )
         if new >= wanted:
             return StageResult(
                 stage="watch",

@@ -103,7 +103,9 @@ def analyse(
     share = _share(informative, len(groups)) or 0.0
     signal = bool(valued) and share >= min_informative_share
     if not valued:
-        verdict = "no signal: no candidate got a score (every scorer abstained); check the scorers before training"
+        verdict = (
+            "no signal: no candidate got a score (every scorer abstained); check the scorers before training"
+        )
     elif signal:
         verdict = (
             f"signal: {informative}/{len(groups)} sampled prompts have candidates with different scores "
@@ -153,7 +155,9 @@ def greedy_agreement(
         pattern = re.compile(scorer.spec.extract)
         agree = confident = 0
         for samples, answer in zip(candidates, greedy, strict=True):
-            voted, share = majority_answer([extract_answer(pattern, s, scorer.spec.normalize) for s in samples])
+            voted, share = majority_answer(
+                [extract_answer(pattern, s, scorer.spec.normalize) for s in samples]
+            )
             if voted is None or share + _TIE < scorer.spec.min_agreement:
                 continue
             confident += 1
@@ -171,7 +175,9 @@ def run_preflight(cfg: StageConfig) -> StageResult:
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field)
     if not loaded.records:
-        raise ValueError(f"prompts.uri {spec.prompts.uri!r}: no valid prompt in {len(loaded.sources)} file(s)")
+        raise ValueError(
+            f"prompts.uri {spec.prompts.uri!r}: no valid prompt in {len(loaded.sources)} file(s)"
+        )
     pool, _ = prompts.split(loaded.records, spec.prompts.held_out_fraction)
     chosen = [
         prompts.strip_fields(rec, spec.prompts.label_fields).model_dump()
@@ -188,10 +194,15 @@ def run_preflight(cfg: StageConfig) -> StageResult:
         gen_spec.backend,
         gen_spec.batch_size,
     )
-    rendered = [models.render_prompt(generator.tokenizer, rec["prompt"], gen_spec.system_prompt) for rec in chosen]
+    rendered = [
+        models.render_prompt(generator.tokenizer, rec["prompt"], gen_spec.system_prompt) for rec in chosen
+    ]
     seed = gen_spec.seed + 104729  # not round 1's seed: the sample is a check, not a preview of round 1
     sampled = generator.generate(
-        rendered, generate.Sampling(gen_spec.candidates, gen_spec.temperature, gen_spec.top_p, gen_spec.max_new_tokens, seed)
+        rendered,
+        generate.Sampling(
+            gen_spec.candidates, gen_spec.temperature, gen_spec.top_p, gen_spec.max_new_tokens, seed
+        ),
     )
     greedy: list[str] = []
     if any(isinstance(s, MajorityScorer) for s in scorers):
@@ -215,14 +226,20 @@ def run_preflight(cfg: StageConfig) -> StageResult:
     storage.write_json(lay.preflight_report(r), report)
     # The same rows as a scores file (raw values, each scorer's details), with the candidates beside them.
     rows = [
-        {"prompt": rec["prompt"], "candidates": rec["candidates"], **row, **({"greedy": greedy[i]} if greedy else {})}
+        {
+            "prompt": rec["prompt"],
+            "candidates": rec["candidates"],
+            **row,
+            **({"greedy": greedy[i]} if greedy else {}),
+        }
         for i, (rec, row) in enumerate(zip(records, score_rows(records, batch), strict=True))
     ]
     storage.write_jsonl(lay.preflight_samples(r), rows)
     log(f"preflight: {report['verdict']}")
 
     metrics: dict[str, float | None] = {
-        key: report[key] for key in ("informativeShare", "meanSpread", "scoreStd", "meanScore", "unscoredShare")
+        key: report[key]
+        for key in ("informativeShare", "meanSpread", "scoreStd", "meanScore", "unscoredShare")
     }
     metrics["signal"] = 1.0 if report["signal"] else 0.0
     for name, values in report["scorers"].items():

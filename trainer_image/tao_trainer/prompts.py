@@ -224,7 +224,9 @@ def _load(sources: list[str], field: str) -> LoadResult:
             # above, so model_construct skips pydantic's validation copy of every dict (1M prompts).
             prompt = value.pop(field)
             records.append(
-                PromptRecord.model_construct(_fields_set=_ALL_FIELDS_SET, id=record_id, prompt=prompt, fields=value)
+                PromptRecord.model_construct(
+                    _fields_set=_ALL_FIELDS_SET, id=record_id, prompt=prompt, fields=value
+                )
             )
     return LoadResult(records=records, rejects=rejects, sources=sources, duplicates=duplicates)
 

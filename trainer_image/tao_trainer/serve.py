@@ -134,7 +134,9 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
     if temperature is None:
         temperature = 1.0
     if not _is_number(temperature):
-        raise RequestError(f"'temperature' must be a number, got {_type_name(temperature)}", param="temperature")
+        raise RequestError(
+            f"'temperature' must be a number, got {_type_name(temperature)}", param="temperature"
+        )
     if not 0 <= temperature <= 2:
         raise RequestError(f"'temperature' must be between 0 and 2, got {temperature}", param="temperature")
     top_p = body.get("top_p")
@@ -176,14 +178,21 @@ def _content_text(content: Any, where: str) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 raise RequestError(
-                    f"{where}.content: only text parts ({{'type': 'text', 'text': ...}}) are supported", param="messages"
+                    f"{where}.content: only text parts ({{'type': 'text', 'text': ...}}) are supported",
+                    param="messages",
                 )
             parts.append(part["text"])
         return "".join(parts)
-    raise RequestError(f"{where}.content must be a string or a list of text parts, got {_type_name(content)}",
-                       param="messages")
+    raise RequestError(
+        f"{where}.content must be a string or a list of text parts, got {_type_name(content)}",
+        param="messages",
+    )
 
 
 def parse_messages(value: Any) -> list[dict[str, str]]:
@@ -195,7 +204,9 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
     if value is None:
         raise RequestError("'messages' is required", param="messages")
     if not isinstance(value, list) or not value:
-        raise RequestError("'messages' must be a non-empty list of {'role', 'content'} objects", param="messages")
+        raise RequestError(
+            "'messages' must be a non-empty list of {'role', 'content'} objects", param="messages"
+        )
     out = []
     for i, message in enumerate(value):
         where = f"messages[{i}]"
@@ -203,7 +214,9 @@ def parse_messages(value: Any) -> list[dict[str, str]]:
             raise RequestError(f"{where} must be an object, got {_type_name(message)}", param="messages")
         role = message.get("role")
         if role not in _ROLES:
-            raise RequestError(f"{where}.role must be one of {', '.join(_ROLES)}, got {role!r}", param="messages")
+            raise RequestError(
+                f"{where}.role must be one of {', '.join(_ROLES)}, got {role!r}", param="messages"
+            )
         out.append({"role": role, "content": _content_text(message.get("content"), where)})
     return out
 
@@ -220,8 +233,10 @@ def parse_prompts(value: Any) -> list[str]:
         return [value]
     if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
         return list(value)
-    raise RequestError("'prompt' must be a string or a non-empty list of strings (token ids are not supported)",
-                       param="prompt")
+    raise RequestError(
+        "'prompt' must be a string or a non-empty list of strings (token ids are not supported)",
+        param="prompt",
+    )
 
 
 def default_served_name(model_uri: str) -> str:
@@ -256,7 +271,9 @@ class TransformersBackend:
 
     def complete(self, prompt: str, sampling: Sampling, param: str) -> tuple[int, list[Choice]]:
         """(prompt tokens, `sampling.n` choices) for one rendered prompt."""
-        with self.lock:  # one generation at a time; fast tokenizers are not safe to share across threads either
+        with (
+            self.lock
+        ):  # one generation at a time; fast tokenizers are not safe to share across threads either
             return self._complete(prompt, sampling, param)
 
     def _complete(self, prompt: str, sampling: Sampling, param: str) -> tuple[int, list[Choice]]:
@@ -300,7 +317,9 @@ class TransformersBackend:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         with torch.inference_mode():
-            seqs = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+            seqs = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs
+            )
         rows = seqs[:, prompt_tokens:].tolist()
         choices = [self._choice(row, max_tokens, sampling.stop) for row in rows]
         return prompt_tokens, choices * sampling.n if greedy else choices
@@ -326,8 +345,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], backend: TransformersBackend, served_model_name: str,
-                 api_key: str | None, log_requests: bool) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        backend: TransformersBackend,
+        served_model_name: str,
+        api_key: str | None,
+        log_requests: bool,
+    ) -> None:
         super().__init__(address, _Handler)
         self.backend = backend
         self.served_model_name = served_model_name
@@ -398,7 +423,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _unauthorized(self) -> RequestError:
         return RequestError(
             "missing or invalid API key: send 'Authorization: Bearer <key>'",
-            status=401, type="authentication_error", code="invalid_api_key",
+            status=401,
+            type="authentication_error",
+            code="invalid_api_key",
         )
 
     # ------------------------------------------------------------------ endpoints
@@ -411,8 +438,13 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 self._error(self._unauthorized())
                 return
-            card = {"id": self.server.served_model_name, "object": "model", "created": self.server.created,
-                    "owned_by": "tao", "max_model_len": self.server.backend.context_length}
+            card = {
+                "id": self.server.served_model_name,
+                "object": "model",
+                "created": self.server.created,
+                "owned_by": "tao",
+                "max_model_len": self.server.backend.context_length,
+            }
             self._send(200, {"object": "list", "data": [card]})
         elif route in ("/v1/chat/completions", "/v1/completions"):
             self._error(RequestError(f"use POST for {route}", status=405))
@@ -438,7 +470,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(exc)
         except Exception as exc:  # a bug or an out-of-memory: say so, keep serving
             log.exception("tao serve: request failed")
-            self._error(RequestError(f"internal error: {type(exc).__name__}", status=500, type="server_error"))
+            self._error(
+                RequestError(f"internal error: {type(exc).__name__}", status=500, type="server_error")
+            )
 
     def _check_model(self, body: dict[str, Any]) -> None:
         model = body.get("model")
@@ -449,7 +483,9 @@ class _Handler(BaseHTTPRequestHandler):
         if model != self.server.served_model_name:
             raise RequestError(
                 f"The model {model!r} does not exist; this server serves {self.server.served_model_name!r}",
-                status=404, param="model", code="model_not_found",
+                status=404,
+                param="model",
+                code="model_not_found",
             )
 
     def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -463,8 +499,12 @@ class _Handler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": self.server.served_model_name,
             "choices": [
-                {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-                 "finish_reason": c.finish_reason}
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
                 for i, c in enumerate(choices)
             ],
             "usage": _usage(prompt_tokens, choices),
@@ -494,7 +534,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _usage(prompt_tokens: int, choices: Sequence[Choice]) -> dict[str, int]:
     completion = sum(c.completion_tokens for c in choices)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
 
 
 class ServerHandle:
@@ -552,10 +596,19 @@ def start_server(
     if api_key is None:
         api_key = os.environ.get(API_KEY_ENV) or None
     backend = backend or TransformersBackend(model_uri, default_max_tokens=default_max_tokens)
-    server = _Server((host, port), backend, served_model_name or default_served_name(model_uri), api_key or None,
-                     log_requests)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name=f"tao-serve:{server.server_address[1]}", daemon=True)
+    server = _Server(
+        (host, port),
+        backend,
+        served_model_name or default_served_name(model_uri),
+        api_key or None,
+        log_requests,
+    )
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.2},
+        name=f"tao-serve:{server.server_address[1]}",
+        daemon=True,
+    )
     thread.start()
     return ServerHandle(server, thread)
 
@@ -573,8 +626,15 @@ def serve_cli(
     import signal
 
     models.cpu_threads()
-    handle = start_server(model_uri, host, port, served_model_name, api_key=api_key,
-                          default_max_tokens=default_max_tokens, log_requests=not quiet)
+    handle = start_server(
+        model_uri,
+        host,
+        port,
+        served_model_name,
+        api_key=api_key,
+        default_max_tokens=default_max_tokens,
+        log_requests=not quiet,
+    )
 
     def _terminate(*_: object) -> None:
         raise KeyboardInterrupt

@@ -18,7 +18,9 @@ from tao_trainer.contract import RunLayout, StageConfig, StageResult
 # ------------------------------------------------------------------------------------------------ prepare
 
 
-def round_slice(pool: Sequence[prompts.PromptRecord], round_: int, per_round: int | None) -> list[prompts.PromptRecord]:
+def round_slice(
+    pool: Sequence[prompts.PromptRecord], round_: int, per_round: int | None
+) -> list[prompts.PromptRecord]:
     """Round r takes the r-th slice of `per_round` prompts, wrapping around when the pool runs out.
 
     >>> round_slice(list("abcde"), 1, 2), round_slice(list("abcde"), 3, 2), round_slice(list("abc"), 2, None)
@@ -55,7 +57,9 @@ def run_prepare(cfg: StageConfig) -> StageResult:
         storage.write_jsonl(lay.rejects(r), (rej.model_dump() for rej in loaded.rejects))
         log(f"prepare: {len(loaded.rejects)} malformed prompt line(s) set aside in {lay.rejects(r)}")
     if not loaded.records:
-        raise ValueError(f"prompts.uri {spec.prompts.uri!r}: no valid prompt in {len(loaded.sources)} file(s)")
+        raise ValueError(
+            f"prompts.uri {spec.prompts.uri!r}: no valid prompt in {len(loaded.sources)} file(s)"
+        )
     pool, held = prompts.split(loaded.records, spec.prompts.held_out_fraction)
     if not held:
         raise ValueError(
@@ -79,7 +83,9 @@ def run_prepare(cfg: StageConfig) -> StageResult:
         seen = flywheel.seen_ids(lay, r)
         chosen = round_slice([p for p in pool if p.id not in seen], 1, spec.prompts.max_per_round)
         if not chosen:
-            raise ValueError(f"round {r}: no prompt under {spec.prompts.uri!r} that an earlier round has not used")
+            raise ValueError(
+                f"round {r}: no prompt under {spec.prompts.uri!r} that an earlier round has not used"
+            )
         flywheel.record_round(lay, r, versions, [p.id for p in chosen] + [p.id for p in held_all])
     for i, shard in enumerate(split_shards(chosen, spec.generation.shards)):
         storage.write_jsonl(lay.shard("prompts", r, i), (_public(p, labels) for p in shard))
@@ -142,7 +148,10 @@ def run_generate(cfg: StageConfig) -> StageResult:
         bar = progress_bar(sum(len(v) for v in shard_records.values()), f"round {r} generate")
         for i in todo:
             records = shard_records[i]
-            rendered = [models.render_prompt(generator.tokenizer, rec["prompt"], gen_spec.system_prompt) for rec in records]
+            rendered = [
+                models.render_prompt(generator.tokenizer, rec["prompt"], gen_spec.system_prompt)
+                for rec in records
+            ]
             sampling = generate.Sampling(
                 n=gen_spec.candidates,
                 temperature=gen_spec.temperature,
@@ -218,7 +227,9 @@ def score_rows(records: Sequence[dict[str, Any]], batch: Any) -> list[dict[str, 
             "perScorer": {name: vals[pos:end] for name, vals in batch.per_scorer.items()},
         }
         raw = {name: vals[pos:end] for name, vals in batch.raw.items()}
-        details = {name: d[pos:end] for name, d in batch.details.items() if any(x is not None for x in d[pos:end])}
+        details = {
+            name: d[pos:end] for name, d in batch.details.items() if any(x is not None for x in d[pos:end])
+        }
         if raw:
             row["raw"] = raw
         if details:
@@ -240,14 +251,21 @@ def run_score(cfg: StageConfig) -> StageResult:
         prompts_, completions, kwargs = flatten(records)
         batch = score_all(scorers, prompts_, completions, **kwargs)
         storage.write_jsonl(lay.shard("scores", r, i), score_rows(records, batch))
-    totals = [s for i in shards for row in storage.read_jsonl(lay.shard("scores", r, i)) for s in row["scores"]]
+    totals = [
+        s for i in shards for row in storage.read_jsonl(lay.shard("scores", r, i)) for s in row["scores"]
+    ]
     valued = [s for s in totals if s is not None]
     return StageResult(
         stage="score",
         round=r,
         # Scorer counters (judge calls, parse failures, truncations) as "<scorer>.<counter>", this run's shards only.
-        counts={"candidates": len(totals), "unscored": len(totals) - len(valued), "shardsDone": len(todo),
-                "shardsSkipped": len(shards) - len(todo)} | stats_counts(scorers),
+        counts={
+            "candidates": len(totals),
+            "unscored": len(totals) - len(valued),
+            "shardsDone": len(todo),
+            "shardsSkipped": len(shards) - len(todo),
+        }
+        | stats_counts(scorers),
         metrics={"meanScore": round(sum(valued) / len(valued), 4) if valued else None},
         outputs={"scores": f"{lay.round_dir(r)}/scores/"},
     )

@@ -463,7 +463,10 @@ def list_versions(uri: str) -> dict[str, str]:
         except Exception as exc:
             if not _is_missing(exc):
                 raise
-    return {f"s3://{where}/{o['Key']}": f"{o['Size']}:{o['ETag'].strip(chr(34))}" for o in _s3_objects(uri, where, key)}
+    return {
+        f"s3://{where}/{o['Key']}": f"{o['Size']}:{o['ETag'].strip(chr(34))}"
+        for o in _s3_objects(uri, where, key)
+    }
 
 
 def _safe_relative(uri: str, rel: str) -> str:

@@ -21,7 +21,9 @@ from tao_trainer.contract import LoopSpec, RunLayout, StageConfig, StageResult, 
 from tao_trainer.stages import log, my_shards
 
 
-def scored_candidates(lay: RunLayout, round_: int, shards: list[int]) -> Iterator[tuple[dict[str, Any], list[float | None]]]:
+def scored_candidates(
+    lay: RunLayout, round_: int, shards: list[int]
+) -> Iterator[tuple[dict[str, Any], list[float | None]]]:
     """(candidates record, its scores) for every prompt of the round."""
     for i in shards:
         records = storage.read_jsonl(lay.shard("candidates", round_, i))
@@ -80,8 +82,13 @@ def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
     if spec.training.method == "grpo":
         for i in my_shards(cfg):
             for rec in storage.read_jsonl(lay.shard("prompts", r, i)):
-                rows.append({**rec.get("fields", {}), "prompt": models.render_prompt(tokenizer, rec["prompt"], system),
-                             "raw_prompt": rec["prompt"]})
+                rows.append(
+                    {
+                        **rec.get("fields", {}),
+                        "prompt": models.render_prompt(tokenizer, rec["prompt"], system),
+                        "raw_prompt": rec["prompt"],
+                    }
+                )
         return rows
     for rec, scores in scored_candidates(lay, r, my_shards(cfg)):
         rendered = models.render_prompt(tokenizer, rec["prompt"], system)
@@ -122,7 +129,10 @@ def _peft_config(spec: LoopSpec) -> Any:
 
     lora = spec.training.lora
     return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
 
@@ -140,15 +150,25 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(**_common_args(t, out), max_length=t.max_length, completion_only_loss=True)
-        return SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=peft_config)
+        return SFTTrainer(
+            model=model_path,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     if t.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(**_common_args(t, out), max_length=t.max_length, beta=t.dpo.beta)
         # A model path, not an in-memory model: TRL then loads the frozen reference from the same path.
-        return DPOTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=peft_config)
+        return DPOTrainer(
+            model=model_path,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     from trl import GRPOConfig, GRPOTrainer
 
     from tao_trainer.scorers import as_reward_funcs, build_scorer
@@ -168,8 +188,14 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         reward_weights=weights,
         use_vllm=False,
     )
-    return GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                       processing_class=tokenizer, peft_config=peft_config)
+    return GRPOTrainer(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
 
 
 def run_train(cfg: StageConfig) -> StageResult:
@@ -184,8 +210,10 @@ def run_train(cfg: StageConfig) -> StageResult:
     model_path = models.resolve(cfg.model_uri)
     tokenizer = models.load_tokenizer(model_path)
     rows = build_dataset(cfg, tokenizer)
-    n_candidates = 0 if spec.training.method == "grpo" else sum(
-        len(rec["candidates"]) for rec, _ in scored_candidates(lay, r, my_shards(cfg))
+    n_candidates = (
+        0
+        if spec.training.method == "grpo"
+        else sum(len(rec["candidates"]) for rec, _ in scored_candidates(lay, r, my_shards(cfg)))
     )
     if not rows:
         raise ValueError(
@@ -219,7 +247,9 @@ def run_train(cfg: StageConfig) -> StageResult:
         "firstLoss": _finite(history[0]["loss"]) if history else None,
         "lastLoss": _finite(history[-1]["loss"]) if history else None,
     }
-    storage.write_json(f"{lay.train_dir(r)}/metrics.json", {"metrics": metrics, "logHistory": trainer.state.log_history})
+    storage.write_json(
+        f"{lay.train_dir(r)}/metrics.json", {"metrics": metrics, "logHistory": trainer.state.log_history}
+    )
     result = StageResult(
         stage="train",
         round=r,

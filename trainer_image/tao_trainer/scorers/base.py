@@ -114,7 +114,9 @@ def check_batch(name: str, prompts: Sequence[Any], completions: Sequence[Any]) -
 def check_references(name: str, completions: Sequence[Any], references: Sequence[Sequence[Any]]) -> None:
     """Fail early, naming the scorer, when evaluation's reference groups do not line up with the completions."""
     if len(references) != len(completions):
-        raise ValueError(f"scorer {name!r}: got {len(references)} reference groups for {len(completions)} completions")
+        raise ValueError(
+            f"scorer {name!r}: got {len(references)} reference groups for {len(completions)} completions"
+        )
 
 
 def coerce_scores(values: Any, expected: int, where: str) -> list[Score]:

@@ -366,7 +366,9 @@ def stats_counts(scorers: Sequence[Scorer[Any]]) -> dict[str, int]:
     {'json.parsed': 3}
     """
     return {
-        f"{scorer.name}.{key}": int(value) for scorer in scorers for key, value in sorted(scorer.stats.items())
+        f"{scorer.name}.{key}": int(value)
+        for scorer in scorers
+        for key, value in sorted(scorer.stats.items())
     }
 
 

@@ -67,7 +67,14 @@ __all__ = ["STAT_KEYS", "JudgeScorer", "parse_relative", "parse_score", "shuffle
 log = logging.getLogger(__name__)
 
 STAT_KEYS = (
-    "calls", "cacheHits", "retries", "parseFailures", "refusals", "httpErrors", "promptTokens", "completionTokens"
+    "calls",
+    "cacheHits",
+    "retries",
+    "parseFailures",
+    "refusals",
+    "httpErrors",
+    "promptTokens",
+    "completionTokens",
 )
 _REASONING_CHARS = 300
 _CACHE_ENTRIES = 100_000
@@ -161,7 +168,10 @@ def parse_score(text: str, scale: Sequence[float]) -> tuple[float | None, str | 
         return None, f"no number on the score line {label.group(0).strip()[:60]!r}"
     value = float(number.group("num"))
     if number.group("den") is not None and float(number.group("den")) != hi:
-        return None, f"score '{number.group('num')}/{number.group('den')}' is not on the scale [{_fmt(lo)}, {_fmt(hi)}]"
+        return (
+            None,
+            f"score '{number.group('num')}/{number.group('den')}' is not on the scale [{_fmt(lo)}, {_fmt(hi)}]",
+        )
     if not lo <= value <= hi:
         return None, f"score {_fmt(value)} is outside the scale [{_fmt(lo)}, {_fmt(hi)}]"
     return value, None
@@ -193,7 +203,9 @@ def _score_map(obj: Mapping[str, Any]) -> dict[str, Any] | None:
         for item in scores:
             if not isinstance(item, Mapping):
                 return None
-            ident = next((item[k] for k in ("id", "candidate_id", "candidate", "trajectory_id") if k in item), None)
+            ident = next(
+                (item[k] for k in ("id", "candidate_id", "candidate", "trajectory_id") if k in item), None
+            )
             if ident is None or "score" not in item:
                 return None
             out[str(ident)] = item["score"]
@@ -400,7 +412,11 @@ class JudgeScorer(Scorer[JudgeSpec]):
             return self._detailed(prompts, completions, **kwargs)
         fields = self._fields(len(completions), kwargs)
         jobs = [
-            (prompts[i], fields[i], [completion_text(completions[i]), *(completion_text(r) for r in references[i])])
+            (
+                prompts[i],
+                fields[i],
+                [completion_text(completions[i]), *(completion_text(r) for r in references[i])],
+            )
             for i in range(len(completions))
         ]
         verdicts = self._judge_all(jobs)
@@ -422,9 +438,20 @@ class JudgeScorer(Scorer[JudgeSpec]):
     def _cache_key(self, prompt: Any, fields: Mapping[str, Any], candidates: Sequence[str]) -> str:
         spec = self.spec
         blob = json.dumps(
-            [spec.endpoint.model, spec.mode, spec.rubric, list(spec.scale), spec.temperature, spec.max_tokens,
-             prompt, fields, list(candidates)],
-            sort_keys=True, default=str, ensure_ascii=False,
+            [
+                spec.endpoint.model,
+                spec.mode,
+                spec.rubric,
+                list(spec.scale),
+                spec.temperature,
+                spec.max_tokens,
+                prompt,
+                fields,
+                list(candidates),
+            ],
+            sort_keys=True,
+            default=str,
+            ensure_ascii=False,
         )
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -451,7 +478,9 @@ class JudgeScorer(Scorer[JudgeSpec]):
         if todo:
             workers = min(self.spec.endpoint.concurrency, len(todo))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"judge-{self.name}") as pool:
-                futures = {key: pool.submit(self._judge_safely, *jobs[indexes[0]]) for key, indexes in todo.items()}
+                futures = {
+                    key: pool.submit(self._judge_safely, *jobs[indexes[0]]) for key, indexes in todo.items()
+                }
             for key, future in futures.items():
                 verdict = future.result()
                 if self.spec.cache and verdict.complete:
@@ -554,13 +583,19 @@ class JudgeScorer(Scorer[JudgeSpec]):
     def _chat(self, system: str, user: str) -> str:
         """The judge's reply text; `_Failed` (already counted) when there is none."""
         spec = self.spec
-        body = json.dumps({
-            "model": spec.endpoint.model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "temperature": spec.temperature,
-            "max_tokens": spec.max_tokens,
-        }).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "tao-judge"}
+        body = json.dumps(
+            {
+                "model": spec.endpoint.model,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                "temperature": spec.temperature,
+                "max_tokens": spec.max_tokens,
+            }
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "tao-judge",
+        }
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         self.count("calls")
@@ -569,7 +604,10 @@ class JudgeScorer(Scorer[JudgeSpec]):
             request = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
             retry_after: float | None = None
             try:
-                with self._slots, urllib.request.urlopen(request, timeout=spec.endpoint.timeout_seconds) as response:
+                with (
+                    self._slots,
+                    urllib.request.urlopen(request, timeout=spec.endpoint.timeout_seconds) as response,
+                ):
                     raw = response.read()
                 return self._reply(raw)
             except urllib.error.HTTPError as exc:
@@ -633,7 +671,9 @@ def _failed(n: int, message: str) -> _Verdict:
 
 def _from_cache(verdict: _Verdict) -> _Verdict:
     return _Verdict(
-        list(verdict.values), [None if d is None else {**d, "cached": True} for d in verdict.details], verdict.complete
+        list(verdict.values),
+        [None if d is None else {**d, "cached": True} for d in verdict.details],
+        verdict.complete,
     )
 
 

@@ -70,7 +70,14 @@ _MODULE_PATTERN = rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*$"
 _DOTTED_PATH_PATTERN = rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*([:.]{_IDENTIFIER})$"
 
 BUILTIN_SCORER_TYPES: tuple[str, ...] = (
-    "majority", "regex", "json", "python", "judge", "reward_model", "sql", "python_tests"
+    "majority",
+    "regex",
+    "json",
+    "python",
+    "judge",
+    "reward_model",
+    "sql",
+    "python_tests",
 )
 SCORER_UNION_TAGS: tuple[str, ...] = (*BUILTIN_SCORER_TYPES, "custom")
 """Tags pydantic puts into error locations (`scorers.0.majority.extract`); drop them when showing a path."""
@@ -386,7 +393,10 @@ class EndpointSpec(BaseModel):
     )
     timeout_seconds: float = Field(default=60.0, gt=0, le=3600, description="Time limit of one HTTP request.")
     max_retries: int = Field(
-        default=3, ge=0, le=20, description="Retries of a failed request (connection errors, 429, 5xx), with backoff."
+        default=3,
+        ge=0,
+        le=20,
+        description="Retries of a failed request (connection errors, 429, 5xx), with backoff.",
     )
     concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight at once.")
 
@@ -404,7 +414,9 @@ class JudgeSpec(_SpecBase):
 
     type: Literal["judge"] = Field(description="Scorer family: an LLM judge.")
     endpoint: EndpointSpec = Field(description="Where the judge model is served.")
-    mode: Literal["pointwise", "relative"] = Field(default="pointwise", description="How candidates are judged.")
+    mode: Literal["pointwise", "relative"] = Field(
+        default="pointwise", description="How candidates are judged."
+    )
     rubric: str = Field(min_length=1, description="What makes a response good, in plain words.")
     scale: list[int] = Field(
         default_factory=lambda: [1, 10],
@@ -439,7 +451,9 @@ class RewardModelSpec(_SpecBase):
         description="Model location: s3://, file://, a local path, or hf://org/name on clusters with hub access.",
     )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Texts per forward pass.")
-    max_length: int = Field(default=2048, ge=8, description="Longest input in tokens; longer inputs are truncated.")
+    max_length: int = Field(
+        default=2048, ge=8, description="Longest input in tokens; longer inputs are truncated."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: a GPU when present.")
 
 
@@ -461,7 +475,9 @@ class SqlSpec(_SpecBase):
         default="reference_sql",
         description="Prompt-record field with a reference query; when present, result sets are compared.",
     )
-    order_matters: bool = Field(default=False, description="Compare result rows in order (else as multisets).")
+    order_matters: bool = Field(
+        default=False, description="Compare result rows in order (else as multisets)."
+    )
     timeout_seconds: float = Field(default=5.0, gt=0, le=600, description="Time limit of one query.")
     max_rows: int = Field(default=10000, ge=1, description="Rows fetched at most; more count as a mismatch.")
 
@@ -484,7 +500,9 @@ class PythonTestsSpec(_SpecBase):
         ),
     )
     extract: str | None = Field(default=None, description=_CODE_FENCE_HELP)
-    timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="Wall-clock limit of one candidate's run.")
+    timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="Wall-clock limit of one candidate's run."
+    )
     memory_mb: int = Field(default=512, ge=32, le=65536, description="Address-space limit of the subprocess.")
     concurrency: int = Field(default=2, ge=1, le=256, description="Subprocesses at once.")
 
@@ -564,7 +582,14 @@ ScorerSpec = Annotated[
 """One entry of `spec.scorers` (use as a pydantic field type)."""
 
 AnyScorerSpec = (
-    MajoritySpec | RegexSpec | JsonSpec | PythonSpec | JudgeSpec | RewardModelSpec | SqlSpec | PythonTestsSpec
+    MajoritySpec
+    | RegexSpec
+    | JsonSpec
+    | PythonSpec
+    | JudgeSpec
+    | RewardModelSpec
+    | SqlSpec
+    | PythonTestsSpec
     | CustomSpec
 )
 """The same models as a plain union, for type hints on already validated specs."""
