@@ -130,7 +130,7 @@ def sft_on_labels(
     from trl import SFTConfig, SFTTrainer
 
     from tao_trainer import generate, models
-    from tao_trainer.contract import TrainingSpec
+    from tao_trainer.spec import TrainingSpec
     from tao_trainer.train import _common_args  # the exact recipe TAO's train stage uses
 
     done = out / "result.json"

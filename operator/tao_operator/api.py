@@ -1,7 +1,7 @@
 """The TAOJob resource (tao.dev/v1alpha1): the single source of truth for its schema.
 
 `tao run` and the operator both parse manifests with `parse_taojob`; the CRD is rendered from these models.
-The loop settings themselves live in `tao_trainer.contract` because every stage reads them too.
+The loop settings themselves live in `tao_trainer.spec` because every stage reads them too.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from tao_trainer.contract import CamelModel, LoopSpec
-from tao_trainer.scorers.specs import SCORER_UNION_TAGS
+from tao_trainer.spec import SCORER_UNION_TAGS, CamelModel, LoopSpec
 
 GROUP = "tao.dev"
 VERSION = "v1alpha1"
@@ -364,12 +363,13 @@ def resolve_local_paths(job: TAOJob, base_dir: Path) -> TAOJob:
     if spec.generation.teacher is not None:
         spec.generation.teacher.uri = fix(spec.generation.teacher.uri)
     for scorer in [*spec.scoring.scorers, *(spec.evaluation.scorers or [])]:
-        path = getattr(scorer, "path", None)
-        if isinstance(path, str) and not Path(path).is_absolute():
-            scorer.path = str((base_dir / path).resolve())
-        # Data files scorers read: an sql scorer's database, a reward model's weights.
-        for field in ("database", "model"):
-            value = getattr(scorer, field, None)
+        # Each scorer spec names its own local-file fields: code files stay paths, data files become URIs.
+        for field in scorer.PATH_FIELDS:
+            value = getattr(scorer, field)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                setattr(scorer, field, str((base_dir / value).resolve()))
+        for field in scorer.URI_FIELDS:
+            value = getattr(scorer, field)
             if isinstance(value, str) and not Path(value).is_absolute():
                 setattr(scorer, field, fix(value))
     return job

@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from tao_operator.api import API_VERSION, KIND, PodSettings, TAOJob
-from tao_trainer.contract import ALL_STAGES, StageConfig
+from tao_trainer.contract import StageConfig
+from tao_trainer.spec import ALL_STAGES
 
 Manifest = dict[str, Any]
 

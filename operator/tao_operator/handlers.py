@@ -27,7 +27,6 @@ from tao_operator.api import (
     parse_taojob,
 )
 from tao_operator.cluster import Cluster
-from tao_operator.local import run_uri
 from tao_operator.plan import Failed, Finished, RunStage, champion, next_action, rounds_seen
 from tao_operator.status import (
     STAGE_PHASE,
@@ -42,7 +41,9 @@ from tao_operator.status import (
     results_from_status,
     set_condition,
 )
-from tao_trainer.contract import LoopSpec, RunLayout, StageConfig, StageResult
+from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import LoopSpec
 
 # Marks a Job suspended because its TAOJob was, so that resuming never overrides a queue manager's suspension.
 SUSPENDED_BY_US = "tao.dev/suspended-by-operator"
@@ -152,7 +153,8 @@ class Reconciler:
             return status.phase
 
         spec = loop_spec(job)
-        layout = RunLayout(run_uri(job))
+        meta_ = job.metadata
+        layout = RunLayout.for_job(job.spec.storage.uri, meta_.namespace, meta_.name, meta_.uid)
         status.run_uri = layout.root
         status.observed_generation = generation
         for _ in range(MAX_STEPS_PER_PASS):

@@ -18,7 +18,9 @@ from typing import Any
 from tao_operator.api import TAOJob
 from tao_operator.plan import Failed, Finished, Results, RunStage, build_report, champion, next_action
 from tao_trainer import storage
-from tao_trainer.contract import LoopSpec, RunLayout, StageConfig, StageResult
+from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import LoopSpec
 
 Printer = Callable[[str], None]
 
@@ -27,12 +29,10 @@ class RunError(RuntimeError):
     """A run that cannot go on; the message says what failed and what to do."""
 
 
-def run_uri(job: TAOJob) -> str:
-    """<storage>/<namespace>/<name>/<uid>; a local run has no uid, so `local` stands in for it."""
+def run_layout(job: TAOJob) -> RunLayout:
+    """Where this TAOJob's run lives (the operator builds the same layout from the same fields)."""
     meta = job.metadata
-    return storage.join(
-        storage.normalize(job.spec.storage.uri), meta.namespace, meta.name, meta.uid or "local"
-    )
+    return RunLayout.for_job(job.spec.storage.uri, meta.namespace, meta.name, meta.uid)
 
 
 def observe(spec: LoopSpec, layout: RunLayout) -> Results:
@@ -115,9 +115,7 @@ def preflight_local(job: TAOJob) -> tuple[StageResult, dict[str, Any] | None]:
     so the user can iterate on scorers); returns its result and report (None if the stage crashed)."""
     spec = job.spec
     s = spec.storage
-    storage.configure(
-        storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style)
-    )
+    storage.configure(s)
     with tempfile.TemporaryDirectory(prefix="tao-preflight-") as tmp:
         layout = RunLayout(storage.normalize(tmp))
         result = run_stage(RunStage(1, "preflight", spec.model.uri), job, layout)
@@ -157,10 +155,8 @@ def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dic
     """Run the TAOJob to the end on this machine; return the report (also written to storage)."""
     spec = job.spec
     s = spec.storage
-    storage.configure(
-        storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style)
-    )
-    layout = RunLayout(run_uri(job))
+    storage.configure(s)
+    layout = run_layout(job)
     check_snapshot(spec, layout, fresh)
     echo(f"run {job.metadata.name}: artifacts in {layout.root}")
     while True:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tao_trainer.contract import LoopSpec, RunLayout, Stage, StageResult
+from tao_trainer.contract import StageResult
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import LoopSpec, Stage
 
 Results = dict[tuple[int, str], StageResult]
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from tao_operator.api import Condition, Phase, PreflightStatus, RoundStatus, StageStatus, TAOJobStatus
 from tao_operator.plan import Results, RunStage, side_metrics
-from tao_trainer.contract import ALL_STAGES, StageResult
+from tao_trainer.contract import StageResult
+from tao_trainer.spec import ALL_STAGES
 
 STAGE_PHASE: dict[str, Phase] = {
     "preflight": "Preflight",

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from tao_trainer import flywheel, storage
-from tao_trainer.contract import LoopSpec, RunLayout, StageConfig
+from tao_trainer.contract import StageConfig
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import LoopSpec
 from tao_trainer.stages import run_prepare
 
 

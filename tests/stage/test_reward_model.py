@@ -153,7 +153,9 @@ def test_loads_from_s3(
 
 
 def test_score_stage_writes_raw_details_and_counters(reward_models: dict[str, Path], tmp_path: Path) -> None:
-    from tao_trainer.contract import LoopSpec, RunLayout, StageConfig
+    from tao_trainer.contract import StageConfig
+    from tao_trainer.layout import RunLayout
+    from tao_trainer.spec import LoopSpec
     from tao_trainer.stages import run_score
 
     spec = LoopSpec.model_validate(

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from tao_trainer import storage
-from tao_trainer.contract import LoopSpec, RunLayout, StageConfig
+from tao_trainer.contract import StageConfig
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import LoopSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

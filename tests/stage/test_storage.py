@@ -183,7 +183,7 @@ def test_list_uris_treats_the_prefix_as_a_directory(storage_root: str) -> None:
 def test_list_uris_and_trees_page_through_s3_listings(
     s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage, "_LIST_PAGE_SIZE", 2)  # 7 keys: four pages, the same code as 1000+
+    monkeypatch.setattr(storage.objects, "_LIST_PAGE_SIZE", 2)  # 7 keys: four pages, the same code as 1000+
     for i in range(7):
         storage.write_text(f"s3://{s3_bucket}/p/{i:03d}", str(i))
     uris = storage.list_uris(f"s3://{s3_bucket}/p")

@@ -35,7 +35,8 @@ from tao_operator.builders import (
     stage_configmap,
     stage_job,
 )
-from tao_trainer.contract import STAGES, StageConfig
+from tao_trainer.contract import StageConfig
+from tao_trainer.spec import STAGES
 
 GOLDEN = Path(__file__).parent / "golden"
 UID = "0b8f6a52-7f3c-4d0e-9a55-2d6c1f0e9b11"

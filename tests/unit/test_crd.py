@@ -23,7 +23,7 @@ import yaml
 
 from tao_operator import api, cli
 from tao_operator.crd import CRD_NAME, diff_against, render_crd, render_crd_yaml
-from tao_trainer.scorers import specs
+from tao_trainer.spec import scorers as specs
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "taojob.yaml"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tao_operator.plan import Failed, Finished, RunStage, build_report, champion, next_action
-from tao_trainer.contract import STAGES, LoopSpec, RunLayout, StageResult
+from tao_trainer.contract import StageResult
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import STAGES, LoopSpec
 
 LAYOUT = RunLayout("s3://runs/default/demo/uid-1")
 

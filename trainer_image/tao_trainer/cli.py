@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tao_trainer import storage
-from tao_trainer.contract import ALL_STAGES, StageConfig, StageResult
+from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.spec import ALL_STAGES
 
 # Pod termination messages are capped at 4096 bytes by Kubernetes.
 RESULT_LIMIT = 4000
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.stage != args.stage:
             raise ValueError(f"--config is for stage {cfg.stage!r}, not {args.stage!r}")
         s = cfg.spec.storage
-        storage.configure(
-            storage.StorageOptions(endpoint_url=s.endpoint_url, region=s.region, path_style=s.path_style)
-        )
+        storage.configure(s)
         result = _runner(args.stage)(cfg)
         code = 0 if result.ok else 1
     except Exception as e:  # noqa: BLE001 - every failure must become a reported result

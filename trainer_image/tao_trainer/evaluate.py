@@ -16,7 +16,9 @@ import re
 from typing import Any
 
 from tao_trainer import models, storage
-from tao_trainer.contract import MetricSpec, RunLayout, StageConfig, StageResult
+from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import MetricSpec
 from tao_trainer.stages import log
 
 

@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from tao_trainer import prompts, storage
-from tao_trainer.contract import LoopSpec, RunLayout, StageConfig, StageResult
+from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import LoopSpec
 from tao_trainer.stages import log
 
 

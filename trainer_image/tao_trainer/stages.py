@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tao_trainer import prompts, storage
-from tao_trainer.contract import RunLayout, StageConfig, StageResult
+from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.layout import RunLayout
 
 # ------------------------------------------------------------------------------------------------ prepare
 

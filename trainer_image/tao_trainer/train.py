@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tao_trainer import models, storage
-from tao_trainer.contract import LoopSpec, RunLayout, StageConfig, StageResult, TrainingSpec
+from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import LoopSpec, TrainingSpec
 from tao_trainer.stages import log, my_shards
 
 

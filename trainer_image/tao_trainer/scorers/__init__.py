@@ -20,6 +20,26 @@ Modules: `specs` (the CRD models), `base` (the Scorer base class), one module pe
 `sandbox` serve the last two), `registry` (type name -> scorer) and `combine`.
 """
 
+from tao_trainer.spec import (
+    BUILTIN_SCORER_TYPES,
+    SCORER_UNION_TAGS,
+    AnyScorerSpec,
+    CustomSpec,
+    FieldCheck,
+    JsonSpec,
+    JudgeSpec,
+    MajoritySpec,
+    PythonSpec,
+    PythonTestsSpec,
+    RegexSpec,
+    RewardModelSpec,
+    ScorerSpec,
+    ScorerSpecList,
+    SqlSpec,
+    parse_scorer_spec,
+    validate_scorer_list,
+)
+
 from .base import Score, Scorer, ScorerError, completion_text, group_spans
 from .code import extract_code
 from .combine import (
@@ -41,25 +61,6 @@ from .python_tests import PythonTestsScorer
 from .regex import RegexScorer
 from .registry import SCORER_TYPES, build_scorer, build_scorers
 from .reward_model import RewardModelScorer
-from .specs import (
-    BUILTIN_SCORER_TYPES,
-    SCORER_UNION_TAGS,
-    AnyScorerSpec,
-    CustomSpec,
-    FieldCheck,
-    JsonSpec,
-    JudgeSpec,
-    MajoritySpec,
-    PythonSpec,
-    PythonTestsSpec,
-    RegexSpec,
-    RewardModelSpec,
-    ScorerSpec,
-    ScorerSpecList,
-    SqlSpec,
-    parse_scorer_spec,
-    validate_scorer_list,
-)
 from .sql import SqlScorer
 
 __all__ = [

@@ -19,8 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from tao_trainer.spec import CustomSpec, PythonSpec
+
 from .base import Score, Scorer, ScorerError, coerce_scores
-from .specs import CustomSpec, PythonSpec
 
 __all__ = ["FunctionScorer", "load_function"]
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from jsonschema.validators import validator_for
 
+from tao_trainer.spec import FieldCheck, JsonSpec
+
 from .base import Detail, Detailed, Score, Scorer, completion_text
-from .specs import FieldCheck, JsonSpec
 
 __all__ = ["MISSING", "JsonScorer", "json_equal", "lookup_path", "parse_json"]
 

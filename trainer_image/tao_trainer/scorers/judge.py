@@ -49,6 +49,8 @@ from email.utils import parsedate_to_datetime
 from http.client import HTTPException
 from typing import Any, NamedTuple, NoReturn
 
+from tao_trainer.spec import JudgeSpec
+
 from .base import (
     Detail,
     Detailed,
@@ -60,7 +62,6 @@ from .base import (
     completion_text,
     group_spans,
 )
-from .specs import JudgeSpec
 
 __all__ = ["STAT_KEYS", "JudgeScorer", "parse_relative", "parse_score", "shuffle_order"]
 

@@ -11,8 +11,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tao_trainer.spec import MajoritySpec
+
 from .base import Detailed, Score, Scorer, check_batch, check_references, completion_text, group_spans
-from .specs import MajoritySpec
 
 __all__ = ["MajorityScorer", "extract_answer", "majority_answer", "normalize_answer"]
 

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from tao_trainer.spec import PythonTestsSpec
+
 from .base import Detail, Detailed, Score, Scorer, completion_text
 from .code import extract_code
 from .sandbox import SandboxLimits, SandboxRun, collect_test_names, run_python_tests
-from .specs import PythonTestsSpec
 
 __all__ = ["PythonTestsScorer"]
 

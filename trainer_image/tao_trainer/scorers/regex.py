@@ -10,8 +10,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tao_trainer.spec import RegexSpec
+
 from .base import Score, Scorer, completion_text
-from .specs import RegexSpec
 
 __all__ = ["RegexScorer"]
 

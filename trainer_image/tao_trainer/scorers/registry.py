@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tao_trainer.spec import AnyScorerSpec, CustomSpec, parse_scorer_spec, validate_scorer_list
+
 from .base import Scorer
 from .function import FunctionScorer
 from .json_check import JsonScorer
@@ -15,7 +17,6 @@ from .majority import MajorityScorer
 from .python_tests import PythonTestsScorer
 from .regex import RegexScorer
 from .reward_model import RewardModelScorer
-from .specs import AnyScorerSpec, CustomSpec, parse_scorer_spec, validate_scorer_list
 from .sql import SqlScorer
 
 __all__ = ["SCORER_TYPES", "build_scorer", "build_scorers"]

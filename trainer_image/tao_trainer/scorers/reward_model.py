@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tao_trainer.spec import RewardModelSpec
+
 from .base import Detail, Detailed, Score, Scorer, ScorerError, completion_text
-from .specs import RewardModelSpec
 
 __all__ = ["RewardModelScorer", "reward_model_messages"]
 

@@ -40,10 +40,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tao_trainer.spec import SqlSpec
+
 from .. import storage
 from .base import Detail, Detailed, Score, Scorer, ScorerError, completion_text
 from .code import extract_code
-from .specs import SqlSpec
 
 __all__ = ["QueryResult", "SqlScorer", "normalize_row", "open_read_only", "run_query"]
 

@@ -1,0 +1,103 @@
+"""The TAOJob loop schema, in one home: the base model, the loop settings and the scorer specs.
+
+Pure pydantic (no torch, no Kubernetes, no I/O, no scorer implementation): the operator imports this package,
+renders the CRD from it, and every stage reads the same models.
+
+- `base`: `CamelModel` (camelCase in YAML, snake_case in Python, unknown fields rejected) and shared checks;
+- `loop`: `LoopSpec` and its parts (model, prompts, storage, generation, scoring, training, evaluation, ...);
+- `scorers`: the `scorers:` list, a union discriminated on `type` (`scorer_base`, `scorer_families`);
+- `endpoint`: an OpenAI-compatible endpoint (judges) and Secret key references.
+"""
+
+from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
+from tao_trainer.spec.endpoint import EndpointSpec, SecretKeySelector
+from tao_trainer.spec.loop import (
+    ALL_STAGES,
+    STAGES,
+    ContinuousSpec,
+    DpoSpec,
+    EvaluationSpec,
+    GenerationSpec,
+    GrpoSpec,
+    LoopSpec,
+    LoraSpec,
+    MetricSpec,
+    ModelSpec,
+    PreflightSpec,
+    PromptsSpec,
+    ScoringSpec,
+    SftSpec,
+    Stage,
+    StorageOptions,
+    StorageSpec,
+    TeacherSpec,
+    TrainingSpec,
+)
+from tao_trainer.spec.scorers import (
+    BUILTIN_SCORER_TYPES,
+    SCORER_UNION_TAGS,
+    AnyScorerSpec,
+    CustomSpec,
+    FieldCheck,
+    JsonSpec,
+    JudgeSpec,
+    MajoritySpec,
+    PythonSpec,
+    PythonTestsSpec,
+    RegexSpec,
+    RewardModelSpec,
+    ScorerSpec,
+    ScorerSpecBase,
+    ScorerSpecList,
+    SqlSpec,
+    parse_scorer_spec,
+    validate_scorer_list,
+)
+
+__all__ = [
+    "ALL_STAGES",
+    "BUILTIN_SCORER_TYPES",
+    "MODEL_SCHEMES",
+    "SCORER_UNION_TAGS",
+    "STAGES",
+    "STORAGE_SCHEMES",
+    "AnyScorerSpec",
+    "CamelModel",
+    "ContinuousSpec",
+    "CustomSpec",
+    "DpoSpec",
+    "EndpointSpec",
+    "EvaluationSpec",
+    "FieldCheck",
+    "GenerationSpec",
+    "GrpoSpec",
+    "JsonSpec",
+    "JudgeSpec",
+    "LoopSpec",
+    "LoraSpec",
+    "MajoritySpec",
+    "MetricSpec",
+    "ModelSpec",
+    "PreflightSpec",
+    "PromptsSpec",
+    "PythonSpec",
+    "PythonTestsSpec",
+    "RegexSpec",
+    "RewardModelSpec",
+    "ScorerSpec",
+    "ScorerSpecBase",
+    "ScorerSpecList",
+    "ScoringSpec",
+    "SecretKeySelector",
+    "SftSpec",
+    "SqlSpec",
+    "Stage",
+    "StorageOptions",
+    "StorageSpec",
+    "TeacherSpec",
+    "TrainingSpec",
+    "check_regex",
+    "check_scheme",
+    "parse_scorer_spec",
+    "validate_scorer_list",
+]

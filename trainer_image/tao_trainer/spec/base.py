@@ -1,0 +1,43 @@
+"""What every part of the TAOJob schema shares: the camelCase base model and the checks used by many fields.
+
+Pure pydantic: no I/O, no torch, no Kubernetes. The operator image imports the whole `spec` package.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+MODEL_SCHEMES = ("file://", "s3://", "hf://")
+STORAGE_SCHEMES = ("file://", "s3://")
+
+
+class CamelModel(BaseModel):
+    """Kubernetes-style field names (camelCase) in YAML/JSON, snake_case in Python; unknown fields are errors."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def dump(self) -> dict[str, Any]:
+        """The camelCase JSON form, without unset optional fields, as written to YAML, status and storage."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def check_regex(pattern: str, field: str) -> str:
+    """The pattern, if it compiles; else a ValueError naming the field."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{field}: invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+def check_scheme(uri: str, allowed: tuple[str, ...], what: str) -> str:
+    """A URI with one of the allowed schemes, or a plain local path (resolved against the manifest by `tao run`)."""
+    if "://" in uri and not uri.startswith(allowed):
+        raise ValueError(f"{what} {uri!r} must start with one of {', '.join(allowed)} (or be a local path)")
+    if not uri.strip():
+        raise ValueError(f"{what} must not be empty")
+    return uri

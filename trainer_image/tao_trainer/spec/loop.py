@@ -1,0 +1,353 @@
+"""The TAO loop's settings: the body of `TAOJob.spec` that both executors and every stage read.
+
+`tao_operator.api` adds the cluster-only fields (pods, serving, credentials) on top of `LoopSpec`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
+from tao_trainer.spec.scorers import ScorerSpecList
+
+STAGES = ("prepare", "generate", "score", "train", "evaluate")
+ALL_STAGES = ("preflight", "watch", *STAGES)
+"""Every stage a `tao-stage` process runs: the per-round stages, the scorer preflight before round 1, and in
+continuous mode the watch that waits for enough new prompts before each later round."""
+Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
+
+
+# --------------------------------------------------------------------------------------------- spec pieces
+
+
+class ModelSpec(CamelModel):
+    """A model in Hugging Face format."""
+
+    uri: str = Field(
+        description="file:///path or s3://bucket/prefix of an HF-format model directory (weights, config, "
+        "tokenizer); hf://org/name for clusters with hub access (never fetched in tests)."
+    )
+    revision: str | None = Field(default=None, description="Hub revision, for hf:// only.")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        return check_scheme(v, MODEL_SCHEMES, "model uri")
+
+
+class PromptsSpec(CamelModel):
+    """Where the unlabeled prompts are and how to read them."""
+
+    uri: str = Field(
+        description="A JSONL or Parquet file, or a prefix holding *.jsonl, *.jsonl.gz and *.parquet files "
+        "(file:// or s3://)."
+    )
+    field: str = Field(
+        default="prompt",
+        description="Name of the prompt field: a string, or OpenAI-style messages [{role, content}]. "
+        "Every other field of a record is passed to scorers, except labelFields.",
+    )
+    held_out_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of prompts kept for evaluation, by a stable hash of the prompt: the same prompt "
+        "always lands on the same side, whatever else the file holds.",
+    )
+    max_per_round: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many training prompts per round (rounds take successive slices).",
+    )
+    label_fields: list[str] = Field(
+        default_factory=list,
+        description="Fields that hold labels (e.g. a reference answer). They are removed before generation, "
+        "scoring and training, and read only by evaluation.metrics, which are reported, never used to decide.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        return check_scheme(v, STORAGE_SCHEMES, "prompts uri")
+
+    @model_validator(mode="after")
+    def _label_is_not_prompt(self) -> PromptsSpec:
+        if self.field in self.label_fields:
+            raise ValueError(f"prompts.labelFields must not contain the prompt field {self.field!r}")
+        return self
+
+
+class StorageOptions(CamelModel):
+    """How to reach S3: the storage layer's settings (`storage.configure`), and part of `spec.storage`."""
+
+    # None lets boto3's standard chain decide (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, config file).
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint override for MinIO-style servers (default: the AWS chain)."
+    )
+    region: str | None = Field(default=None, description="S3 region.")
+    # MinIO and moto serve buckets by path, not by virtual host.
+    path_style: bool = Field(default=False, description="Use path-style S3 addressing (MinIO).")
+
+
+class StorageSpec(StorageOptions):
+    """Where every artifact of the run goes."""
+
+    uri: str = Field(description="file:///path or s3://bucket/prefix.")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        return check_scheme(v, STORAGE_SCHEMES, "storage uri")
+
+
+class TeacherSpec(ModelSpec):
+    """A larger model that writes the candidates instead of the model being tuned (curated distillation)."""
+
+
+class GenerationSpec(CamelModel):
+    """Stage 1: many candidate responses per prompt."""
+
+    candidates: int = Field(default=8, ge=1, le=256, description="Candidates sampled per prompt (N).")
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(default=256, ge=1, description="Longest candidate, in tokens.")
+    system_prompt: str | None = Field(
+        default=None, description="Prepended as a system message (or plain text)."
+    )
+    teacher: TeacherSpec | None = Field(
+        default=None,
+        description="Generate with this model instead (curated distillation into the tuned model).",
+    )
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        default="auto", description="auto: vLLM when a GPU and vllm are present, else transformers."
+    )
+    batch_size: int = Field(
+        default=32, ge=1, description="Prompts per generation batch (transformers backend)."
+    )
+    shards: int = Field(default=1, ge=1, le=1000, description="Prompt shards (parallel pods on Kubernetes).")
+    seed: int = Field(default=0, description="Sampling seed; each round and shard derive their own from it.")
+
+
+class ScoringSpec(CamelModel):
+    """Stage 2: label-free scores; a candidate's score is the weighted sum of its scorers' values."""
+
+    scorers: ScorerSpecList = Field(min_length=1, description="Scorers, combined by weighted sum.")
+
+
+class LoraSpec(CamelModel):
+    """Train a LoRA adapter (peft) instead of every weight."""
+
+    r: int = Field(default=16, ge=1, description="Rank.")
+    alpha: int = Field(default=32, ge=1, description="Scaling numerator (lora_alpha).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter.")
+    target_modules: list[str] | str = Field(default="all-linear", description="Modules to adapt.")
+    merge: bool = Field(
+        default=True,
+        description="Merge the adapter into the weights when saving (simplest to serve); false keeps the "
+        "adapter alone (small artifacts, served with vLLM --enable-lora).",
+    )
+
+
+class SftSpec(CamelModel):
+    min_score: float = Field(default=1.0, description="Keep candidates scoring at least this.")
+    top_k: int | None = Field(
+        default=None, ge=1, description="Keep at most this many of a prompt's best candidates (default: all)."
+    )
+    dedupe: bool = Field(default=False, description="Keep identical completions of a prompt once.")
+
+
+class DpoSpec(CamelModel):
+    min_margin: float = Field(
+        default=0.5, ge=0.0, description="Pair best and worst only if they differ by this."
+    )
+    beta: float = Field(default=0.1, gt=0.0, description="DPO beta.")
+
+
+class GrpoSpec(CamelModel):
+    beta: float = Field(default=0.0, ge=0.0, description="KL coefficient (0: no reference model).")
+    num_iterations: int = Field(default=1, ge=1, description="Optimisation passes per generation batch.")
+
+
+class TrainingSpec(CamelModel):
+    """Stage 3: train toward the high-scoring candidates (TRL)."""
+
+    method: Literal["sft", "dpo", "grpo"] = Field(
+        default="sft",
+        description="sft: rejection sampling (train on the best candidates); dpo: best vs worst pairs; "
+        "grpo: online RL with the scorers as reward functions.",
+    )
+    learning_rate: float = Field(default=1e-5, gt=0.0, lt=1.0, description="Peak learning rate.")
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of steps spent warming up.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="Learning-rate schedule after warmup."
+    )
+    epochs: float = Field(default=1.0, gt=0.0, description="Passes over the round's training set.")
+    batch_size: int = Field(default=8, ge=1, description="Examples per optimizer step (per device).")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per step.")
+    max_length: int = Field(default=2048, ge=8, description="Longest prompt+completion in tokens.")
+    seed: int = Field(default=0, description="Training seed.")
+    lora: LoraSpec | None = Field(default=None, description="Train a LoRA adapter instead of all weights.")
+    sft: SftSpec = Field(default_factory=SftSpec)
+    dpo: DpoSpec = Field(default_factory=DpoSpec)
+    grpo: GrpoSpec = Field(default_factory=GrpoSpec)
+
+
+class MetricSpec(CamelModel):
+    """A reporting metric computed on held-out prompts; may read label fields; never gates promotion."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Key in reports (e.g. accuracy).")
+    type: Literal["exact_match"] = Field(
+        default="exact_match", description="exact_match: extracted == label."
+    )
+    field: str = Field(description="The label field of the prompt record holding the reference.")
+    extract: str | None = Field(
+        default=None,
+        description="Regex applied to the answer (group 1 if any, last match); default: the whole stripped text.",
+    )
+
+    @field_validator("extract")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        return None if v is None else check_regex(v, "extract")
+
+
+class EvaluationSpec(CamelModel):
+    """Stage 4: greedy answers of champion and challenger on held-out prompts, and the promotion gate."""
+
+    min_improvement: float = Field(
+        default=0.01,
+        description="Promote the new model only if its mean label-free held-out score beats the champion's by "
+        "at least this much.",
+    )
+    max_prompts: int = Field(default=200, ge=1, description="Held-out prompts evaluated per round.")
+    scorers: ScorerSpecList | None = Field(
+        default=None,
+        description="Label-free scorers for the gate (default: scoring.scorers). Group scorers such as "
+        "majority judge a greedy answer against samples of both models, pooled.",
+    )
+    reference_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Samples per prompt and model for group scorers (default: generation.candidates).",
+    )
+    metrics: list[MetricSpec] = Field(
+        default_factory=list, description="Reporting-only metrics (may use labels)."
+    )
+
+
+class PreflightSpec(CamelModel):
+    """Before round 1 spends GPUs on training: can the scorers tell candidates apart at all?
+
+    A sample of prompts is generated and scored as round 1 would; the report gives the score spread, the
+    share of prompts whose candidates differ in score, each scorer's share of abstentions (a judge's parse
+    failures), and for majority scorers how often the greedy answer already agrees with the vote.
+    """
+
+    enabled: bool = Field(default=True, description="Run the preflight before round 1.")
+    # 32 and 5%: on the arithmetic example (35% of prompts informative in round 1) 16 prompts once measured
+    # 12.5%, too close to a 10% bar; "no signal" must mean almost none, not an unlucky small sample.
+    prompts: int = Field(default=32, ge=1, le=4096, description="Prompts sampled (from the training pool).")
+    min_informative_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="Least share of sampled prompts whose candidates must get different combined scores for "
+        "the scorers to count as giving a signal.",
+    )
+    stop_on_no_signal: bool = Field(
+        default=True,
+        description="Stop the run (preflight stage failed) when the scorers give no signal; false only reports it.",
+    )
+
+
+_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+class ContinuousSpec(CamelModel):
+    """The data flywheel: after round 1, each new round starts from the champion once enough new prompts
+    (e.g. captured from serving) have arrived under `prompts.uri` since the previous round's watermark."""
+
+    interval: str = Field(
+        default="10m",
+        pattern=_DURATION.pattern,
+        description="How often the prompts location is checked for new prompts: a number and s, m or h.",
+    )
+    min_new_prompts: int = Field(
+        default=100, ge=1, description="New prompts (not seen by an earlier round) that start the next round."
+    )
+    max_rounds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop after this many rounds (default: keep improving as prompts arrive).",
+    )
+
+    def interval_seconds(self) -> int:
+        """
+        >>> ContinuousSpec(interval="15m").interval_seconds()
+        900
+        """
+        match = _DURATION.match(self.interval)
+        assert match is not None  # the field's pattern guarantees it
+        return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class LoopSpec(CamelModel):
+    """The TAO loop: what both `tao run` and the operator execute."""
+
+    model: ModelSpec = Field(description="The model to tune (the first champion).")
+    prompts: PromptsSpec
+    storage: StorageSpec
+    rounds: int = Field(default=1, ge=1, le=1000, description="Rounds of generate, score, train, evaluate.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    scoring: ScoringSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec)
+    continuous: ContinuousSpec | None = Field(
+        default=None, description="Keep running rounds as new prompts arrive (instead of a fixed `rounds`)."
+    )
+
+    @model_validator(mode="after")
+    def _metric_fields_are_labels(self) -> LoopSpec:
+        # A metric reads a label; a label must be declared so that it is stripped from the loop's data.
+        for i, metric in enumerate(self.evaluation.metrics):
+            if metric.field not in self.prompts.label_fields:
+                raise ValueError(
+                    f"evaluation.metrics[{i}].field {metric.field!r} must be listed in prompts.labelFields "
+                    f"(now {self.prompts.label_fields}) so that the loop never sees it"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _rounds_or_continuous(self) -> LoopSpec:
+        # `rounds` keeps its default under continuous (a serialised spec carries it, so presence proves nothing).
+        if self.continuous is not None and self.rounds != 1:
+            raise ValueError(
+                "set either rounds (a fixed count) or continuous (with continuous.maxRounds), not both"
+            )
+        return self
+
+    def last_round(self) -> int | None:
+        """The last round to run; None: continuous without a limit."""
+        if self.continuous is not None:
+            return self.continuous.max_rounds
+        return self.rounds
+
+    def gate_scorers(self) -> list[Any]:
+        return self.evaluation.scorers if self.evaluation.scorers is not None else self.scoring.scorers
+
+    def stages(self, round_: int = 1) -> tuple[Stage, ...]:
+        """The stages of one round, in order. GRPO samples and scores online inside training; the other
+        methods use the offline stages. Round 1 starts with the scorer preflight when it is enabled."""
+        per_round: tuple[Stage, ...] = (
+            ("prepare", "train", "evaluate") if self.training.method == "grpo" else STAGES
+        )
+        if round_ == 1 and self.preflight.enabled:
+            return ("preflight", *per_round)
+        if round_ > 1 and self.continuous is not None:
+            return ("watch", *per_round)
+        return per_round
