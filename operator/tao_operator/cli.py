@@ -103,7 +103,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     defaults = OperatorDefaults.model_validate(
         {name: os.environ[f"TAO_{name.upper()}"] for name in fields if f"TAO_{name.upper()}" in os.environ}
     )
-    namespaces = [n for n in (args.namespace or []) if n]
+    namespaces: list[str] = [n for n in (args.namespace or []) if n]
     asyncio.run(
         kopf.operator(
             registry=build_registry(
@@ -111,7 +111,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
                 metrics_port=int(port) if (port := os.environ.get("TAO_METRICS_PORT", "9090")) else None,
             ),
             clusterwide=not namespaces,
-            namespaces=namespaces or None,
+            namespaces=namespaces,  # empty with clusterwide: kopf's own default, ()
             liveness_endpoint=args.liveness,
             standalone=True,
         )
