@@ -1,9 +1,10 @@
 """The Helm chart (charts/tao-operator): values against their schema, the CRD copy against the generated CRD,
 the RBAC rules against the API calls the operator was seen to make, and `helm template` where helm exists.
 
-No helm binary here: the checks that need no template engine read the chart's files directly. That is why the
-RBAC rules live in files/rbac-rules.yaml (rbac.yaml includes it verbatim with `.Files.Get`) and the CRD in
-files/taojob.yaml (crd.yaml includes it): Python reads exactly what the chart grants and installs.
+Most checks need no template engine and read the chart's files directly. That is why the RBAC rules live in
+files/rbac-rules.yaml (rbac.yaml includes it verbatim with `.Files.Get`) and the CRD in files/taojob.yaml
+(crd.yaml includes it): Python reads exactly what the chart grants and installs. The `helm template` tests
+need a helm binary on PATH: `.ci/install-helm` puts one into .venv/bin (CI runs it), else they skip.
 """
 
 from __future__ import annotations
@@ -447,8 +448,8 @@ def helm() -> str:
     path = shutil.which("helm")
     if path is None:
         pytest.skip(
-            "helm is not on PATH: `helm template` / `helm lint` of the chart not run (values, CRD copy and "
-            "RBAC rules are still checked from the chart's files)"
+            "helm is not on PATH (install it with .ci/install-helm): `helm template` / `helm lint` of the "
+            "chart not run (values, CRD copy and RBAC rules are still checked from the chart's files)"
         )
     return path
 
@@ -528,3 +529,79 @@ def test_helm_template_renders_valid_manifests(helm: str, override: Values, tmp_
         assert len(by_kind["ClusterRoleBinding"]) == 1
     for role in roles:
         assert role["rules"] == rbac_rules()
+
+
+def kinds(docs: list[Values]) -> dict[str, list[Values]]:
+    by_kind: dict[str, list[Values]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    return by_kind
+
+
+def test_helm_template_has_no_service_monitor_by_default(helm: str, tmp_path: Path) -> None:
+    assert values()["metrics"]["serviceMonitor"]["enabled"] is False
+    by_kind = kinds(helm_template(helm, {}, tmp_path))
+    assert "ServiceMonitor" not in by_kind
+    assert len(by_kind["Service"]) == 1  # the metrics Service is there all the same
+
+
+@pytest.mark.parametrize("port", [9090, 9191])
+def test_helm_template_service_monitor_scrapes_the_operators_metrics_port(
+    helm: str, port: int, tmp_path: Path
+) -> None:
+    override = {
+        "metrics": {
+            "port": port,
+            "serviceMonitor": {"enabled": True, "interval": "1m", "labels": {"release": "prom"}},
+        }
+    }
+    by_kind = kinds(helm_template(helm, override, tmp_path))
+    (monitor,) = by_kind["ServiceMonitor"]
+    (service,) = by_kind["Service"]
+    (deployment,) = by_kind["Deployment"]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"] == "tao-system"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    # ServiceMonitor -> Service: its selector matches the Service's labels, in the release's namespace.
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["tao-system"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "1m", "scrapeTimeout": "10s"}
+    # Service -> pod: the named port exists on the Service and targets the container's named port.
+    (service_port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert service_port["port"] == port
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (container_port,) = [p for p in container["ports"] if p["name"] == service_port["targetPort"]]
+    assert container_port["containerPort"] == port
+    # ... and the operator serves its metrics on that very port.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TAO_METRICS_PORT"] == str(port)
+
+
+def test_helm_template_service_monitor_needs_metrics_enabled(helm: str, tmp_path: Path) -> None:
+    override = {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}
+    by_kind = kinds(helm_template(helm, override, tmp_path))
+    assert "ServiceMonitor" not in by_kind and "Service" not in by_kind
+    (deployment,) = by_kind["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "TAO_METRICS_PORT" not in {e["name"] for e in container["env"]}
+    assert [p["name"] for p in container["ports"]] == ["healthz"]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_helm_template_crds_install_false_renders_no_crd(helm: str, keep: bool, tmp_path: Path) -> None:
+    by_kind = kinds(helm_template(helm, {"crds": {"install": False, "keep": keep}}, tmp_path))
+    assert "CustomResourceDefinition" not in by_kind
+    # The rest of the release is all there.
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"} <= set(by_kind)
+
+
+def test_helm_template_crd_without_keep_has_no_keep_annotation(helm: str, tmp_path: Path) -> None:
+    (crd,) = kinds(helm_template(helm, {"crds": {"keep": False}}, tmp_path))["CustomResourceDefinition"]
+    assert "annotations" not in crd["metadata"]
+    assert crd["metadata"]["name"] == CRD_NAME
+    assert crd["spec"] == render_crd()["spec"]
