@@ -48,7 +48,8 @@ threading.Event().wait()
 # What the stage process imports before it reads anything: the baseline its peak RSS is compared with.
 BASELINE = """
 import resource, sys
-from tao_trainer import cli, prompts, stages, storage
+from tao_trainer import cli, prompts, storage
+import tao_trainer.stages.prepare
 storage._client()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

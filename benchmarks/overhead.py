@@ -154,7 +154,8 @@ def instrumented_stage(argv: list[str], timings_path: str) -> int:
     if argv[0] == "train":
         import datasets  # noqa: F401
         import trl  # noqa: F401
-    from tao_trainer import cli, generate, storage
+    from tao_trainer import cli, storage
+    from tao_trainer import generation as generate
 
     depth = [0]
 
@@ -470,7 +471,7 @@ def run_size(
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    from tao_trainer.stages import shard_seed  # the seed the generate stage derives for round 1, shard 0
+    from tao_trainer.stages.common import shard_seed  # the seed the generate stage derives for round 1, shard 0
 
     params = {
         "model": str(model),

@@ -33,16 +33,15 @@ matplotlib, tao_vs_labels.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _bench as bench  # noqa: E402
 import _common as c  # noqa: E402
+import _labeled_sft as labeled  # noqa: E402
 
 TAO_METHODS = ("tao-majority", "tao-verifier", "tao-dpo", "tao-grpo")
 DESCRIPTIONS = {
@@ -93,97 +92,6 @@ def method_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return specs
 
 
-# ------------------------------------------------------------------------------------ labeled SFT
-
-
-def split_like_the_product(base_dir: Path, job: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """(round-1 training prompts, evaluated held-out prompts) exactly as `tao run`'s prepare stage picks them."""
-    from tao_trainer import prompts
-    from tao_trainer.stages import round_slice
-
-    spec = job["spec"]
-    loaded = prompts.load_prompts((base_dir / "prompts.jsonl").as_uri(), "prompt")
-    pool, held = prompts.split(loaded.records, spec["prompts"]["heldOutFraction"])
-    return round_slice(pool, 1, spec["prompts"]["maxPerRound"]), held[: spec["evaluation"]["maxPrompts"]]
-
-
-def gold(a: int, b: int, style: str, rng: random.Random) -> str:
-    prep = c.prepare_module()
-    if style == "column" or (style == "mixed" and rng.random() < 0.5):
-        return prep.column_route(a, b)
-    return prep.compensation_route(a, b)
-
-
-def sft_on_labels(
-    base_dir: Path,
-    out: Path,
-    job: dict[str, Any],
-    train_prompts: list[Any],
-    held: list[Any],
-    n: int,
-    style: str,
-    seed: int,
-) -> dict[str, Any]:
-    """Plain TRL SFT on n labeled prompts (gold worked solutions), then greedy answers on the held-out set."""
-    from datasets import Dataset
-    from datasets.utils.logging import disable_progress_bar
-    from trl import SFTConfig, SFTTrainer
-
-    from tao_trainer import generate, models
-    from tao_trainer.spec import TrainingSpec
-    from tao_trainer.train import _common_args  # the exact recipe TAO's train stage uses
-
-    done = out / "result.json"
-    if done.exists():
-        import json
-
-        return json.loads(done.read_text())
-    started = time.monotonic()
-    models.cpu_threads()
-    disable_progress_bar()
-    rng = random.Random(1000 + seed)
-    model_path = str(base_dir / "base-model")
-    tok = models.load_tokenizer(model_path)
-    rows = []
-    for rec in train_prompts[:n]:
-        a, b = c.parse_problem(rec.prompt)
-        rows.append(
-            {"prompt": models.render_prompt(tok, rec.prompt, None), "completion": gold(a, b, style, rng)}
-        )
-    t = TrainingSpec.model_validate(job["spec"]["training"])
-    args = SFTConfig(
-        **_common_args(t, str(out / "trainer")), max_length=t.max_length, completion_only_loss=True
-    )
-    trainer = SFTTrainer(
-        model=model_path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
-    )
-    with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log lines; stdout is for the tables
-        trainer.train()
-    trainer.model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
-    train_seconds = time.monotonic() - started
-    gen_spec = job["spec"]["generation"]
-    generator = generate.load_generator(str(out / "model"), "transformers", gen_spec["batchSize"])
-    greedy = generate.Sampling(1, 0.0, 1.0, gen_spec["maxNewTokens"], 0)
-    answers = [
-        g[0] for g in generator.generate([models.render_prompt(tok, r.prompt, None) for r in held], greedy)
-    ]
-    result = {
-        "answers": answers,
-        "examples": len(rows),
-        "steps": int(trainer.state.global_step),
-        "trainData": {
-            "examples": len(rows),
-            "columnShare": c._r(sum(c.route_of(r["completion"]) == "column" for r in rows) / len(rows)),
-            "correctShare": 1.0,
-        },
-        "seconds": round(time.monotonic() - started, 1),
-        "trainSeconds": round(train_seconds, 1),
-    }
-    c.write_json(done, result)
-    return result
-
-
 # ------------------------------------------------------------------------------------ one seed
 
 
@@ -210,12 +118,12 @@ def run_seed(seed: int, args: argparse.Namespace, specs: dict[str, dict[str, Any
     # The labeled baselines: same held-out prompts (checked against the TAO runs' own split).
     job = c.base_job()
     job["spec"] = c.deep_merge(job["spec"], specs["tao-majority"])
-    train_prompts, held = split_like_the_product(base_dir, job)
+    train_prompts, held = labeled.split_like_the_product(base_dir, job)
     if held_prompts is not None and [r.prompt for r in held] != held_prompts:
         raise RuntimeError("the labeled baselines' held-out prompts differ from the TAO runs'")
     labels = [r.fields["answer"] for r in held]
     if base_analysis is None:  # no TAO method selected: evaluate the base here
-        base_analysis = _greedy_analysis(base_dir / "base-model", held, job, tok)
+        base_analysis = labeled.greedy_analysis(base_dir / "base-model", held, job, tok)
     out["methods"]["base"] = {
         "accuracy": base_analysis["accuracy"],
         "analysis": base_analysis,
@@ -225,7 +133,7 @@ def run_seed(seed: int, args: argparse.Namespace, specs: dict[str, dict[str, Any
     for n, style in label_runs:
         name = f"sft-labels-{n}" if style == "column" else f"sft-labels-mixed-{n}"
         c.log(f"seed {seed}: {name}: TRL SFT on {n} gold {style}-route solutions")
-        res = sft_on_labels(base_dir, work / "labels" / name, job, train_prompts, held, n, style, seed)
+        res = labeled.sft_on_labels(base_dir, work / "labels" / name, job, train_prompts, held, n, style, seed)
         analysis = c.analyze(res["answers"], labels, tok)
         c.log(f"  {name}: accuracy {analysis['accuracy']} ({res['seconds']}s, {res['steps']} steps)")
         out["methods"][name] = {
@@ -239,20 +147,6 @@ def run_seed(seed: int, args: argparse.Namespace, specs: dict[str, dict[str, Any
     for m in out["methods"].values():
         m["decomposition"] = c.decompose(base_analysis, m["analysis"])
     return out
-
-
-def _greedy_analysis(model_dir: Path, held: list[Any], job: dict[str, Any], tok: Any) -> dict[str, Any]:
-    from tao_trainer import generate
-
-    gen = job["spec"]["generation"]
-    generator = generate.load_generator(str(model_dir), "transformers", gen["batchSize"])
-    answers = [
-        g[0]
-        for g in generator.generate(
-            [r.prompt for r in held], generate.Sampling(1, 0.0, 1.0, gen["maxNewTokens"], 0)
-        )
-    ]
-    return c.analyze(answers, [r.fields["answer"] for r in held], tok)
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -284,6 +178,11 @@ def route_cell(analysis: dict[str, Any], route: str) -> str:
     return f"{r['share']:.2f} ({acc})".replace("0.", ".", 1)
 
 
+def seed_heading(seed_out: dict[str, Any]) -> str:
+    prepare = seed_out["prepare"]
+    return f"\nseed {seed_out['seed']} (prepare {prepare['seconds']}s; {prepare.get('summary') or ''})"
+
+
 def seed_table(seed_out: dict[str, Any]) -> str:
     rows = []
     for name in method_order(list(seed_out["methods"])):
@@ -301,7 +200,7 @@ def seed_table(seed_out: dict[str, Any]) -> str:
                 f"{m.get('seconds', 0):.0f}",
             ]
         )
-    return c.format_table(
+    return bench.format_table(
         [
             "method",
             "accuracy",
@@ -323,7 +222,7 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         ms = [s["methods"][name] for s in seeds if name in s["methods"]]
 
         def stat(f: Any, ms: list[dict[str, Any]] = ms) -> dict[str, Any]:
-            return c.mean_sd(f(m) for m in ms)
+            return bench.mean_sd(f(m) for m in ms)
 
         rounds = max(len(m["perRound"]) for m in ms)
         td = [m.get("trainData") or {} for m in ms]
@@ -344,11 +243,11 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             },
             "tokensPerAnswer": stat(lambda m: m["analysis"]["tokensPerAnswer"]),
             "perRound": [
-                c.mean_sd(m["perRound"][i] for m in ms if len(m["perRound"]) > i) for i in range(rounds)
+                bench.mean_sd(m["perRound"][i] for m in ms if len(m["perRound"]) > i) for i in range(rounds)
             ],
             "promoted": sum(bool(m.get("promotedAll")) for m in ms) if "promotedAll" in ms[0] else None,
-            "trainColumnShare": c.mean_sd(_train_share(t, "columnShare") for t in td),
-            "trainCorrectShare": c.mean_sd(_train_share(t, "correctShare") for t in td),
+            "trainColumnShare": bench.mean_sd(_train_share(t, "columnShare") for t in td),
+            "trainCorrectShare": bench.mean_sd(_train_share(t, "correctShare") for t in td),
             "seconds": stat(lambda m: m.get("seconds")),
         }
     return summary
@@ -367,20 +266,20 @@ def summary_table(summary: dict[str, Any]) -> str:
             [
                 name,
                 s["labelsUsedInTraining"],
-                c.fmt_ms(s["accuracy"]),
-                "-" if name == "base" else c.fmt_ms(s["change"], signed=True),
-                "-" if name == "base" else c.fmt_ms(s["mix"], signed=True),
-                "-" if name == "base" else c.fmt_ms(s["skill"], signed=True),
-                f"{c.fmt_ms(s['routes']['column']['share'], 2)} ({c.fmt_ms(s['routes']['column']['accuracy'], 2)})",
-                f"{c.fmt_ms(s['routes']['compensation']['share'], 2)} ({c.fmt_ms(s['routes']['compensation']['accuracy'], 2)})",
-                c.fmt_ms(s["routes"]["other"]["share"], 2),
-                c.fmt_ms(s["tokensPerAnswer"], 1),
-                f"{c.fmt_ms(s['trainColumnShare'], 2)} / {c.fmt_ms(s['trainCorrectShare'], 2)}",
+                bench.fmt_ms(s["accuracy"]),
+                "-" if name == "base" else bench.fmt_ms(s["change"], signed=True),
+                "-" if name == "base" else bench.fmt_ms(s["mix"], signed=True),
+                "-" if name == "base" else bench.fmt_ms(s["skill"], signed=True),
+                f"{bench.fmt_ms(s['routes']['column']['share'], 2)} ({bench.fmt_ms(s['routes']['column']['accuracy'], 2)})",
+                f"{bench.fmt_ms(s['routes']['compensation']['share'], 2)} ({bench.fmt_ms(s['routes']['compensation']['accuracy'], 2)})",
+                bench.fmt_ms(s["routes"]["other"]["share"], 2),
+                bench.fmt_ms(s["tokensPerAnswer"], 1),
+                f"{bench.fmt_ms(s['trainColumnShare'], 2)} / {bench.fmt_ms(s['trainCorrectShare'], 2)}",
                 "-" if s["promoted"] is None else f"{s['promoted']}/{s['seeds']}",
-                c.fmt_ms(s["seconds"], 0),
+                bench.fmt_ms(s["seconds"], 0),
             ]
         )
-    return c.format_table(
+    return bench.format_table(
         [
             "method",
             "labels",
@@ -412,7 +311,7 @@ round passed the product's label-free gate."""
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    plt = c.pyplot()
+    plt = bench.pyplot()
     if plt is None:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
@@ -467,9 +366,7 @@ def report_only(path: Path, plot_it: bool) -> int:
 
     data = json.loads(path.read_text())
     for seed_out in data["seeds"]:
-        print(
-            f"\nseed {seed_out['seed']} (prepare {seed_out['prepare']['seconds']}s; {seed_out['prepare'].get('summary') or ''})"
-        )
+        print(seed_heading(seed_out))
         print(seed_table(seed_out))
     data["summary"] = summarize(data["seeds"])
     print(
@@ -478,7 +375,7 @@ def report_only(path: Path, plot_it: bool) -> int:
     )
     print(summary_table(data["summary"]))
     print(LEGEND)
-    c.write_json(path, data)
+    bench.write_json(path, data)
     if plot_it:
         plot(data["summary"], path.with_suffix(".png"))
     return 0
@@ -488,13 +385,12 @@ def report_only(path: Path, plot_it: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=c.parse_ints, default=[0, 1, 2])
+    p = bench.quality_parser(__doc__, seeds=[0, 1, 2])
     p.add_argument(
-        "--labels", type=c.parse_ints, default=[200, 1600], help="N of the column-route labeled SFT runs"
+        "--labels", type=bench.parse_ints, default=[200, 1600], help="N of the column-route labeled SFT runs"
     )
     p.add_argument(
-        "--mixed-labels", type=c.parse_ints, default=[1600], help="N of the either-route labeled SFT runs"
+        "--mixed-labels", type=bench.parse_ints, default=[1600], help="N of the either-route labeled SFT runs"
     )
     p.add_argument(
         "--methods",
@@ -510,23 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--grpo-lr", type=float, default=1e-4)
     p.add_argument("--grpo-batch", type=int, default=64, help="completions per GRPO step (a multiple of 8)")
-    p.add_argument(
-        "--work",
-        type=Path,
-        default=None,
-        help=f"base models and runs, reused (default {c.DEFAULT_WORK}/full, or /smoke)",
+    bench.quality_flags(
+        p,
+        "tao_vs_labels",
+        smoke_help="tiny: a barely trained base, a few prompts, 1 seed",
+        fresh_help="re-run TAO variants whose runs exist in --work",
     )
-    p.add_argument(
-        "--json",
-        "--out",
-        dest="out",
-        type=Path,
-        default=None,
-        help="where to write the figures (default benchmarks/results/tao_vs_labels.json; none with --smoke)",
-    )
-    p.add_argument("--fresh", action="store_true", help="re-run TAO variants whose runs exist in --work")
-    p.add_argument("--smoke", action="store_true", help="tiny: a barely trained base, a few prompts, 1 seed")
-    p.add_argument("--no-plot", action="store_true")
     p.add_argument(
         "--report-only",
         action="store_true",
@@ -534,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.report_only:
-        return report_only(args.out or c.RESULTS / "tao_vs_labels.json", plot_it=not args.no_plot)
+        return report_only(args.out or bench.RESULTS / "tao_vs_labels.json", plot_it=not args.no_plot)
     if args.smoke:
         args.seeds = args.seeds[:1]
         args.labels, args.mixed_labels = [8], []
@@ -542,20 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     args.methods = args.methods or list(TAO_METHODS)
     if unknown := set(args.methods) - set(TAO_METHODS):
         p.error(f"unknown methods {sorted(unknown)}; choose from {','.join(TAO_METHODS)}")
-    args.work = args.work or (c.DEFAULT_WORK / ("smoke" if args.smoke else "full"))
-    if args.out is None and not args.smoke:
-        args.out = c.RESULTS / "tao_vs_labels.json"
-    load_before = c.load_average()
-    print(f"load average before: {load_before} (2 shared cores: timings move with it; accuracies do not)")
-    started = time.monotonic()
+    bench.quality_defaults(args, "tao_vs_labels")
+    machine = bench.Machine()
+    machine.announce_quality()
     specs = method_specs(args)
     seeds = []
     for seed in args.seeds:
         seed_out = run_seed(seed, args, specs)
         seeds.append(seed_out)
-        print(
-            f"\nseed {seed} (prepare {seed_out['prepare']['seconds']}s; {seed_out['prepare'].get('summary') or ''})"
-        )
+        print(seed_heading(seed_out))
         print(seed_table(seed_out))
     summary = summarize(seeds)
     print(
@@ -564,30 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(summary_table(summary))
     print(LEGEND)
-    wall = round(time.monotonic() - started, 1)
-    load_after = c.load_average()
-    print(f"load average after: {load_after}; wall {wall:.0f}s")
-    if args.out is None:
-        return 0
-    c.write_json(
-        args.out,
-        {
-            "benchmark": "tao_vs_labels",
-            "command": " ".join(
-                ["python", "benchmarks/tao_vs_labels.py", *(argv if argv is not None else sys.argv[1:])]
-            ),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "taojobSpecChanges": specs,
-            "wallSeconds": wall,
-            "loadAverage": {"before": load_before, "after": load_after},
-            "summary": summary,
-            "seeds": seeds,
-        },
-    )
-    print(f"wrote {args.out}")
-    if not args.no_plot:
-        plot(summary, args.out.with_suffix(".png"))
-    return 0
+    figures = {"summary": summary, "seeds": seeds}
+    return machine.finish_quality("tao_vs_labels", args, argv, specs, figures, plot)
 
 
 if __name__ == "__main__":

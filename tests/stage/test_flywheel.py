@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from tao_trainer import flywheel, storage
+from tao_trainer import prompt_history, storage
 from tao_trainer.contract import StageConfig
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec
-from tao_trainer.stages import run_prepare
+from tao_trainer.stages.prepare import run_prepare
+from tao_trainer.stages.watch import run_watch
 
 
 def write_prompts(path: Path, texts: list[str], mode: str = "w") -> None:
@@ -49,7 +50,7 @@ def test_only_prompts_no_round_has_seen_count_and_train_the_next_round(tmp_path:
     run_prepare(config(spec, run, 1))
     first = shard_prompts(run, 1)
     assert first and first <= {f"old {i}" for i in range(30)}
-    assert flywheel.count_new(spec, lay, 2) == (0, 0, 0)  # nothing arrived
+    assert prompt_history.count_new(spec, lay, 2) == (0, 0, 0)  # nothing arrived
 
     # Lines appended to a seen file, a repeat of a seen prompt, a new object with one malformed line.
     write_prompts(data / "a.jsonl", ["appended 1", "appended 2", "old 3"], mode="a")
@@ -57,7 +58,7 @@ def test_only_prompts_no_round_has_seen_count_and_train_the_next_round(tmp_path:
     with (data / "captured-0001.jsonl").open("a") as f:
         f.write("{not json\n")
     (data / "_SUCCESS").write_text("")  # not a prompt file: ignored
-    new, objects, rejects = flywheel.count_new(spec, lay, 2)
+    new, objects, rejects = prompt_history.count_new(spec, lay, 2)
     assert (new, objects, rejects) == (4, 2, 1)
 
     run_prepare(config(spec, run, 2))
@@ -65,7 +66,7 @@ def test_only_prompts_no_round_has_seen_count_and_train_the_next_round(tmp_path:
     assert second and second <= {"appended 1", "appended 2", "captured 1", "captured 2"}
     assert not second & first
     # Round 2's watermark and ids now count as seen: nothing is new for round 3.
-    assert flywheel.count_new(spec, lay, 3) == (0, 0, 0)
+    assert prompt_history.count_new(spec, lay, 3) == (0, 0, 0)
 
 
 def test_the_watch_polls_until_enough_new_prompts_arrived(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_the_watch_polls_until_enough_new_prompts_arrived(tmp_path: Path) -> Non
         sleeps.append(seconds)
         write_prompts(data / f"c{len(sleeps)}.jsonl", [f"later {len(sleeps)}"])
 
-    result = flywheel.run_watch(config(spec, run, 2, "watch"), sleep=sleep)
+    result = run_watch(config(spec, run, 2, "watch"), sleep=sleep)
     assert result.ok and result.counts["newPrompts"] == 4 and result.counts["polls"] == 3
     assert sleeps == [1, 1]  # continuous.interval, between polls
 
@@ -95,7 +96,7 @@ def test_object_versions_on_s3_change_with_the_object(s3_bucket: str) -> None:
     assert storage.list_versions(prefix + "a.jsonl") == {prefix + "a.jsonl": before[prefix + "a.jsonl"]}
     storage.write_text(prefix + "a.jsonl", '{"prompt": "x"}\n{"prompt": "z"}\n')
     after: dict[str, Any] = storage.list_versions(prefix)
-    assert flywheel.changed_objects(after, before) == [prefix + "a.jsonl"]
+    assert prompt_history.changed_objects(after, before) == [prefix + "a.jsonl"]
     assert storage.list_versions(f"s3://{s3_bucket}/flywheel/nothing-here/") == {}
 
 
@@ -117,9 +118,9 @@ def test_the_watch_rides_out_a_storage_outage_but_not_a_location_that_never_answ
         return real(uri)
 
     monkeypatch.setattr(storage, "list_versions", flaky)
-    result = flywheel.run_watch(config(spec, run, 2, "watch"), sleep=lambda _: None)
+    result = run_watch(config(spec, run, 2, "watch"), sleep=lambda _: None)
     assert result.counts["newPrompts"] == 1 and result.counts["polls"] == 3
 
     outage["polls"] = 10**6
     with pytest.raises(RuntimeError, match=r"unreadable in 10 polls in a row: endpoint unreachable"):
-        flywheel.run_watch(config(spec, run, 2, "watch"), sleep=lambda _: None)
+        run_watch(config(spec, run, 2, "watch"), sleep=lambda _: None)

@@ -156,7 +156,7 @@ def test_score_stage_writes_raw_details_and_counters(reward_models: dict[str, Pa
     from tao_trainer.contract import StageConfig
     from tao_trainer.layout import RunLayout
     from tao_trainer.spec import LoopSpec
-    from tao_trainer.stages import run_score
+    from tao_trainer.stages.score import run_score
 
     spec = LoopSpec.model_validate(
         {

@@ -188,7 +188,7 @@ def test_a_pruned_status_history_still_plans_from_the_right_champion() -> None:
 
 
 def test_the_preflight_warns_about_a_scorer_that_never_answers_even_when_others_give_a_signal() -> None:
-    from tao_trainer.preflight import analyse
+    from tao_trainer.stages.preflight import analyse
 
     report = analyse([2, 2], [1.0, 0.0, 1.0, 1.0], {"sql": [1.0, 0.0, 1.0, 1.0], "judge": [None] * 4}, 0.1)
     assert report["signal"] is True and report["scorers"]["judge"]["abstainShare"] == 1.0

@@ -8,6 +8,7 @@ executor can say which stage failed and why.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -18,31 +19,18 @@ from pathlib import Path
 from tao_trainer import storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.spec import ALL_STAGES
+from tao_trainer.stages import RUNNERS
 
 # Pod termination messages are capped at 4096 bytes by Kubernetes.
 RESULT_LIMIT = 4000
 
 
 def _runner(stage: str) -> Callable[[StageConfig], StageResult]:
-    if stage == "train":
-        from tao_trainer.train import run_train
-
-        return run_train
-    if stage == "evaluate":
-        from tao_trainer.evaluate import run_evaluate
-
-        return run_evaluate
-    if stage == "watch":
-        from tao_trainer.flywheel import run_watch
-
-        return run_watch
-    if stage == "preflight":
-        from tao_trainer.preflight import run_preflight
-
-        return run_preflight
-    from tao_trainer import stages
-
-    return {"prepare": stages.run_prepare, "generate": stages.run_generate, "score": stages.run_score}[stage]
+    """The stage's entry point from the table in `tao_trainer.stages` (imported only now: torch stays unloaded
+    for stages that do not need it)."""
+    module, _, function = RUNNERS[stage].partition(":")
+    runner: Callable[[StageConfig], StageResult] = getattr(importlib.import_module(module), function)
+    return runner
 
 
 def compact(result: StageResult) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tao_trainer import models
+from tao_trainer.spec import GenerationSpec
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,16 @@ class Sampling:
     top_p: float
     max_new_tokens: int
     seed: int
+
+    @classmethod
+    def from_spec(cls, gen: GenerationSpec, seed: int, n: int | None = None) -> Sampling:
+        """The spec's sampling (temperature, top_p, length), `n` samples per prompt (default: candidates)."""
+        return cls(n or gen.candidates, gen.temperature, gen.top_p, gen.max_new_tokens, seed)
+
+    @classmethod
+    def greedy(cls, gen: GenerationSpec, seed: int) -> Sampling:
+        """One greedy answer per prompt: how the tuned model is used, at the base model's inference cost."""
+        return cls(1, 0.0, 1.0, gen.max_new_tokens, seed)
 
 
 class Generator(Protocol):

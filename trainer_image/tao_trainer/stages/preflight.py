@@ -26,8 +26,10 @@ from typing import Any
 
 from tao_trainer import prompts, storage
 from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
-from tao_trainer.stages import log
+from tao_trainer.stages.common import candidate_source, log, open_generator, render
+from tao_trainer.stages.score import flatten, score_rows
 
 # Scores closer than this are the same score (sums of float weights).
 _TIE = 1e-9
@@ -168,10 +170,8 @@ def greedy_agreement(
 
 
 def run_preflight(cfg: StageConfig) -> StageResult:
-    from tao_trainer import generate, models
     from tao_trainer.scorers import MajorityScorer, build_scorer, score_all
     from tao_trainer.scorers.combine import stats_counts
-    from tao_trainer.stages import flatten, score_rows
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field)
@@ -186,29 +186,16 @@ def run_preflight(cfg: StageConfig) -> StageResult:
     ]
     scorers = [build_scorer(s) for s in spec.scoring.scorers]
     gen_spec = spec.generation
-    source = gen_spec.teacher.uri if gen_spec.teacher else cfg.model_uri
+    source, revision = candidate_source(gen_spec, cfg.model_uri)
     log(f"preflight: {len(chosen)} prompts x {gen_spec.candidates} candidates from {source}")
 
-    models.cpu_threads()
-    generator = generate.load_generator(
-        models.resolve(source, gen_spec.teacher.revision if gen_spec.teacher else None),
-        gen_spec.backend,
-        gen_spec.batch_size,
-    )
-    rendered = [
-        models.render_prompt(generator.tokenizer, rec["prompt"], gen_spec.system_prompt) for rec in chosen
-    ]
+    generator = open_generator(gen_spec, source, revision)
+    rendered = render(generator, chosen, gen_spec.system_prompt)
     seed = gen_spec.seed + 104729  # not round 1's seed: the sample is a check, not a preview of round 1
-    sampled = generator.generate(
-        rendered,
-        generate.Sampling(
-            gen_spec.candidates, gen_spec.temperature, gen_spec.top_p, gen_spec.max_new_tokens, seed
-        ),
-    )
+    sampled = generator.generate(rendered, Sampling.from_spec(gen_spec, seed))
     greedy: list[str] = []
     if any(isinstance(s, MajorityScorer) for s in scorers):
-        greedy_sampling = generate.Sampling(1, 0.0, 1.0, gen_spec.max_new_tokens, seed)
-        greedy = [g[0] for g in generator.generate(rendered, greedy_sampling)]
+        greedy = [g[0] for g in generator.generate(rendered, Sampling.greedy(gen_spec, seed))]
     del generator  # a reward model or a local judge may need the memory
     gc.collect()
 

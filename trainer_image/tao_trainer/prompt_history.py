@@ -1,4 +1,4 @@
-"""Continuous mode (the data flywheel): which prompts are new, and the `watch` stage that waits for them.
+"""Continuous mode (the data flywheel): which prompts are new since earlier rounds. Imports no stage.
 
 Round 1 uses every prompt, as in fixed mode. Each prepare then records two things beside its round:
 
@@ -6,25 +6,19 @@ Round 1 uses every prompt, as in fixed mode. Each prepare then records two thing
   check knows which objects are new or changed without reading the others;
 - the ids of the prompts it used first (ids are content hashes): the union over earlier rounds is "seen".
 
-A later round starts with `watch`, a stage that polls the prompts location every `continuous.interval`:
+A later round starts with the `watch` stage (`stages/watch.py`), which polls the prompts location every `continuous.interval`:
 it reads only objects that are new or changed since the previous round's watermark and counts the prompts
 in them that no round has seen. Once there are `minNewPrompts`, it reports and the round goes on: prepare
 takes the unseen prompts (the held-out set stays the stable hash split of all prompts).
-
-The watch runs as a stage pod, not inside the operator: reading the prompts needs the job's storage
-credentials, which only stage pods hold, and the operator never reads user data.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from tao_trainer import prompts, storage
-from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec
-from tao_trainer.stages import log
 
 
 def seen_ids(layout: RunLayout, before_round: int) -> set[str]:
@@ -63,45 +57,3 @@ def count_new(spec: LoopSpec, layout: RunLayout, round_: int) -> tuple[int, int,
     loaded = prompts.load_sources(changed, spec.prompts.field)
     seen = seen_ids(layout, round_)
     return sum(rec.id not in seen for rec in loaded.records), len(changed), len(loaded.rejects)
-
-
-# A storage outage must not fail a TAOJob that waits for days; a location that stays unreadable for this many
-# polls in a row (a wrong bucket, revoked credentials) fails the stage with the error, so that it is seen.
-MAX_FAILED_POLLS = 10
-
-
-def run_watch(cfg: StageConfig, sleep: Callable[[float], None] = time.sleep) -> StageResult:
-    """Poll until `minNewPrompts` unseen prompts have arrived; a pod may run this for days (it is cheap)."""
-    spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
-    if spec.continuous is None:
-        raise ValueError("the watch stage runs only in continuous mode (spec.continuous)")
-    wanted, interval = spec.continuous.min_new_prompts, spec.continuous.interval_seconds()
-    polls = failed = 0
-    while True:
-        polls += 1
-        try:
-            new, objects, rejects = count_new(spec, lay, r)
-        except Exception as exc:  # noqa: BLE001 - any storage error is retried, up to MAX_FAILED_POLLS in a row
-            failed += 1
-            if failed >= MAX_FAILED_POLLS:
-                raise RuntimeError(
-                    f"prompts.uri {spec.prompts.uri!r} unreadable in {failed} polls in a row: {exc}"
-                ) from exc
-            log(
-                f"watch: cannot read {spec.prompts.uri} ({type(exc).__name__}: {exc}); retrying in {interval}s"
-            )
-            sleep(interval)
-            continue
-        failed = 0
-        log(
-            f"watch: round {r}: {new}/{wanted} new prompts in {objects} new or changed object(s) under "
-            f"{spec.prompts.uri}"
-        )
-        if new >= wanted:
-            return StageResult(
-                stage="watch",
-                round=r,
-                message=f"{new} new prompts since round {r - 1} (at least {wanted} start a round)",
-                counts={"newPrompts": new, "changedObjects": objects, "rejects": rejects, "polls": polls},
-            )
-        sleep(interval)

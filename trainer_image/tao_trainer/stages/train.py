@@ -20,7 +20,7 @@ from tao_trainer import models, storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec, TrainingSpec
-from tao_trainer.stages import log, my_shards
+from tao_trainer.stages.common import log, my_shards
 
 
 def scored_candidates(

@@ -17,9 +17,12 @@ from typing import Any
 
 from tao_trainer import models, storage
 from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
+from tao_trainer.promotion import decide, mean
 from tao_trainer.spec import MetricSpec
-from tao_trainer.stages import log
+from tao_trainer.stages.common import log, open_generator, render
+from tao_trainer.stages.score import flatten
 
 
 def extract_answer(text: str, pattern: str | None) -> str | None:
@@ -51,28 +54,17 @@ def metric_values(metric: MetricSpec, answers: list[str], labels: list[Any]) -> 
     return out
 
 
-def _mean(values: list[float | None]) -> float | None:
-    valued = [v for v in values if v is not None]
-    return round(sum(valued) / len(valued), 4) if valued else None
-
-
 def _answers(
-    model_uri: str, rendered_for: Any, cfg: StageConfig, references: int
+    model_uri: str, held: list[dict[str, Any]], cfg: StageConfig, references: int
 ) -> tuple[list[str], list[list[str]]]:
     """Greedy answers (and `references` samples per prompt, if asked) of one model; frees it afterwards."""
-    from tao_trainer import generate
-
     gen_spec = cfg.spec.generation
-    generator = generate.load_generator(models.resolve(model_uri), gen_spec.backend, gen_spec.batch_size)
-    rendered = rendered_for(generator.tokenizer)
-    greedy_sampling = generate.Sampling(1, 0.0, 1.0, gen_spec.max_new_tokens, gen_spec.seed)
-    greedy = [g[0] for g in generator.generate(rendered, greedy_sampling)]
+    generator = open_generator(gen_spec, model_uri)
+    rendered = render(generator, held, gen_spec.system_prompt)
+    greedy = [g[0] for g in generator.generate(rendered, Sampling.greedy(gen_spec, gen_spec.seed))]
     refs: list[list[str]] = [[] for _ in rendered]
     if references:
-        sampling = generate.Sampling(
-            references, gen_spec.temperature, gen_spec.top_p, gen_spec.max_new_tokens, gen_spec.seed + 7919
-        )
-        refs = generator.generate(rendered, sampling)
+        refs = generator.generate(rendered, Sampling.from_spec(gen_spec, gen_spec.seed + 7919, n=references))
     del generator
     gc.collect()
     return greedy, refs
@@ -131,7 +123,6 @@ def append_history(layout: RunLayout, report: dict[str, Any]) -> None:
 
 def run_evaluate(cfg: StageConfig) -> StageResult:
     from tao_trainer.scorers import build_scorer, stats_counts
-    from tao_trainer.stages import flatten
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     models.cpu_threads()
@@ -144,13 +135,10 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         else 0
     )
 
-    def rendered_for(tokenizer: Any) -> list[str]:
-        return [models.render_prompt(tokenizer, rec["prompt"], spec.generation.system_prompt) for rec in held]
-
     champion_uri, challenger_uri = cfg.model_uri, lay.model(r)
     log(f"evaluate: {len(held)} held-out prompts, champion {champion_uri} vs challenger {challenger_uri}")
-    champ_greedy, champ_refs = _answers(champion_uri, rendered_for, cfg, n_refs)
-    chall_greedy, chall_refs = _answers(challenger_uri, rendered_for, cfg, n_refs)
+    champ_greedy, champ_refs = _answers(champion_uri, held, cfg, n_refs)
+    chall_greedy, chall_refs = _answers(challenger_uri, held, cfg, n_refs)
     references = [a + b for a, b in zip(champ_refs, chall_refs, strict=True)]
 
     prompts_, _, kwargs = flatten([{**rec, "candidates": [""]} for rec in held])
@@ -159,27 +147,14 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     metrics: dict[str, float | None] = {}
     per_metric: dict[str, dict[str, list[float]]] = {}
     for side, answers in sides.items():
-        metrics[f"{side}.score"] = _mean(scores[side].total)
+        metrics[f"{side}.score"] = mean(scores[side].total)
         for m in spec.evaluation.metrics:
             vals = metric_values(m, answers, [labels.get(rec["id"], {}).get(m.field) for rec in held])
             per_metric.setdefault(side, {})[m.name] = vals
-            metrics[f"{side}.{m.name}"] = _mean(list(vals))
+            metrics[f"{side}.{m.name}"] = mean(list(vals))
 
-    wins = losses = 0
-    for a, b in zip(scores["challenger"].total, scores["champion"].total, strict=True):
-        if a is not None and b is not None:
-            wins += a > b
-            losses += a < b
-    metrics["winRate"] = round(wins / (wins + losses), 4) if wins + losses else None
-    champ_mean, chall_mean = metrics["champion.score"], metrics["challenger.score"]
-    delta = None if champ_mean is None or chall_mean is None else round(chall_mean - champ_mean, 4)
-    metrics["delta"] = delta
-    gate = spec.evaluation.min_improvement
-    promoted = delta is not None and delta >= gate
-    verdict = (
-        f"{'promoted' if promoted else 'kept the champion'}: held-out score {champ_mean} -> {chall_mean} "
-        f"(change {delta}, gate minImprovement {gate})"
-    )
+    verdict = decide(scores["champion"].total, scores["challenger"].total, spec.evaluation.min_improvement)
+    metrics.update(verdict.metrics())
 
     samples = []
     for i, rec in enumerate(held):
@@ -211,17 +186,17 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         "labelMetrics": {
             m.name: {"field": m.field, "usesLabels": True, "gates": False} for m in spec.evaluation.metrics
         },
-        "promoted": promoted,
-        "verdict": verdict,
+        "promoted": verdict.promoted,
+        "verdict": verdict.message,
     }
     storage.write_json(lay.eval_report(r), report)
     append_history(lay, report)
     return StageResult(
         stage="evaluate",
         round=r,
-        counts={"heldOut": len(held), "wins": wins, "losses": losses} | stats_counts(scorers),
+        counts={"heldOut": len(held), "wins": verdict.wins, "losses": verdict.losses} | stats_counts(scorers),
         metrics=metrics,
-        promoted=promoted,
-        message=verdict,
+        promoted=verdict.promoted,
+        message=verdict.message,
         outputs={"report": lay.eval_report(r), "challenger": challenger_uri},
     )
