@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 Schema = dict[str, Any]
@@ -327,13 +328,18 @@ _CEL_RESERVED = {
 }  # fmt: skip
 
 
+_CEL_ESCAPES = {"__": "__underscores__", ".": "__dot__", "-": "__dash__", "/": "__slash__"}
+
+
 def cel_field(name: str) -> str:
-    """A property name as CEL rules must spell it (the API server's escaping)."""
+    """A property name as CEL rules must spell it (the API server's escaping, k8s.io/apiserver's cel.Escape).
+
+    >>> [cel_field(n) for n in ("function", "max_tokens", "a__b", "app.kubernetes.io/name", "x-y")]
+    ['__function__', 'max_tokens', 'a__underscores__b', 'app__dot__kubernetes__dot__io__slash__name', 'x__dash__y']
+    """
     if name in _CEL_RESERVED:
         return f"__{name}__"
-    for char, escaped in (("_", "__"), (".", "__dot__"), ("-", "__dash__"), ("/", "__slash__")):
-        name = name.replace(char, escaped)
-    return name
+    return re.sub(r"__|[./-]", lambda m: _CEL_ESCAPES[m.group()], name)
 
 
 def cel_path(dotted: str) -> str:

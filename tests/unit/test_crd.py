@@ -4,18 +4,21 @@ No API server runs here, so the API server's checks are mirrored: the CRD itself
 apiextensions.k8s.io/v1 schema (kubernetes-validate, strict), the structural-schema rules by walking the
 schema, and manifests against the openAPIV3Schema turned into Draft 2020-12 the way the server reads it
 (unknown fields rejected, as kubectl's strict field validation does). Defaulting is replayed too, because
-the server writes CRD defaults into the object before the operator parses it with pydantic.
+the server writes CRD defaults into the object before the operator parses it with pydantic. The CEL rules
+(x-kubernetes-validations) are evaluated with cel-python against objects they must accept and reject.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celpy
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -23,6 +26,7 @@ import yaml
 
 from tao_operator import api, cli
 from tao_operator.crd import CRD_NAME, diff_against, render_crd, render_crd_yaml
+from tao_operator.crd_schema import cel_field
 from tao_trainer.spec import scorers as specs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -387,7 +391,8 @@ def test_scorer_item_is_the_union_of_all_families(where: str) -> None:
 
 
 def test_cel_rules_name_fields_that_exist() -> None:
-    # No CEL engine here; at least every field a rule reads must be in the schema it runs on.
+    # The API server type-checks each rule against the schema when the CRD is created; cel-python does not,
+    # so every field a rule reads must be in the schema it runs on.
     root = copy.deepcopy(SCHEMA)
     root["properties"]["metadata"]["properties"] = {"name": {}}  # the server declares metadata.name for CEL
     nodes = [root, root["properties"]["spec"], _scorer_items("scoring"), _scorer_items("evaluation")]
@@ -413,6 +418,289 @@ def test_immutable_fields_have_transition_rules() -> None:
     assert any("oldSelf.prompts.labelFields" in r for r in rules)
     # model and storage are required, so those rules never read an absent field
     assert {"model", "storage", "prompts"} <= set(SCHEMA["properties"]["spec"]["required"])
+
+
+# --------------------------------------------------------------------------------------------- CEL, evaluated
+#
+# Every x-kubernetes-validations rule runs in cel-python the way the API server runs it: `self` is the value at
+# the rule's node after defaulting, with property names spelled as CEL sees them (`function` -> `__function__`),
+# `oldSelf` the stored value for transition rules (update only). Each rule gets objects it must accept and
+# objects it must reject; the scorer rules are also held against the pydantic models, which must agree.
+
+CEL = celpy.Environment()
+
+
+@functools.cache
+def cel_program(rule: str) -> Any:
+    return CEL.program(CEL.compile(rule))
+
+
+def as_cel(node: Schema, value: Any) -> Any:
+    """`value` as the API server hands it to CEL: the schema's property names escaped, map keys kept."""
+    if isinstance(value, dict):
+        props = node.get("properties")
+        if props:
+            return {cel_field(k) if k in props else k: as_cel(props.get(k, {}), v) for k, v in value.items()}
+        extra = node.get("additionalProperties")
+        return {k: as_cel(extra if isinstance(extra, dict) else {}, v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = node.get("items")
+        return [as_cel(items if isinstance(items, dict) else {}, v) for v in value]
+    return value
+
+
+def is_transition(rule: Schema) -> bool:
+    return re.search(r"\boldSelf\b", rule["rule"]) is not None
+
+
+def cel_accepts(node: Schema, rule: Schema, new: Any, old: Any = None) -> bool:
+    """The rule's verdict on `new` (and `old`, for a transition rule). An evaluation error fails the test:
+    the API server would reject the object with an error rather than the rule's message."""
+    activation = {"self": celpy.json_to_cel(as_cel(node, new))}
+    if is_transition(rule):
+        assert old is not None, f"a transition rule needs oldSelf: {rule['rule']}"
+        activation["oldSelf"] = celpy.json_to_cel(as_cel(node, old))
+    result = cel_program(rule["rule"]).evaluate(activation)
+    assert isinstance(result, celpy.celtypes.BoolType), f"{rule['rule']} gave {result!r}, not a boolean"
+    return bool(result)
+
+
+def cel_rules() -> list[tuple[str, Schema, Schema]]:
+    return [
+        (path, node, rule) for path, node in walk(SCHEMA) for rule in node.get("x-kubernetes-validations", [])
+    ]
+
+
+def cel_violations(doc: Schema, old: Schema | None = None) -> list[str]:
+    """What the API server's CEL pass says about `doc` (created, or updated from `old`): the failed messages."""
+
+    def visit(node: Schema, new: Any, prev: Any, path: str) -> list[str]:
+        out = []
+        for rule in node.get("x-kubernetes-validations", []):
+            if is_transition(rule) and prev is None:
+                continue  # transition rules run on update only, where the old value exists
+            if not cel_accepts(node, rule, new, prev):
+                out.append(f"{path}: {rule['message']}")
+        if isinstance(new, dict):
+            for name, sub in node.get("properties", {}).items():
+                if name in new:
+                    before = prev.get(name) if isinstance(prev, dict) else None
+                    out += visit(sub, new[name], before, f"{path}.{name}")
+        if isinstance(new, list) and isinstance(node.get("items"), dict):
+            # Atomic lists: items are not correlated with the old list, so no oldSelf below (none is needed).
+            for i, item in enumerate(new):
+                out += visit(node["items"], item, None, f"{path}[{i}]")
+        return out
+
+    return visit(
+        SCHEMA, apply_defaults(SCHEMA, doc), None if old is None else apply_defaults(SCHEMA, old), "$"
+    )
+
+
+def without(obj: Schema, *names: str) -> Schema:
+    return {k: v for k, v in obj.items() if k not in names}
+
+
+# One valid scorer of each built-in family that has a required field beyond `type`, and two that have none.
+FAMILY_SCORERS: dict[str, Schema] = {
+    "majority": {"type": "majority", "extract": r"answer: (\d+)"},
+    "regex": {"type": "regex", "pattern": "^a$"},
+    "python": {"type": "python", "path": "rewards.py", "function": "length"},
+    "judge": {
+        "type": "judge",
+        "endpoint": {"url": "http://judge:8000/v1", "model": "j"},
+        "rubric": "Correct?",
+    },
+    "reward_model": {"type": "reward_model", "model": "s3://models/rm"},
+    "sql": {"type": "sql", "database": "file:///db.sqlite"},
+}
+OTHER_SCORERS: list[Schema] = [{"type": "json"}, {"type": "my_rewards.math:accuracy", "args": {"k": 1}}]
+
+# (new, old) pairs per rule: the first list must be accepted, the second rejected. Keyed by the rule's message up
+# to its first colon (the same key for the rule on scoring.scorers[] and on evaluation.scorers[]).
+Case = tuple[Any, Any]
+
+
+def _scorer_needs(tag: str, field: str) -> tuple[str, list[Case], list[Case]]:
+    valid = [FAMILY_SCORERS[tag], *(s for t, s in FAMILY_SCORERS.items() if t != tag), *OTHER_SCORERS]
+    return (
+        f"a {tag} scorer needs '{field}'",
+        [(without(s, field) if s["type"] != tag else s, None) for s in valid],
+        [(without(FAMILY_SCORERS[tag], field), None)],
+    )
+
+
+def _spec(**prompts: Any) -> Schema:
+    """The representative spec after defaulting, with prompts' fields replaced (None removes one)."""
+    spec: Schema = apply_defaults(SCHEMA, manifest())["spec"]
+    for key, value in prompts.items():
+        if value is None:
+            spec["prompts"].pop(key, None)
+        else:
+            spec["prompts"][key] = value
+    return spec
+
+
+def _spec_with(change: Any) -> Schema:
+    spec = _spec()
+    change(spec)
+    return spec
+
+
+def _named(name: str) -> Schema:
+    doc = apply_defaults(SCHEMA, manifest())
+    doc["metadata"]["name"] = name
+    return doc
+
+
+CEL_CASES: dict[str, tuple[list[Case], list[Case]]] = {
+    "metadata.name must be a DNS-1123 label of at most 48 characters (lowercase letters, digits and '-')": (
+        [(_named(n), None) for n in ("arith", "a", "a" * 48, "a-1", "0x")],
+        [(_named(n), None) for n in ("a" * 49, "Arith", "-a", "a-", "a_b", "a.b", "")],
+    ),
+    "spec.model is immutable": (
+        [(_spec(), _spec()), (_spec_with(lambda s: s.update(rounds=9)), _spec())],
+        [(_spec_with(lambda s: s["model"].update(uri="s3://models/other")), _spec())],
+    ),
+    "spec.storage is immutable": (
+        [(_spec(), _spec()), (_spec_with(lambda s: s["generation"].update(candidates=2)), _spec())],
+        [
+            (_spec_with(lambda s: s["storage"].update(uri="s3://elsewhere/")), _spec()),
+            (_spec_with(lambda s: s["storage"].update(pathStyle=False)), _spec()),
+        ],
+    ),
+    "spec.prompts.field is immutable": (
+        [
+            (_spec(), _spec()),
+            (_spec(uri="s3://data/more.jsonl"), _spec()),  # the prompts may move, their field may not
+            (_spec(field=None), _spec(field="prompt")),  # absent reads as the default, both ways
+            (_spec(field="prompt"), _spec(field=None)),
+        ],
+        [
+            (_spec(field="q"), _spec()),
+            (_spec(field=None), _spec(field="question")),
+            (_spec(field="question"), _spec(field=None)),
+        ],
+    ),
+    "spec.prompts.labelFields is immutable": (
+        [
+            (_spec(), _spec()),
+            (_spec(labelFields=None), _spec(labelFields=[])),
+            (_spec(labelFields=[]), _spec(labelFields=None)),
+        ],
+        [
+            (_spec(labelFields=["answer", "solution"]), _spec()),
+            (_spec(labelFields=[]), _spec()),
+            (_spec(labelFields=None), _spec()),
+        ],
+    ),
+    "a python scorer needs exactly one of 'path' and 'module'": (
+        [
+            (FAMILY_SCORERS["python"], None),
+            ({"type": "python", "module": "my_rewards", "function": "length"}, None),
+            *((s, None) for s in [*OTHER_SCORERS, FAMILY_SCORERS["regex"]]),
+        ],
+        [
+            ({**FAMILY_SCORERS["python"], "module": "my_rewards"}, None),
+            (without(FAMILY_SCORERS["python"], "path"), None),
+        ],
+    ),
+}
+for _tag, _field in [
+    ("majority", "extract"),
+    ("regex", "pattern"),
+    ("python", "function"),
+    ("judge", "endpoint"),
+    ("judge", "rubric"),
+    ("reward_model", "model"),
+    ("sql", "database"),
+]:
+    _key, _valid, _invalid = _scorer_needs(_tag, _field)
+    CEL_CASES[_key] = (_valid, _invalid)
+
+
+def cel_case_key(rule: Schema) -> str:
+    return str(rule["message"]).split(":")[0]
+
+
+def test_every_cel_rule_has_cases() -> None:
+    rules = cel_rules()
+    assert len(rules) >= 21
+    keys = {cel_case_key(rule) for _, _, rule in rules}
+    assert keys == set(CEL_CASES), (
+        f"rules without cases: {sorted(keys - set(CEL_CASES))}; cases without rules: {sorted(set(CEL_CASES) - keys)}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "node", "rule"), [pytest.param(*r, id=f"{r[0]}: {r[2]['rule']}") for r in cel_rules()]
+)
+def test_cel_rule_accepts_valid_and_rejects_invalid(path: str, node: Schema, rule: Schema) -> None:
+    valid, invalid = CEL_CASES[cel_case_key(rule)]
+    assert valid and invalid
+    for new, old in valid:
+        assert cel_accepts(node, rule, new, old), f"{path}: {rule['rule']} rejects a valid value: {new!r}"
+    for new, old in invalid:
+        assert not cel_accepts(node, rule, new, old), (
+            f"{path}: {rule['rule']} accepts an invalid value: {new!r}"
+        )
+
+
+def test_cel_scorer_cases_agree_with_the_models() -> None:
+    """What the scorer rules accept, pydantic accepts; what they reject, pydantic rejects."""
+    checked = 0
+    for key, (valid, invalid) in CEL_CASES.items():
+        if " scorer needs " not in key:
+            continue
+        for scorer, _ in valid:
+            specs.parse_scorer_spec(scorer)
+        for scorer, _ in invalid:
+            with pytest.raises(ValueError):
+                specs.parse_scorer_spec(scorer)
+        checked += 1
+    assert checked == 8
+
+
+def test_cel_name_cases_agree_with_the_models() -> None:
+    valid, invalid = CEL_CASES[cel_case_key(SCHEMA["x-kubernetes-validations"][0])]
+    for doc, _ in valid:
+        api.parse_taojob(doc)
+    for doc, _ in invalid:
+        with pytest.raises(api.SpecError):
+            api.parse_taojob(doc)
+
+
+def test_cel_accepts_the_representative_manifest_on_create_and_unchanged_update() -> None:
+    assert cel_violations(manifest()) == []
+    assert cel_violations(manifest(), manifest()) == []
+    assert cel_violations(manifest(rounds=10), manifest()) == []
+
+
+@pytest.mark.parametrize("doc", example_docs())
+def test_cel_accepts_the_examples(doc: Schema) -> None:
+    assert cel_violations(doc) == []
+    assert cel_violations(doc, doc) == []
+
+
+def test_cel_reports_what_the_api_server_would() -> None:
+    doc = manifest()
+    doc["metadata"]["name"] = "Arith"
+    doc["spec"]["evaluation"]["scorers"].append(
+        {"type": "judge", "endpoint": {"url": "http://j/v1", "model": "j"}}
+    )
+    assert cel_violations(doc) == [
+        "$: " + SCHEMA["x-kubernetes-validations"][0]["message"],
+        "$.spec.evaluation.scorers[1]: a judge scorer needs 'rubric'",
+    ]
+    moved = manifest(model={"uri": "s3://models/other"}, storage={"uri": "s3://other/"})
+    messages = cel_violations(moved, manifest())
+    assert [m.split(":")[0] for m in messages] == ["$.spec", "$.spec"]
+    assert [m.split(": ", 1)[1].split(":")[0] for m in messages] == [
+        "spec.model is immutable",
+        "spec.storage is immutable",
+    ]
+    # The same change on create is no transition: nothing to compare with.
+    assert cel_violations(moved) == []
 
 
 # --------------------------------------------------------------------------------------------- manifests
