@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from tao_trainer.serve import ServerHandle, start_server
+from tao_trainer import models
+from tao_trainer.capture.records import records_from_request
+from tao_trainer.serve import ServerHandle, parse_messages, start_server
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -87,7 +89,48 @@ def test_chat_completion_shape_and_usage(served: ServerHandle) -> None:
             "max_tokens": 2,
         },
     )
-    assert status == 200 and body["usage"]["prompt_tokens"] == 5
+    # Text parts are joined by a newline (as vLLM and the capture proxy join them): "hel\nlo".
+    assert status == 200 and body["usage"]["prompt_tokens"] == 6
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "What is"}, {"type": "text", "text": "2+2?"}],
+            }
+        ],
+        [
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "Be"}, {"type": "text", "text": "brief."}],
+            },
+            {"role": "user", "content": [{"type": "text", "text": "2+2"}, {"type": "text", "text": "=?"}]},
+        ],
+    ],
+)
+def test_multi_part_prompt_is_the_same_served_and_captured(
+    served: ServerHandle, tiny_model: Path, messages: list[dict[str, Any]]
+) -> None:
+    """What `tao serve` generated from is what the capture proxy stores for the next round to train on."""
+    [record], skipped = records_from_request("chat", {"messages": messages})
+    assert skipped == 0
+    backend = served.backend
+    served_text = backend.render_chat(parse_messages(messages))
+    assert models.render_prompt(backend.tokenizer, record["prompt"], None) == served_text
+    status, body = call(served.url + "/chat/completions", {"messages": messages, "max_tokens": 1})
+    assert status == 200 and body["usage"]["prompt_tokens"] == len(served_text)  # one token per character
+    # With a chat template too (a single user turn is stored as plain text, which the loop wraps as one).
+    templated = models.load_tokenizer(models.resolve(f"file://{tiny_model}"))
+    templated.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert models.render_prompt(templated, record["prompt"], None) == models.render_prompt(
+        templated, parse_messages(messages), None
+    )
 
 
 def test_seed_reproduces(served: ServerHandle) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tao_trainer import storage
+from tao_trainer import openai_wire, storage
 
 FORMATS = (".jsonl", ".json", ".jsonl.gz", ".parquet")
 _FORMATS_TEXT = "*.jsonl, *.json (JSON lines), *.jsonl.gz, *.parquet"
@@ -72,12 +72,8 @@ def _prompt_problem(value: Any, field: str) -> str | None:
         if not value:
             return f"field {field!r} is an empty list; it must be {allowed}"
         for index, message in enumerate(value):
-            if not (
-                isinstance(message, dict)
-                and isinstance(message.get("role"), str)
-                and message["role"]
-                and isinstance(message.get("content"), str)
-            ):
+            # Flat messages only: the capture proxy flattens content parts before it stores a prompt.
+            if not openai_wire.is_plain_message(message):
                 return (
                     f"field {field!r} must be a list of {{role, content}} objects with string values; "
                     f"item {index} is {_short(message)}"

@@ -18,12 +18,6 @@ model. With an API key (`--api-key`, or `TAO_SERVE_API_KEY`), `/v1/*` needs `Aut
 'model'
 >>> default_served_name("hf://Qwen/Qwen3-0.6B")
 'Qwen/Qwen3-0.6B'
->>> parse_sampling({"max_tokens": 8, "stop": "\\n", "n": 2})
-Sampling(max_tokens=8, temperature=1.0, top_p=1.0, n=2, seed=None, stop=('\\n',))
->>> parse_sampling({"temperature": "hot"})
-Traceback (most recent call last):
-...
-tao_trainer.serve.RequestError: 'temperature' must be a number, got str
 """
 
 from __future__ import annotations
@@ -42,6 +36,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tao_trainer import models
+from tao_trainer.openai_wire import type_name
+from tao_trainer.serve_request import (
+    RequestError,
+    Sampling,
+    parse_messages,
+    parse_prompts,
+    parse_sampling,
+)
 
 __all__ = [
     "API_KEY_ENV",
@@ -64,41 +66,6 @@ API_KEY_ENV = "TAO_SERVE_API_KEY"
 DEFAULT_MAX_TOKENS = 256
 """Completion length when a request gives no `max_tokens` (capped by what the context has left)."""
 MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_N = 16
-MAX_STOP = 8
-_ROLES = ("system", "developer", "user", "assistant", "tool")
-
-
-class RequestError(Exception):
-    """A client error, answered in OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        param: str | None = None,
-        type: str = "invalid_request_error",  # noqa: A002 - the OpenAI field name
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message, self.status, self.param, self.type, self.code = message, status, param, type, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Validated sampling parameters of one request (`max_tokens` None: as many as the context allows,
-    up to the server's default)."""
-
-    max_tokens: int | None
-    temperature: float
-    top_p: float
-    n: int
-    seed: int | None
-    stop: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -106,137 +73,6 @@ class Choice:
     text: str
     finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
     completion_tokens: int
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def parse_sampling(body: dict[str, Any]) -> Sampling:
-    """Sampling parameters of a request body, with OpenAI's defaults; RequestError names a bad field.
-
-    An absent `max_tokens` stays None: the backend resolves it against the prompt's length.
-    """
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_completion_tokens")
-    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
-        raise RequestError(f"'max_tokens' must be a positive integer, got {max_tokens!r}", param="max_tokens")
-    temperature = body.get("temperature")
-    if temperature is None:
-        temperature = 1.0
-    if not _is_number(temperature):
-        raise RequestError(
-            f"'temperature' must be a number, got {_type_name(temperature)}", param="temperature"
-        )
-    if not 0 <= temperature <= 2:
-        raise RequestError(f"'temperature' must be between 0 and 2, got {temperature}", param="temperature")
-    top_p = body.get("top_p")
-    if top_p is None:
-        top_p = 1.0
-    if not _is_number(top_p):
-        raise RequestError(f"'top_p' must be a number, got {_type_name(top_p)}", param="top_p")
-    if not 0 < top_p <= 1:
-        raise RequestError(f"'top_p' must be in (0, 1], got {top_p}", param="top_p")
-    n = body.get("n")
-    if n is None:
-        n = 1
-    if not _is_int(n) or not 1 <= n <= MAX_N:
-        raise RequestError(f"'n' must be an integer from 1 to {MAX_N}, got {n!r}", param="n")
-    seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise RequestError(f"'seed' must be an integer, got {_type_name(seed)}", param="seed")
-    stop = body.get("stop")
-    if stop is None:
-        stops: tuple[str, ...] = ()
-    elif isinstance(stop, str):
-        stops = (stop,) if stop else ()
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stops = tuple(s for s in stop if s)
-    else:
-        raise RequestError("'stop' must be a string or a list of strings", param="stop")
-    if len(stops) > MAX_STOP:
-        raise RequestError(f"'stop' takes at most {MAX_STOP} strings, got {len(stops)}", param="stop")
-    if body.get("stream"):
-        raise RequestError("streaming is not supported by tao serve; send 'stream': false", param="stream")
-    return Sampling(max_tokens, float(temperature), float(top_p), n, seed, stops)
-
-
-def _content_text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise RequestError(
-                    f"{where}.content: only text parts ({{'type': 'text', 'text': ...}}) are supported",
-                    param="messages",
-                )
-            parts.append(part["text"])
-        return "".join(parts)
-    raise RequestError(
-        f"{where}.content must be a string or a list of text parts, got {_type_name(content)}",
-        param="messages",
-    )
-
-
-def parse_messages(value: Any) -> list[dict[str, str]]:
-    """Chat messages as `[{"role", "content"}]` with text content (list-of-parts content is joined).
-
-    >>> parse_messages([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
-    [{'role': 'user', 'content': 'hi'}]
-    """
-    if value is None:
-        raise RequestError("'messages' is required", param="messages")
-    if not isinstance(value, list) or not value:
-        raise RequestError(
-            "'messages' must be a non-empty list of {'role', 'content'} objects", param="messages"
-        )
-    out = []
-    for i, message in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise RequestError(f"{where} must be an object, got {_type_name(message)}", param="messages")
-        role = message.get("role")
-        if role not in _ROLES:
-            raise RequestError(
-                f"{where}.role must be one of {', '.join(_ROLES)}, got {role!r}", param="messages"
-            )
-        out.append({"role": role, "content": _content_text(message.get("content"), where)})
-    return out
-
-
-def parse_prompts(value: Any) -> list[str]:
-    """The `prompt` of a completions request: a string or a non-empty list of strings.
-
-    >>> parse_prompts("2+2=")
-    ['2+2=']
-    """
-    if value is None:
-        raise RequestError("'prompt' is required", param="prompt")
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(p, str) for p in value):
-        return list(value)
-    raise RequestError(
-        "'prompt' must be a string or a non-empty list of strings (token ids are not supported)",
-        param="prompt",
-    )
 
 
 def default_served_name(model_uri: str) -> str:
@@ -417,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RequestError(f"invalid JSON body: {exc}") from None
         if not isinstance(body, dict):
-            raise RequestError(f"the request body must be a JSON object, got {_type_name(body)}")
+            raise RequestError(f"the request body must be a JSON object, got {type_name(body)}")
         return body
 
     def _unauthorized(self) -> RequestError:
@@ -479,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
         if model is None:
             return  # one model: an absent name means it
         if not isinstance(model, str):
-            raise RequestError(f"'model' must be a string, got {_type_name(model)}", param="model")
+            raise RequestError(f"'model' must be a string, got {type_name(model)}", param="model")
         if model != self.server.served_model_name:
             raise RequestError(
                 f"The model {model!r} does not exist; this server serves {self.server.served_model_name!r}",

@@ -1,81 +1,33 @@
-"""`tao-stage capture`: a sidecar proxy in front of vLLM that feeds served prompts to the next round.
+"""The capture proxy: an aiohttp reverse proxy in front of vLLM, and `tao-stage capture`'s ``main``.
 
 Every request is forwarded to ``--upstream`` (method, path, query, headers minus hop-by-hop ones, body) and
 the response is streamed back unchanged, chunk by chunk (SSE included). For a successful (2xx)
-``POST /v1/chat/completions`` or ``POST /v1/completions``, once the response has been sent, the prompt is
-turned into a record of the loop's prompt format (see ``prompts.py``) and queued::
+``POST /v1/chat/completions`` or ``POST /v1/completions``, once the response has been sent, the request is
+turned into records (``records.py``), run through the redaction hook (``redaction.py``) and offered to the
+buffer (``buffer.py``). Responses are kept only with ``--capture-responses``.
 
-    {"prompt": "What is 2+2?", "endpoint": "chat", "model": "champion",
-     "capturedAt": "2026-11-21T10:00:00.123456Z", "captureId": "9f0c..."}
-
-The row is flat, like a user's prompt file: ``load_prompts`` takes ``prompt`` and keeps every other key as
-the record's ``fields`` (its id is a hash of the prompt, so a prompt seen twice is loaded once). A chat made
-of a single user message becomes that message's text (the same id as the same prompt in a prompt file);
-a chat with a system prompt or several turns keeps its ``[{role, content}]`` list, which the loop renders
-with the model's chat template. Requests the loop cannot use are skipped and counted: token-id prompts,
-non-text content parts, tool calls, a conversation that ends with an assistant turn. Responses are kept
-only with ``--capture-responses`` (as ``response``, the first choice's text).
-
-A background task writes the queue to ``--prompts-uri`` as one new JSON-lines object per batch (every
-``--flush-seconds`` or ``--batch-size`` records), named ``<UTC time>-<hostname>-<process token>-<seq>.jsonl``
-so that names sort by time and never collide across replicas or restarts. The loop's ``load_prompts``
-reads every object under a prefix, so pointing a TAOJob's ``prompts.uri`` at a parent of the capture prefix
-feeds the next round.
-
-The capture never delays or fails a request: it runs after the response is sent, and everything it
-queues goes into a buffer of at most ``--max-buffer`` records (the batch being written included). When
-storage is slow or down, writes (in a thread: boto3 blocks) are retried with backoff, one at a time;
-records arriving while the buffer is full are dropped and counted (``dropped_full``). A write that takes
-longer than ``--write-timeout`` is counted as a storage error and waited for (never started twice, so a
-hung connection neither duplicates objects nor piles up threads). On SIGTERM the proxy stops accepting,
-lets requests in flight finish, then tries a final flush within ``--shutdown-deadline``; what it cannot
-write is counted as ``dropped_storage`` and logged.
-
-``--redact module:function`` names a hook ``fn(record) -> record | None`` run before a record is queued
-(None drops it, counted as ``redacted``; a hook that raises drops the record too: fail closed).
-``tao_trainer.capture:redact_basic`` masks e-mail addresses, phone numbers and long digit runs.
-
-``GET /capture/stats`` (JSON counters) and ``GET /capture/health`` are answered by the proxy itself and never
-forwarded; ``--metrics-port`` adds a Prometheus ``/metrics`` endpoint. Request headers (Authorization) and
-bodies are never logged nor stored; the access log is off.
-
->>> object_name(datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC), "vllm-7d9f-x2", "a1b2c3", 7)
-'20261121T100000.123456Z-vllm-7d9f-x2-a1b2c3-000007.jsonl'
->>> records, skipped = records_from_request("chat", {"model": "m", "messages": [
-...     {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]})
->>> records[0]["prompt"], records[0]["endpoint"], records[0]["model"], skipped
-([{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': '2+2?'}], 'chat', 'm', 0)
->>> records_from_request("chat", {"messages": [{"role": "user", "content": "2+2?"}]})[0][0]["prompt"]
-'2+2?'
->>> [r["prompt"] for r in records_from_request("completions", {"prompt": ["a", "b"]})[0]]
-['a', 'b']
->>> records_from_request("completions", {"prompt": [1, 2, 3]})[1], records_from_request("completions", {"prompt": [[1], "x"]})[1]
-(1, 1)
+The capture never delays or fails a request: it runs after the response is sent. On SIGTERM the proxy
+stops accepting, lets requests in flight finish, then tries a final flush within ``--shutdown-deadline``.
+aiohttp is imported when the proxy starts, not when this module is imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import dataclasses
-import importlib
 import json
 import logging
 import os
-import re
-import secrets
 import signal
-import socket
-import threading
-import time
-import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from tao_trainer import storage
+
+from .buffer import CaptureBuffer, Stats, Writer
+from .records import records_from_request, response_texts
+from .redaction import Hook, load_hook
 
 log = logging.getLogger("tao.capture")
 
@@ -105,457 +57,6 @@ _BUFFERED_DROP = _HOP_BY_HOP | {"content-length"}
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # Response bodies kept for --capture-responses are capped: a bigger one is forwarded but not captured.
 _RESPONSE_CAPTURE_LIMIT = 8 << 20
-_ERROR_LOG_INTERVAL = 60.0
-
-Record = dict[str, Any]
-Hook = Callable[[Record], Record | None]
-Writer = Callable[[str, bytes], None]
-
-
-# --------------------------------------------------------------------------------------------- records
-
-
-def object_name(when: datetime, hostname: str, token: str, seq: int) -> str:
-    """The name of one batch object: lexical order is time order; replicas and restarts never collide."""
-    host = re.sub(r"[^A-Za-z0-9.-]", "-", hostname)[:63] or "host"
-    return f"{when.strftime('%Y%m%dT%H%M%S.%f')}Z-{host}-{token}-{seq:06d}.jsonl"
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _message_text(content: Any) -> str | None:
-    """A chat message's content as text: a string, or text parts joined; None when not text only."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and content:
-        texts = []
-        for part in content:
-            if not (
-                isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-            ):
-                return None
-            texts.append(part["text"])
-        return "\n".join(texts)
-    return None
-
-
-def _chat_prompt(messages: Any) -> str | list[dict[str, str]] | None:
-    """The loop's prompt for a chat request, or None when the loop could not use it."""
-    if not isinstance(messages, list) or not messages:
-        return None
-    out: list[dict[str, str]] = []
-    for message in messages:
-        if not isinstance(message, dict) or message.get("tool_calls") or message.get("function_call"):
-            return None
-        role = message.get("role")
-        if role not in ("system", "developer", "user", "assistant"):
-            return None  # tool results and unknown roles have no place in a text prompt
-        text = _message_text(message.get("content"))
-        if text is None:
-            return None
-        out.append({"role": role, "content": text})
-    if out[-1]["role"] != "user" or not out[-1]["content"].strip():
-        return None  # the loop renders prompts with a generation prompt after the last (user) turn
-    if len(out) == 1:
-        return out[0]["content"]
-    return out
-
-
-def records_from_request(endpoint: str, payload: Any) -> tuple[list[Record], int]:
-    """(records, skipped) for one request body. Raises ValueError when the body is not a JSON object."""
-    if not isinstance(payload, dict):
-        raise ValueError("request body is not a JSON object")
-    if endpoint == "chat":
-        prompt = _chat_prompt(payload.get("messages"))
-        found: list[str | list[dict[str, str]] | None] = [prompt]
-    else:
-        raw = payload.get("prompt")
-        # A list is a batch of prompts (strings, or token-id lists the loop cannot use) unless it is
-        # itself one prompt's token ids.
-        batch = isinstance(raw, list) and raw and not all(isinstance(t, int) for t in raw)
-        items = raw if batch else [raw]
-        found = [p if isinstance(p, str) and p.strip() else None for p in items]
-    model = payload.get("model") if isinstance(payload.get("model"), str) else None
-    now = _now_iso()
-    records: list[Record] = []
-    for prompt in found:
-        if prompt is None:
-            continue
-        record: Record = {"prompt": prompt, "endpoint": endpoint}
-        if model is not None:
-            record["model"] = model
-        record["capturedAt"] = now
-        record["captureId"] = uuid.uuid4().hex
-        records.append(record)
-    return records, len(found) - len(records)
-
-
-def response_texts(endpoint: str, body: bytes, event_stream: bool) -> dict[int, str]:
-    """Choice index -> generated text, from a JSON response or an SSE stream of chunks.
-
-    >>> response_texts("chat", b'{"choices": [{"index": 0, "message": {"content": "4"}}]}', False)
-    {0: '4'}
-    >>> sse = b'data: {"choices": [{"index": 0, "delta": {"content": "4"}}]}\\n\\n'
-    >>> response_texts("chat", sse + sse + b"data: [DONE]\\n\\n", True)
-    {0: '44'}
-    """
-    texts: dict[int, str] = {}
-
-    def take(choices: Any, streamed: bool) -> None:
-        for choice in choices if isinstance(choices, list) else ():
-            if not isinstance(choice, dict):
-                continue
-            index = choice.get("index", 0)
-            if endpoint == "chat":
-                holder = choice.get("delta" if streamed else "message")
-                text = holder.get("content") if isinstance(holder, dict) else None
-            else:
-                text = choice.get("text")
-            if isinstance(index, int) and isinstance(text, str):
-                texts[index] = texts.get(index, "") + text
-
-    if not event_stream:
-        doc = json.loads(body)
-        take(doc.get("choices") if isinstance(doc, dict) else None, False)
-        return texts
-    for line in body.split(b"\n"):
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            continue
-        data = line[len(b"data:") :].strip()
-        if data == b"[DONE]":
-            break
-        with contextlib.suppress(ValueError):
-            chunk = json.loads(data)
-            if isinstance(chunk, dict):
-                take(chunk.get("choices"), True)
-    return texts
-
-
-# ------------------------------------------------------------------------------------------- redaction
-
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# A run of digits in groups separated by one space or dash, maybe with "+country" and "(area)" parts.
-_DIGITS = re.compile(r"(?<![\w+.,])(?:\+\s?)?(?:\(\d{1,5}\)[ -]?)?\d+(?:[ -]\(?\d+\)?)*(?!\w|[.,]\d)")
-
-
-def _mask_number(match: re.Match[str]) -> str:
-    text = match.group(0)
-    digits = sum(c.isdigit() for c in text)
-    if digits >= 13:
-        return "[NUMBER]"  # card, account and IBAN-like numbers
-    if digits >= 9:
-        plain_run = text.isdigit()
-        phone_like = text.startswith("+") or "(" in text or ("-" in text and " " not in text)
-        if phone_like or (plain_run and digits >= 10):
-            return "[PHONE]"
-    return text
-
-
-def _redact_text(text: str) -> str:
-    return _DIGITS.sub(_mask_number, _EMAIL.sub("[EMAIL]", text))
-
-
-def redact_basic(record: Record) -> Record:
-    """Mask e-mail addresses, phone numbers and long digit runs in the prompt (and response).
-
-    Basic and English-centric: it errs towards masking (10+ digit runs go), keeps ordinary numbers,
-    dates and arithmetic. Write your own hook for names, addresses or a stricter policy.
-
-    >>> redact_basic({"prompt": "Mail jane.doe+x@example.co.uk or call +1 (555) 123-4567."})["prompt"]
-    'Mail [EMAIL] or call [PHONE].'
-    >>> redact_basic({"prompt": "Card 4111 1111 1111 1111, account 12345678901234, order 12345."})["prompt"]
-    'Card [NUMBER], account [NUMBER], order 12345.'
-    >>> redact_basic({"prompt": "Ring 555-123-4567 or 0612345678; +33 6 12 34 56 78"})["prompt"]
-    'Ring [PHONE] or [PHONE]; [PHONE]'
-    >>> redact_basic({"prompt": "What is 1234 * 5678 - 91? Due 2024-01-15, pi is 3.14159265358979."})["prompt"]
-    'What is 1234 * 5678 - 91? Due 2024-01-15, pi is 3.14159265358979.'
-    >>> redact_basic({"prompt": [{"role": "user", "content": "I am bob@corp.io"}], "response": "Hi bob@corp.io"})
-    {'prompt': [{'role': 'user', 'content': 'I am [EMAIL]'}], 'response': 'Hi [EMAIL]'}
-    """
-    out = dict(record)
-    prompt = out.get("prompt")
-    if isinstance(prompt, str):
-        out["prompt"] = _redact_text(prompt)
-    elif isinstance(prompt, list):
-        out["prompt"] = [
-            {**m, "content": _redact_text(m["content"])} if isinstance(m.get("content"), str) else m
-            for m in prompt
-        ]
-    if isinstance(out.get("response"), str):
-        out["response"] = _redact_text(out["response"])
-    return out
-
-
-def load_hook(spec: str) -> Hook:
-    """``package.module:function`` -> the function.
-
-    >>> load_hook("tao_trainer.capture:redact_basic") is redact_basic
-    True
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"--redact must look like package.module:function, got {spec!r}")
-    fn = getattr(importlib.import_module(module_name), attr)
-    if not callable(fn):
-        raise ValueError(f"--redact {spec!r} is not callable")
-    return fn
-
-
-# ---------------------------------------------------------------------------------------------- buffer
-
-
-@dataclasses.dataclass
-class Stats:
-    forwarded: int = 0
-    upstream_errors: int = 0
-    captured: int = 0
-    skipped: int = 0
-    parse_errors: int = 0
-    redacted: int = 0
-    redact_errors: int = 0
-    dropped_full: int = 0
-    dropped_storage: int = 0
-    flushed_records: int = 0
-    flushed_objects: int = 0
-    storage_errors: int = 0
-
-
-def _in_daemon_thread(fn: Callable[[], None]) -> asyncio.Future[None]:
-    """Run ``fn`` in a new daemon thread; a hung write must never keep the process from exiting."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def settle(exc: BaseException | None) -> None:
-        if future.done():
-            return
-        if exc is None:
-            future.set_result(None)
-        else:
-            future.set_exception(exc)
-
-    def target() -> None:
-        error: BaseException | None = None
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop may be closed by then
-            loop.call_soon_threadsafe(settle, error)
-
-    threading.Thread(target=target, name="tao-capture-write", daemon=True).start()
-    return future
-
-
-@dataclasses.dataclass
-class _Write:
-    future: asyncio.Future[None]
-    batch: list[Record]
-    uri: str
-    started: float
-    timed_out: bool = False
-
-
-class CaptureBuffer:
-    """A bounded in-memory queue of records and the task that writes it to storage in batches.
-
-    ``offer`` is synchronous and never blocks: call it from the event loop. ``run`` is the flusher;
-    ``close`` stops it and makes a final flush attempt within a deadline.
-    """
-
-    def __init__(
-        self,
-        prompts_uri: str,
-        *,
-        batch_size: int = 500,
-        flush_seconds: float = 30.0,
-        max_buffer: int = 10_000,
-        write_timeout: float = 30.0,
-        max_backoff: float = 60.0,
-        writer: Writer | None = None,
-        hostname: str | None = None,
-        stats: Stats | None = None,
-    ) -> None:
-        if batch_size < 1 or max_buffer < 1 or flush_seconds <= 0:
-            raise ValueError("batch_size and max_buffer must be >= 1 and flush_seconds > 0")
-        self.prompts_uri = storage.normalize(prompts_uri)
-        self.batch_size = batch_size
-        self.flush_seconds = flush_seconds
-        self.max_buffer = max_buffer
-        self.write_timeout = write_timeout
-        self.max_backoff = max(max_backoff, min(1.0, flush_seconds))
-        self.stats = stats or Stats()
-        self._writer = writer or storage.write_bytes
-        self._hostname = hostname or socket.gethostname()
-        self._token = secrets.token_hex(3)
-        self._seq = 0
-        self._queue: collections.deque[Record] = collections.deque()
-        self._write: _Write | None = None
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._backoff = 0.0
-        self._last_error = ""
-        self._last_error_at: float | None = None
-        self._last_error_logged = 0.0
-        self._last_flush_at: str | None = None
-
-    # ------------------------------------------------------------------ state
-
-    @property
-    def buffered(self) -> int:
-        """Records held in memory: queued plus the batch being written."""
-        return len(self._queue) + (len(self._write.batch) if self._write else 0)
-
-    @property
-    def storage_state(self) -> str:
-        if self._write is not None and self._write.timed_out:
-            return "hanging"
-        return "failing" if self._backoff else "ok"
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self.stats),
-            "buffered": self.buffered,
-            "max_buffer": self.max_buffer,
-            "storage": self.storage_state,
-            "last_flush_at": self._last_flush_at,
-            "last_storage_error": self._last_error or None,
-        }
-
-    # ------------------------------------------------------------------ intake
-
-    def offer(self, record: Record) -> bool:
-        """Queue one record; False (and counted) when the buffer is full."""
-        if self.buffered >= self.max_buffer:
-            self.stats.dropped_full += 1
-            return False
-        self._queue.append(record)
-        self.stats.captured += 1
-        if len(self._queue) >= self.batch_size:
-            self._full.set()
-        return True
-
-    # ------------------------------------------------------------------ flushing
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="tao-capture-flusher")
-
-    async def _run(self) -> None:
-        last = time.monotonic()
-        while True:
-            if self._backoff:
-                await asyncio.sleep(self._backoff)
-                due = True
-            else:
-                remaining = self.flush_seconds - (time.monotonic() - last)
-                if remaining > 0 and len(self._queue) < self.batch_size:
-                    self._full.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), remaining)
-                due = time.monotonic() - last >= self.flush_seconds
-            if due:
-                last = time.monotonic()
-            try:
-                ok = await self._flush(everything=due, timeout=self.write_timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the flusher must outlive any bug in a batch
-                log.exception("capture flusher: unexpected error")
-                ok = False
-            base = min(1.0, self.flush_seconds)
-            self._backoff = 0.0 if ok else min(self.max_backoff, max(base, self._backoff * 2))
-
-    async def _flush(self, *, everything: bool, timeout: float | None) -> bool:
-        """Write full batches (and the partial last one when ``everything``); False on a failed write."""
-        while self._queue and (everything or len(self._queue) >= self.batch_size):
-            self._start_write()
-            if not await self._settle(timeout, keep_waiting=True):
-                return False
-        return True
-
-    def _start_write(self) -> None:
-        batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-        self._seq += 1
-        uri = storage.join(
-            self.prompts_uri, object_name(datetime.now(UTC), self._hostname, self._token, self._seq)
-        )
-        writer = self._writer
-
-        def write() -> None:
-            encoder = json.JSONEncoder(ensure_ascii=False)
-            writer(uri, "".join(encoder.encode(r) + "\n" for r in batch).encode("utf-8"))
-
-        self._write = _Write(_in_daemon_thread(write), batch, uri, time.monotonic())
-
-    async def _settle(self, timeout: float | None, *, keep_waiting: bool) -> bool | None:
-        """Wait for the write in flight: True written, False failed (batch queued again), None running.
-
-        Past ``timeout`` the write is counted as a storage error once; with ``keep_waiting`` it is then
-        waited for still (cancelling the caller leaves the write, and its batch, in place).
-        """
-        current = self._write
-        assert current is not None
-        done, _ = await asyncio.wait({current.future}, timeout=timeout)
-        if not done:
-            if not current.timed_out:
-                current.timed_out = True
-                self._storage_error(f"write of {current.uri} still running after {timeout:g}s")
-            if not keep_waiting:
-                return None
-            await asyncio.wait({current.future})
-        self._write = None
-        exc = current.future.exception()
-        if exc is not None:
-            self._queue.extendleft(reversed(current.batch))  # retried first, in order
-            self._storage_error(f"{type(exc).__name__}: {exc}")
-            return False
-        self.stats.flushed_records += len(current.batch)
-        self.stats.flushed_objects += 1
-        self._last_flush_at = _now_iso()
-        if self._last_error_at is not None:
-            log.info("capture: storage writes succeed again (%d records buffered)", self.buffered)
-            self._last_error_at = None
-        return True
-
-    def _storage_error(self, message: str) -> None:
-        self.stats.storage_errors += 1
-        self._last_error = message
-        now = time.monotonic()
-        self._last_error_at = now
-        if now - self._last_error_logged >= _ERROR_LOG_INTERVAL:
-            self._last_error_logged = now
-            log.warning(
-                "capture: storage write failed (%s); %d records buffered, %d dropped so far (logged once a minute)",
-                message,
-                self.buffered,
-                self.stats.dropped_full,
-            )
-
-    async def close(self, deadline: float = 10.0) -> None:
-        """Stop the flusher and write what is buffered, giving up after ``deadline`` seconds."""
-        end = time.monotonic() + deadline
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while (remaining := end - time.monotonic()) > 0:
-            if self._write is None:
-                if not self._queue:
-                    break
-                self._start_write()
-            if not await self._settle(remaining, keep_waiting=False):
-                break
-        lost = self.buffered
-        if lost:
-            self.stats.dropped_storage += lost
-            log.error("capture: %d records could not be written before shutdown and are lost", lost)
-        self._queue.clear()
-
-
-# ----------------------------------------------------------------------------------------------- proxy
 
 
 @dataclasses.dataclass
@@ -699,7 +200,7 @@ class CaptureProxy:
             for value in request.headers.getall("Connection", ())
             for token in value.split(",")
         }
-        headers = CIMultiDict()
+        headers: CIMultiDict[str] = CIMultiDict()
         for name, value in request.headers.items():
             lower = name.lower()
             if lower not in _REQUEST_DROP and lower not in connection_named:
@@ -750,6 +251,7 @@ class CaptureProxy:
             )
         capture = endpoint is not None and 200 <= upstream.status < 300
         keep: bytes | bytearray | None = None
+        response: web.StreamResponse
         length = upstream.content_length
         if (
             length is not None
@@ -796,7 +298,7 @@ class CaptureProxy:
                 raise
             upstream.release()
         self.stats.forwarded += 1
-        if capture:
+        if capture and endpoint is not None:
             # Runs on the loop's next turn: after this response has been handed to the socket.
             asyncio.get_running_loop().call_soon(self._capture, endpoint, body, keep, upstream.headers)
         return response
