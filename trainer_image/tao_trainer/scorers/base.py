@@ -14,6 +14,7 @@ of its `reward_funcs` unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from abc import ABC, abstractmethod
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel
+
+from tao_trainer import openai_wire
 
 __all__ = [
     "Detail",
@@ -60,7 +63,7 @@ def completion_text(completion: Any) -> str:
     >>> completion_text("plain")
     'plain'
     >>> completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
-    'ab'
+    'a\\nb'
     """
     if isinstance(completion, str):
         return completion
@@ -70,17 +73,10 @@ def completion_text(completion: Any) -> str:
         # The final message carries the final answer (earlier ones may be tool calls and results).
         message = completion[-1]
         if isinstance(message, Mapping):
-            content = message.get("content")
-            if content is None:
-                return ""
-            if isinstance(content, str):
-                return content
-            if isinstance(content, Sequence):
-                return "".join(
-                    part.get("text", "")
-                    for part in content
-                    if isinstance(part, Mapping) and part.get("type") == "text"
-                )
+            # Parts are joined as tao serve and the capture proxy join them; a part that is not text
+            # (an image a model returned) is no reason to fail a score.
+            with contextlib.suppress(openai_wire.WireError):
+                return openai_wire.content_text(message.get("content"), skip_other_parts=True)
     raise TypeError(
         f"a completion must be a string or a list of chat messages, not {type(completion).__name__}"
     )
