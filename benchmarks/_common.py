@@ -9,32 +9,29 @@ What lives here:
 - base models per seed (`prepare.py --seed S --out DIR`, reused when already built), and a seconds-long
   "smoke" base for the smoke tests;
 - TAOJobs derived from `examples/arithmetic/taojob.yaml` and `tao run` as a subprocess (the real product);
-- the held-out analysis: accuracy, route shares and accuracy within each route, tokens per greedy answer;
-- tables, mean/spread, and optional plots (matplotlib, the `bench` extra).
+- the held-out analysis: accuracy, route shares and accuracy within each route, tokens per greedy answer.
+
+The flags, tables, mean/spread, plots and epilogue every benchmark shares are in `_bench.py` (not imported
+here: a stage process loads this file by path, without benchmarks/ on its import path).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "arithmetic"
-RESULTS = REPO / "benchmarks" / "results"
-DEFAULT_WORK = Path(tempfile.gettempdir()) / "tao-bench"
 ROUTES = ("column", "compensation", "other")
 # OpenMP threads sleep instead of spinning while they wait. On a shared 2-core machine, spinning threads of one
 # process steal the cores of the others: a greedy eval of 128 prompts took 18-27 s instead of 0.6-0.7 s beside
@@ -476,91 +473,3 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 def _r(x: float, digits: int = 4) -> float:
     return round(x, digits)
-
-
-def mean_sd(values: Iterable[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation, min and max over seeds (None values skipped).
-
-    >>> mean_sd([0.5, 0.7, None])
-    {'mean': 0.6, 'sd': 0.1414, 'min': 0.5, 'max': 0.7, 'n': 2}
-    """
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {
-        "mean": _r(statistics.fmean(vals)),
-        "sd": _r(sd),
-        "min": _r(min(vals)),
-        "max": _r(max(vals)),
-        "n": len(vals),
-    }
-
-
-def fmt_ms(stat: dict[str, Any], digits: int = 3, signed: bool = False) -> str:
-    """'.722±.031' (mean ± sample sd over seeds), '-' when nothing was measured.
-
-    >>> fmt_ms(mean_sd([0.7, 0.75])), fmt_ms(mean_sd([30.0, 31.0]), 1), fmt_ms(mean_sd([0.1]), signed=True)
-    ('.725±.035', '30.5±.7', '+.100')
-    """
-    if stat.get("mean") is None:
-        return "-"
-    sign = "+" if signed else ""
-    m = _drop_zero(f"{stat['mean']:{sign}.{digits}f}")
-    if stat.get("n", 0) < 2:
-        return m
-    sd = _drop_zero(f"{stat['sd']:.{digits}f}")
-    return f"{m}±{sd}"
-
-
-def _drop_zero(text: str) -> str:
-    """'0.722' -> '.722', '-0.1' -> '-.1', '30.1' unchanged.
-
-    >>> _drop_zero("0.722"), _drop_zero("-0.1"), _drop_zero("+0.05"), _drop_zero("30.1")
-    ('.722', '-.1', '+.05', '30.1')
-    """
-    for prefix in ("0.", "-0.", "+0."):
-        if text.startswith(prefix):
-            return text[: len(prefix) - 2] + text[len(prefix) - 1 :]
-    return text
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    rows = [list(header)] + [list(r) for r in rows]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot on a file backend, or None (plots are optional: `pip install -e '.[bench]'`)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed; skipping plots (pip install -e '.[bench]')")
-        return None
-    return plt
-
-
-def load_average() -> list[float]:
-    """1, 5 and 15 minute load averages (other jobs on the shared cores)."""
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def parse_ints(text: str) -> list[int]:
-    """
-    >>> parse_ints("1, 2,4")
-    [1, 2, 4]
-    """
-    return [int(x) for x in text.split(",") if x.strip()]

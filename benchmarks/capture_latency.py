@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _bench as bench
 import aiohttp
 
 ANSWER = {
@@ -114,11 +115,6 @@ def closed_port() -> int:
     return port
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # ------------------------------------------------------------------------------------------------- load
 
 
@@ -163,8 +159,8 @@ async def measure(
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] * 1000
+    """The q-th percentile of latencies in seconds, in ms."""
+    return bench.percentile(values, q) * 1000
 
 
 def stats_of(port: int) -> dict[str, Any]:
@@ -234,9 +230,9 @@ def main() -> None:
             try:
                 runs = [(c, False) for c in levels] + ([(1, True)] if name == "ok" else [])
                 for concurrency, stream in runs:
-                    cpu0 = cpu_seconds(proxy.pid)
+                    cpu0 = bench.proc_cpu_seconds(proxy.pid)
                     d, p = asyncio.run(measure(direct, proxied, args.requests, concurrency, stream))
-                    cpu = (cpu_seconds(proxy.pid) - cpu0) / (len(p) + min(50, args.requests)) * 1e6
+                    cpu = (bench.proc_cpu_seconds(proxy.pid) - cpu0) / (len(p) + min(50, args.requests)) * 1e6
                     md, mp = statistics.median(d) * 1000, statistics.median(p) * 1000
                     label = f"{name}{' sse' if stream else ''}"
                     rows.append(
@@ -271,11 +267,8 @@ def main() -> None:
 
     header = ["storage", "conc", "dir p50", "dir p95", "dir p99", "prx p50", "prx p95", "prx p99"]
     header += ["+p50", "+p95", "p50 ratio", "proxy cpu us/req"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print("\nlatency in ms (direct = client -> upstream; prx = client -> proxy -> upstream)")
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
-    for r in rows:
-        print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+    print(bench.right_table(header, rows))
     print("\ncounters after each scenario (/capture/stats):")
     for line in counters:
         print(" ", line)

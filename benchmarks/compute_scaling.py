@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _bench as bench  # noqa: E402
 import _common as c  # noqa: E402
 
 REFERENCE_SAMPLES = 8
@@ -77,12 +77,12 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 def summarize(seeds: list[dict[str, Any]], candidates: list[int]) -> dict[str, Any]:
     rows: dict[str, Any] = {
         "base": {
-            "accuracy": c.mean_sd(s["base"]["accuracy"] for s in seeds),
-            "tokensPerAnswer": c.mean_sd(s["base"]["tokensPerAnswer"] for s in seeds),
+            "accuracy": bench.mean_sd(s["base"]["accuracy"] for s in seeds),
+            "tokensPerAnswer": bench.mean_sd(s["base"]["tokensPerAnswer"] for s in seeds),
             "routes": {
                 r: {
-                    "share": c.mean_sd(s["base"]["routes"][r]["share"] for s in seeds),
-                    "accuracy": c.mean_sd(s["base"]["routes"][r]["accuracy"] for s in seeds),
+                    "share": bench.mean_sd(s["base"]["routes"][r]["share"] for s in seeds),
+                    "accuracy": bench.mean_sd(s["base"]["routes"][r]["accuracy"] for s in seeds),
                 }
                 for r in c.ROUTES
             },
@@ -93,32 +93,32 @@ def summarize(seeds: list[dict[str, Any]], candidates: list[int]) -> dict[str, A
         td = [m.get("trainData") or {} for m in ms]
         rows[str(n)] = {
             "candidates": n,
-            "accuracy": c.mean_sd(m["accuracy"] for m in ms),
-            "change": c.mean_sd(m["decomposition"]["change"] for m in ms),
-            "mix": c.mean_sd(m["decomposition"]["mix"] for m in ms),
-            "skill": c.mean_sd(m["decomposition"]["skill"] for m in ms),
+            "accuracy": bench.mean_sd(m["accuracy"] for m in ms),
+            "change": bench.mean_sd(m["decomposition"]["change"] for m in ms),
+            "mix": bench.mean_sd(m["decomposition"]["mix"] for m in ms),
+            "skill": bench.mean_sd(m["decomposition"]["skill"] for m in ms),
             "routes": {
                 r: {
-                    "share": c.mean_sd(m["analysis"]["routes"][r]["share"] for m in ms),
-                    "accuracy": c.mean_sd(m["analysis"]["routes"][r]["accuracy"] for m in ms),
+                    "share": bench.mean_sd(m["analysis"]["routes"][r]["share"] for m in ms),
+                    "accuracy": bench.mean_sd(m["analysis"]["routes"][r]["accuracy"] for m in ms),
                 }
                 for r in c.ROUTES
             },
-            "tokensPerAnswer": c.mean_sd(m["analysis"]["tokensPerAnswer"] for m in ms),
-            "candidateTokens": c.mean_sd(m["candidateTokens"] for m in ms),
-            "trainExamples": c.mean_sd(m["rounds"][0]["trainExamples"] for m in ms),
-            "trainColumnShare": c.mean_sd(t.get("columnShare") for t in td),
-            "trainCorrectShare": c.mean_sd(t.get("correctShare") for t in td),
+            "tokensPerAnswer": bench.mean_sd(m["analysis"]["tokensPerAnswer"] for m in ms),
+            "candidateTokens": bench.mean_sd(m["candidateTokens"] for m in ms),
+            "trainExamples": bench.mean_sd(m["rounds"][0]["trainExamples"] for m in ms),
+            "trainColumnShare": bench.mean_sd(t.get("columnShare") for t in td),
+            "trainCorrectShare": bench.mean_sd(t.get("correctShare") for t in td),
             "promoted": sum(bool(m["promotedAll"]) for m in ms),
             "seeds": len(ms),
-            "seconds": c.mean_sd(m["seconds"] for m in ms),
-            "generateSeconds": c.mean_sd(m["generateSeconds"] for m in ms),
+            "seconds": bench.mean_sd(m["seconds"] for m in ms),
+            "generateSeconds": bench.mean_sd(m["generateSeconds"] for m in ms),
         }
     return rows
 
 
 def route(s: dict[str, Any], r: str) -> str:
-    return f"{c.fmt_ms(s['routes'][r]['share'], 2)} ({c.fmt_ms(s['routes'][r]['accuracy'], 2)})"
+    return f"{bench.fmt_ms(s['routes'][r]['share'], 2)} ({bench.fmt_ms(s['routes'][r]['accuracy'], 2)})"
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -130,13 +130,13 @@ def table(summary: dict[str, Any]) -> str:
             "-",
             "-",
             "-",
-            c.fmt_ms(b["accuracy"]),
+            bench.fmt_ms(b["accuracy"]),
             "-",
             "-",
             "-",
             route(b, "column"),
             route(b, "compensation"),
-            c.fmt_ms(b["tokensPerAnswer"], 1),
+            bench.fmt_ms(b["tokensPerAnswer"], 1),
             "-",
             "-",
         ]
@@ -149,20 +149,20 @@ def table(summary: dict[str, Any]) -> str:
             [
                 str(s["candidates"]),
                 f"{k / 1e3:.0f}k" if k is not None else "-",
-                c.fmt_ms(s["trainExamples"], 0),
-                f"{c.fmt_ms(s['trainColumnShare'], 2)} / {c.fmt_ms(s['trainCorrectShare'], 2)}",
-                c.fmt_ms(s["accuracy"]),
-                c.fmt_ms(s["change"], signed=True),
-                c.fmt_ms(s["mix"], signed=True),
-                c.fmt_ms(s["skill"], signed=True),
+                bench.fmt_ms(s["trainExamples"], 0),
+                f"{bench.fmt_ms(s['trainColumnShare'], 2)} / {bench.fmt_ms(s['trainCorrectShare'], 2)}",
+                bench.fmt_ms(s["accuracy"]),
+                bench.fmt_ms(s["change"], signed=True),
+                bench.fmt_ms(s["mix"], signed=True),
+                bench.fmt_ms(s["skill"], signed=True),
                 route(s, "column"),
                 route(s, "compensation"),
-                c.fmt_ms(s["tokensPerAnswer"], 1),
+                bench.fmt_ms(s["tokensPerAnswer"], 1),
                 f"{s['promoted']}/{s['seeds']}",
-                c.fmt_ms(s["seconds"], 0),
+                bench.fmt_ms(s["seconds"], 0),
             ]
         )
-    return c.format_table(
+    return bench.format_table(
         [
             "N",
             "candidate tokens",
@@ -193,7 +193,7 @@ prompt, whatever N was spent in tuning. seconds: the round's stage processes (ge
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    plt = c.pyplot()
+    plt = bench.pyplot()
     if plt is None:
         return
     keys = [k for k in summary if k != "base"]
@@ -234,39 +234,22 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=c.parse_ints, default=[0])
-    p.add_argument("--candidates", type=c.parse_ints, default=[1, 2, 4, 8, 16])
-    p.add_argument(
-        "--work",
-        type=Path,
-        default=None,
-        help=f"base models and runs, reused (default {c.DEFAULT_WORK}/full, or /smoke)",
+    p = bench.quality_parser(__doc__, seeds=[0])
+    p.add_argument("--candidates", type=bench.parse_ints, default=[1, 2, 4, 8, 16])
+    bench.quality_flags(
+        p,
+        "compute_scaling",
+        smoke_help="tiny: a barely trained base, a few prompts, N=2, 1 seed",
+        fresh_help="re-run TAO rounds whose runs exist in --work",
     )
-    p.add_argument(
-        "--json",
-        "--out",
-        dest="out",
-        type=Path,
-        default=None,
-        help="where to write the figures (default benchmarks/results/compute_scaling.json; none with --smoke)",
-    )
-    p.add_argument("--fresh", action="store_true", help="re-run TAO rounds whose runs exist in --work")
-    p.add_argument(
-        "--smoke", action="store_true", help="tiny: a barely trained base, a few prompts, N=2, 1 seed"
-    )
-    p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
         args.seeds = args.seeds[:1]
         if args.candidates == [1, 2, 4, 8, 16]:
             args.candidates = [2]
-    args.work = args.work or (c.DEFAULT_WORK / ("smoke" if args.smoke else "full"))
-    if args.out is None and not args.smoke:
-        args.out = c.RESULTS / "compute_scaling.json"
-    load_before = c.load_average()
-    print(f"load average before: {load_before} (2 shared cores: timings move with it; accuracies do not)")
-    started = time.monotonic()
+    bench.quality_defaults(args, "compute_scaling")
+    machine = bench.Machine()
+    machine.announce_quality()
     seeds = [run_seed(seed, args) for seed in args.seeds]
     summary = summarize(seeds, args.candidates)
     held = seeds[0]["base"]["n"]
@@ -276,30 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table(summary))
     print(LEGEND)
-    wall = round(time.monotonic() - started, 1)
-    load_after = c.load_average()
-    print(f"load average after: {load_after}; wall {wall:.0f}s")
-    if args.out is None:
-        return 0
-    c.write_json(
-        args.out,
-        {
-            "benchmark": "compute_scaling",
-            "command": " ".join(
-                ["python", "benchmarks/compute_scaling.py", *(argv if argv is not None else sys.argv[1:])]
-            ),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "taojobSpecChanges": {str(n): spec_for(n, args.smoke) for n in args.candidates},
-            "wallSeconds": wall,
-            "loadAverage": {"before": load_before, "after": load_after},
-            "summary": summary,
-            "seeds": seeds,
-        },
-    )
-    print(f"wrote {args.out}")
-    if not args.no_plot:
-        plot(summary, args.out.with_suffix(".png"))
-    return 0
+    spec_changes = {str(n): spec_for(n, args.smoke) for n in args.candidates}
+    figures = {"summary": summary, "seeds": seeds}
+    return machine.finish_quality("compute_scaling", args, argv, spec_changes, figures, plot)
 
 
 if __name__ == "__main__":

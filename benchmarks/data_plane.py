@@ -18,7 +18,6 @@ benchmarks/results/data_plane.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -30,8 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _bench as bench
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "data_plane.json"
 TARGET_RSS_MB = 500.0
 BUCKET = "bench"
 
@@ -183,32 +183,20 @@ def breakdown(files: list[Path], n: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench.parser(__doc__)
     parser.add_argument("--prompts", type=int, default=1_000_000)
     parser.add_argument("--objects", type=int, default=8, help="JSONL objects under the prompts prefix")
     parser.add_argument("--shards", type=int, default=8, help="generation.shards: training shards written")
     parser.add_argument(
         "--breakdown", type=int, default=100_000, help="tracemalloc over this many prompts (0: skip)"
     )
-    parser.add_argument(
-        "--smoke", action="store_true", help="2,000 prompts, 2 objects, a 1,000-prompt breakdown"
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        help=f"where the figures go (default: {RESULTS.relative_to(ROOT)}; none with --smoke)",
-    )
+    bench.add_output_flags(parser, "data_plane", "2,000 prompts, 2 objects, a 1,000-prompt breakdown")
     args = parser.parse_args(argv)
     if args.smoke:
         args.prompts, args.objects, args.shards, args.breakdown = 2000, 2, 2, 1000
-    out = args.json or (None if args.smoke else RESULTS)
 
-    load_before = os.getloadavg()
-    print(
-        f"machine: {os.cpu_count()} cores (shared), load average {load_before[0]:.2f}; {args.prompts:,} prompts "
-        f"in {args.objects} objects, {args.shards} shards",
-        flush=True,
-    )
+    machine = bench.Machine()
+    machine.announce(f"{args.prompts:,} prompts in {args.objects} objects, {args.shards} shards")
     workdir = Path(tempfile.mkdtemp(prefix="tao-dataplane-"))
     moto, endpoint = start_moto()
     env = {
@@ -285,8 +273,6 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = result["counts"]
     figures: dict[str, Any] = {
-        "benchmark": "data_plane",
-        "machine": {"cores": os.cpu_count(), "loadAverageBefore": round(load_before[0], 2), "shared": True},
         "prompts": args.prompts,
         "objects": args.objects,
         "shards": args.shards,
@@ -307,7 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.breakdown:
         figures["breakdown"] = breakdown(files, min(args.breakdown, args.prompts))
     shutil.rmtree(workdir, ignore_errors=True)
-    figures["machine"]["loadAverageAfter"] = round(os.getloadavg()[0], 2)
 
     rows = [
         (
@@ -346,11 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in b["top"]:
             print(f"  {t['where']:<28} {t['bytesPerPrompt']:>6} B/prompt  ({t['blocks']:,} blocks)")
         print("  one prompt: " + ", ".join(f"{k} {v} B" for k, v in b["sizesOfOnePrompt"].items()))
-    print(f"load average after: {figures['machine']['loadAverageAfter']:.2f}")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"figures: {out}")
+    machine.finish("data_plane", bench.results_path(args, "data_plane"), figures)
     return 0
 
 

@@ -133,7 +133,9 @@ def run_seed(seed: int, args: argparse.Namespace, specs: dict[str, dict[str, Any
     for n, style in label_runs:
         name = f"sft-labels-{n}" if style == "column" else f"sft-labels-mixed-{n}"
         c.log(f"seed {seed}: {name}: TRL SFT on {n} gold {style}-route solutions")
-        res = labeled.sft_on_labels(base_dir, work / "labels" / name, job, train_prompts, held, n, style, seed)
+        res = labeled.sft_on_labels(
+            base_dir, work / "labels" / name, job, train_prompts, held, n, style, seed
+        )
         analysis = c.analyze(res["answers"], labels, tok)
         c.log(f"  {name}: accuracy {analysis['accuracy']} ({res['seconds']}s, {res['steps']} steps)")
         out["methods"][name] = {

@@ -45,8 +45,9 @@ def bench(script: str, work: Path, out: Path) -> subprocess.CompletedProcess[str
     return proc
 
 
-def test_common_helpers_doctests() -> None:
-    spec = importlib.util.spec_from_file_location("bench_common", REPO / "benchmarks" / "_common.py")
+@pytest.mark.parametrize("module", ["_common", "_bench"])
+def test_shared_helpers_doctests(module: str) -> None:
+    spec = importlib.util.spec_from_file_location(f"bench{module}", REPO / "benchmarks" / f"{module}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
