@@ -66,7 +66,7 @@ def judge_for(url: str, **fields: object) -> JudgeScorer:
     judge = JudgeScorer(
         endpoint=endpoint, rubric="The answer is correct and shows its work.", max_tokens=12, **fields
     )
-    judge.backoff_base = 0.01
+    judge.client.backoff_base = 0.01
     return judge
 
 
@@ -147,7 +147,7 @@ def test_context_overflow_is_reported(tiny_model: Path) -> None:
     # The shared tiny model has 256 positions: the judge's prompt does not fit, and the server says so.
     with start_server(str(tiny_model), served_model_name="small") as small:
         judge = JudgeScorer(endpoint={"url": small.url, "model": "small", "maxRetries": 2}, rubric="Correct.")
-        judge.backoff_base = 0.01
+        judge.client.backoff_base = 0.01
         result = judge.detailed(["q"], ["a"])
     assert result.values == [None]
     assert "maximum context length is 256" in result.details[0]["error"]

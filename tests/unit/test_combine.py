@@ -39,9 +39,6 @@ class Fixed(RegexScorer):
         self.count("calls")
         return Detailed(list(self.values), self.details)
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        return list(self.values)
-
 
 def run(*scorers: Scorer[Any], prompts: Sequence[Any] | None = None) -> ScoredBatch:
     n = len(scorers[0].values)  # type: ignore[attr-defined]

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from tao_trainer.openai_client import OpenAIClient, RequestFailed
 from tao_trainer.scorers import JudgeScorer, ScorerError, build_scorer, score_all
 from tao_trainer.scorers.judge import parse_relative, parse_score, shuffle_order
+from tao_trainer.spec import EndpointSpec
 
 Reply = tuple[int, Any, dict[str, str]]
 
@@ -122,7 +124,7 @@ def make_judge(url: str, **fields: Any) -> JudgeScorer:
     endpoint = {"url": url, "model": "judge-model", "maxRetries": 0, "timeoutSeconds": 5}
     endpoint.update(fields.pop("endpoint", {}))
     judge = JudgeScorer(endpoint=endpoint, rubric=fields.pop("rubric", "Correct and concise."), **fields)
-    judge.backoff_base = 0.01  # fast retries in tests
+    judge.client.backoff_base = 0.01  # fast retries in tests
     return judge
 
 
@@ -414,12 +416,38 @@ def test_retries_exhausted(server: ScriptedJudge) -> None:
 
 
 def test_backoff_grows(server: ScriptedJudge) -> None:
-    judge = make_judge(server.url)
-    judge.backoff_base, judge.backoff_max = 1.0, 5.0
-    delays = [judge._delay(k, None) for k in range(5)]
+    client = make_judge(server.url).client
+    client.backoff_base, client.backoff_max = 1.0, 5.0
+    delays = [client.backoff(k, None) for k in range(5)]
     assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0 and 2.0 <= delays[2] <= 4.0
     assert all(2.5 <= d <= 5.0 for d in delays[3:])  # capped
-    assert judge._delay(0, 7.0) == 7.0 and judge._delay(0, 1e6) == judge.retry_after_max
+    assert client.backoff(0, 7.0) == 7.0 and client.backoff(0, 1e6) == client.retry_after_max
+
+
+def test_client_alone_counts_into_its_own_stats(server: ScriptedJudge) -> None:
+    # The client is not tied to the judge (a teacher model reuses it): by itself it keeps its own counts.
+    replies = [(503, "busy", {}), chat("Hello.", prompt_tokens=7, completion_tokens=2), (400, "bad", {})]
+    server.respond = lambda body, n: replies[n]
+    client = OpenAIClient(EndpointSpec(url=server.url, model="teacher", maxRetries=1), user_agent="tao-test")
+    client.backoff_base = 0.01
+    assert client.chat([{"role": "user", "content": "Hi"}], temperature=0.0) == "Hello."
+    assert server.requests[0] == {
+        "model": "teacher",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "temperature": 0.0,
+    }
+    assert server.headers[0]["User-Agent"] == "tao-test" and "Authorization" not in server.headers[0]
+    with pytest.raises(RequestFailed, match="HTTP 400: bad"):
+        client.chat([{"role": "user", "content": "Again"}])
+    assert client.stats == {
+        "calls": 2,
+        "retries": 1,
+        "httpErrors": 1,
+        "refusals": 0,
+        "parseFailures": 0,
+        "promptTokens": 7,
+        "completionTokens": 2,
+    }
 
 
 def test_timeout(server: ScriptedJudge) -> None:

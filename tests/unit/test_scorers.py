@@ -6,8 +6,9 @@ import math
 import pickle
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -35,6 +36,7 @@ from tao_trainer.scorers import (
     score_all,
     validate_scorer_list,
 )
+from tao_trainer.scorers.base import Detailed
 
 MESSAGES_PROMPT = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -479,8 +481,8 @@ class Fixed(RegexScorer):
         super().__init__(pattern="x", name=name, weight=weight)
         self.values = values
 
-    def _score(self, prompts, completions, **kwargs):  # type: ignore[no-untyped-def]
-        return list(self.values)
+    def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
+        return Detailed(list(self.values))
 
 
 def test_combine_weighted_sum_and_none_handling() -> None:

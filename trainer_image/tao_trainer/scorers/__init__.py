@@ -15,9 +15,11 @@ completion), and None means "no judgement". Scorers are built from the `scorers:
 
 ```
 
-Modules: `specs` (the CRD models), `base` (the Scorer base class), one module per family
-(`majority`, `regex`, `json_check`, `function`, `reward_model`, `sql`, `python_tests`; `code` and
-`sandbox` serve the last two), `registry` (type name -> scorer) and `combine`.
+Modules: `base` (the Scorer base class: a scorer implements `_detailed`, the rest derives from it), one
+module per family (`majority`, `regex`, `json_check`, `function`, `judge`, `reward_model`, `sql`,
+`python_tests`; `verdicts` reads the judge's replies, `code` and `sandbox` serve the last two), `registry`
+(type name -> scorer) and `combine`. The specs live in `tao_trainer.spec`; the judge's HTTP client in
+`tao_trainer.openai_client`.
 """
 
 from tao_trainer.spec import (

@@ -172,7 +172,8 @@ class Scorer(ABC, Generic[SpecT]):
             spec = self._spec_from_fields(fields)
         elif fields:
             raise TypeError("pass either a spec or keyword fields, not both")
-        self.spec: SpecT = spec  # type: ignore[assignment]
+        self.spec: SpecT = spec
+        # SpecT is bound to BaseModel: mypy cannot know that every scorer spec has a name and a weight.
         self.name: str = spec.name  # type: ignore[attr-defined]
         self.weight: float = spec.weight  # type: ignore[attr-defined]
         self.__name__ = self.name
@@ -186,6 +187,7 @@ class Scorer(ABC, Generic[SpecT]):
     @classmethod
     def _spec_from_fields(cls, fields: dict[str, Any]) -> SpecT:
         # Keyword construction goes through the same spec model, so errors read the same either way.
+        # spec_model is SpecT's class, but a ClassVar cannot name a type variable: mypy sees BaseModel.
         return cls.spec_model.model_validate({"type": cls.scorer_type, **fields})  # type: ignore[return-value]
 
     @classmethod
@@ -195,20 +197,18 @@ class Scorer(ABC, Generic[SpecT]):
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
         """Score each completion; `prompts[i]` is the prompt of `completions[i]`."""
-        check_batch(self.name, prompts, completions)
-        return self._score(prompts, completions, **kwargs)
-
-    @abstractmethod
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]: ...
+        return self.detailed(prompts, completions, **kwargs).values
 
     def detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
-        """Like calling the scorer, plus per-completion details for the scores file. Scorers with
-        something to explain override `_detailed` (and let `_score` return its values)."""
+        """Like calling the scorer, plus per-completion details for the scores file."""
         check_batch(self.name, prompts, completions)
         return self._detailed(prompts, completions, **kwargs)
 
+    @abstractmethod
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
-        return Detailed(self._score(prompts, completions, **kwargs))
+        """The one method a scorer implements: the values of a checked batch (prompts and completions
+        aligned), with details where there is something to explain (`Detailed(values)` otherwise).
+        Calling the scorer, `detailed` and `score_against` all derive from it."""
 
     def score_against(
         self,

@@ -133,7 +133,7 @@ def normalize_values(
         members = [i for i in range(start, stop) if values[i] is not None]
         if not members:
             continue
-        group = [float(values[i]) for i in members]  # type: ignore[arg-type]
+        group = [float(v) for i in members if (v := values[i]) is not None]
         lo, hi = min(group), max(group)
         if normalization == "group_minmax":
             # All equal (a group of one included): nothing tells them apart, so all sit in the middle.
@@ -285,7 +285,7 @@ def compose(
         found = (details or {}).get(scorer.name)
         if found is not None:
             details_out[scorer.name] = _coerce_details(found, n, where)
-    total = (
+    total: list[Score] = (
         combine_scores(list(per_scorer.values()), [scorer.weight for scorer in scorers], gates)
         if scorers
         else [None] * n

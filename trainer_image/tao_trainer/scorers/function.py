@@ -21,7 +21,7 @@ from typing import Any
 
 from tao_trainer.spec import CustomSpec, PythonSpec
 
-from .base import Score, Scorer, ScorerError, coerce_scores
+from .base import Detailed, Scorer, ScorerError, coerce_scores
 
 __all__ = ["FunctionScorer", "load_function"]
 
@@ -54,6 +54,7 @@ def _load_file(path: Path) -> ModuleType:
 def load_function(spec: PythonSpec | CustomSpec, *, base_dir: Path | None = None) -> Callable[..., Any]:
     """Import the function a python or dotted-path spec names. Relative `path`s resolve against
     `base_dir` (the current directory when None). Raises ScorerError naming the scorer."""
+    module_name: str | None  # a python spec may name a file instead of a module
     if isinstance(spec, CustomSpec):
         module_name, function = spec.target
         path = None
@@ -136,7 +137,7 @@ class FunctionScorer(Scorer[PythonSpec | CustomSpec]):
     def from_spec(cls, spec: PythonSpec | CustomSpec, *, base_dir: Path | None = None) -> FunctionScorer:
         return cls(spec, base_dir=base_dir)
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
+    def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
         # Completions go through untouched (strings or chat messages): the user's code expects
         # exactly what TRL would give it.
         where = f"scorer {self.name!r} ({self.target})"
@@ -148,4 +149,4 @@ class FunctionScorer(Scorer[PythonSpec | CustomSpec]):
         except Exception as exc:
             exc.add_note(f"raised in {where}")
             raise
-        return coerce_scores(values, len(completions), where)
+        return Detailed(coerce_scores(values, len(completions), where))

@@ -163,14 +163,6 @@ class JsonScorer(Scorer[JsonSpec]):
             if check.pattern is not None
         }
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
-        if self.spec.checks:
-            return self._detailed(prompts, completions, **kwargs).values
-        scores: list[Score] = []
-        for completion in completions:
-            scores.append(1.0 if self._parse(completion)[0] else 0.0)
-        return scores
-
     def _parse(self, completion: Any) -> tuple[bool, Any]:
         ok, value = parse_json(completion_text(completion), self.spec.extract)
         if ok and self._validator is not None:
@@ -178,8 +170,8 @@ class JsonScorer(Scorer[JsonSpec]):
         return ok, value
 
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
-        if not self.spec.checks:
-            return Detailed(self._score(prompts, completions, **kwargs))
+        if not self.spec.checks:  # validity alone: nothing to explain
+            return Detailed([1.0 if self._parse(completion)[0] else 0.0 for completion in completions])
         for check in self.spec.checks:
             column = kwargs.get(check.equals_field) if check.equals_field is not None else None
             if column is not None and len(column) != len(completions):

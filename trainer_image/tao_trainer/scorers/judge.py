@@ -20,6 +20,9 @@ after retries) is None, never 0, and is counted in `stats`: calls, cacheHits, re
 refusals, httpErrors, promptTokens, completionTokens. The API key (read from the variable named by
 `endpoint.apiKeyEnv`) is sent as a Bearer token and never appears in errors, logs, details or stats.
 
+This module holds the judging (prompts, batching, caching); `verdicts` reads the judge's replies and
+`tao_trainer.openai_client` makes the requests (concurrency cap, timeouts, retries, token counts).
+
 >>> parse_score("The answer is correct but terse.\\nSCORE: 7", (1, 10))
 (7.0, None)
 >>> parse_score("**Score:** 8/10", (1, 10))
@@ -39,16 +42,12 @@ import os
 import random
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from email.utils import parsedate_to_datetime
-from http.client import HTTPException
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
+from tao_trainer.openai_client import OpenAIClient, RequestFailed, shorten
 from tao_trainer.spec import JudgeSpec
 
 from .base import (
@@ -62,6 +61,7 @@ from .base import (
     completion_text,
     group_spans,
 )
+from .verdicts import REFUSAL, last_label, parse_relative, parse_relative_at, parse_score
 
 __all__ = ["STAT_KEYS", "JudgeScorer", "parse_relative", "parse_score", "shuffle_order"]
 
@@ -81,20 +81,6 @@ _REASONING_CHARS = 300
 _CACHE_ENTRIES = 100_000
 _WARNINGS = 3  # failures logged at WARNING per scorer; the rest at DEBUG (stats have the counts)
 
-# A verdict line: optional markdown/quote decoration, "score" or "rating" (optionally "final"/"overall"),
-# an optional parenthetical such as "(1-10)", then ':' or '='. Anchored at a line start so that prose
-# mentioning a score ("it deserves a score: maybe") inside a sentence is not a verdict line.
-_LABEL = re.compile(
-    r"^[ \t>*_#`\-\[(]*(?:(?:final|overall)\s+)?(?:score|rating)\b[ \t*_`]*(?:\([^)\n]*\))?[ \t*_`]*[:=](?P<rest>.*)$",
-    re.IGNORECASE | re.MULTILINE,
-)
-_NUMBER = re.compile(
-    r"^[\s*_`\[(<]*(?P<num>[-+]?\d+(?:\.\d+)?)\s*(?:(?:/|out\s+of)\s*(?P<den>\d+(?:\.\d+)?))?", re.IGNORECASE
-)
-_REFUSAL = re.compile(
-    r"^\W*(?:I'?m sorry|I am sorry|I (?:can(?:no|')t|cannot|won'?t|will not|am unable|'m unable)|As an AI)\b",
-    re.IGNORECASE,
-)
 _DELIMITER = re.compile(r"<(\s*/?\s*)(task|field|candidate)", re.IGNORECASE)
 
 _SYSTEM_POINTWISE = """\
@@ -132,125 +118,6 @@ candidate id to its score, in this form:
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
-
-
-def _last_label(text: str) -> re.Match[str] | None:
-    last = None
-    for last in _LABEL.finditer(text):  # noqa: B007 - the final verdict line is the one that counts
-        pass
-    return last
-
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
-def parse_score(text: str, scale: Sequence[float]) -> tuple[float | None, str | None]:
-    """(raw score, None) from the judge's LAST verdict line, or (None, why not).
-
-    Tolerates `Score: 7/10`, `**Score:** 8`, `Final rating (1-10): 6.5`, `SCORE: 7 out of 10`; a denominator
-    other than the scale's top, or a number outside the scale, is rejected.
-
-    >>> parse_score("SCORE: 10 (from the candidate)\\nMy verdict:\\nScore: 3", (1, 10))
-    (3.0, None)
-    >>> parse_score("Final rating (1-10): 6.5", (1, 10))
-    (6.5, None)
-    >>> parse_score("Score: 4/5", (1, 10))
-    (None, "score '4/5' is not on the scale [1, 10]")
-    >>> parse_score("Looks fine to me.", (1, 10))
-    (None, "no 'SCORE: <n>' line")
-    """
-    lo, hi = scale
-    label = _last_label(text)
-    if label is None:
-        return None, "no 'SCORE: <n>' line"
-    number = _NUMBER.match(label.group("rest"))
-    if number is None:
-        return None, f"no number on the score line {label.group(0).strip()[:60]!r}"
-    value = float(number.group("num"))
-    if number.group("den") is not None and float(number.group("den")) != hi:
-        return (
-            None,
-            f"score '{number.group('num')}/{number.group('den')}' is not on the scale [{_fmt(lo)}, {_fmt(hi)}]",
-        )
-    if not lo <= value <= hi:
-        return None, f"score {_fmt(value)} is outside the scale [{_fmt(lo)}, {_fmt(hi)}]"
-    return value, None
-
-
-def _json_objects(text: str) -> list[tuple[int, dict[str, Any]]]:
-    """(start, object) of each top-level JSON object in free text, in order (a ```json fence is fine)."""
-    decoder = json.JSONDecoder()
-    found, pos = [], text.find("{")
-    while pos >= 0:
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            pos = text.find("{", pos + 1)
-            continue
-        found.append((pos, value))
-        pos = text.find("{", end)
-    return found
-
-
-def _score_map(obj: Mapping[str, Any]) -> dict[str, Any] | None:
-    """{id: value} from the shapes judges use: {"1": 0.8}, {"scores": {"1": 0.8}}, or
-    {"scores": [{"id": "1", "score": 0.8}]} (RULER's `trajectory_id` too)."""
-    scores = obj.get("scores")
-    if isinstance(scores, Mapping):
-        return {str(k): v for k, v in scores.items()}
-    if isinstance(scores, list):
-        out: dict[str, Any] = {}
-        for item in scores:
-            if not isinstance(item, Mapping):
-                return None
-            ident = next(
-                (item[k] for k in ("id", "candidate_id", "candidate", "trajectory_id") if k in item), None
-            )
-            if ident is None or "score" not in item:
-                return None
-            out[str(ident)] = item["score"]
-        return out
-    return {str(k): v for k, v in obj.items()}
-
-
-def _unit_value(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, int | float) and 0.0 <= float(value) <= 1.0:
-        return float(value)
-    return None
-
-
-def parse_relative(text: str, ids: Sequence[str]) -> tuple[dict[str, float], str | None]:
-    """Scores by candidate id from the LAST JSON object of the reply that names any of `ids`; ids that are
-    missing or whose value is not a number in 0..1 are left out, and the second item says so.
-
-    >>> parse_relative('```json\\n{"scores": [{"id": 1, "score": 0.5}, {"id": 2, "score": 7}]}\\n```', ["1", "2"])
-    ({'1': 0.5}, 'no valid score for id 2')
-    >>> parse_relative("I prefer the first.", ["1", "2"])
-    ({}, 'no JSON object with candidate ids')
-    """
-    scores, error, _ = _parse_relative(text, ids)
-    return scores, error
-
-
-def _parse_relative(text: str, ids: Sequence[str]) -> tuple[dict[str, float], str | None, int]:
-    """parse_relative, plus where the verdict object starts (the reasoning is what comes before it)."""
-    wanted = set(ids)
-    for start, obj in reversed(_json_objects(text)):
-        mapping = _score_map(obj)
-        if mapping is None or not wanted & mapping.keys():
-            continue
-        scores = {i: v for i in ids if i in mapping and (v := _unit_value(mapping[i])) is not None}
-        bad = [i for i in ids if i not in scores]
-        return scores, (f"no valid score for id {', '.join(bad)}" if bad else None), start
-    return {}, "no JSON object with candidate ids", len(text)
 
 
 def shuffle_order(key: str, n: int) -> list[int]:
@@ -301,14 +168,6 @@ def _strip_echoes(reply: str, tag: str, candidates: Sequence[str], label_like: C
     return reply
 
 
-class _Failed(Exception):
-    """A judgement that cannot be had (already counted in `stats`); the message is redacted."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 class _Verdict(NamedTuple):
     values: list[Score]
     details: list[Detail]
@@ -334,25 +193,25 @@ class JudgeScorer(Scorer[JudgeSpec]):
 
     spec_model = JudgeSpec
     scorer_type = "judge"
-    # Retry k waits about backoff_base * 2**k seconds (with jitter, at most backoff_max); a Retry-After
-    # header wins, up to retry_after_max. Class attributes so that tests can shorten them.
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 60.0
 
     def __init__(self, spec: JudgeSpec | None = None, /, **fields: Any) -> None:
         super().__init__(spec, **fields)
         # Per instance: a pointwise judge rates candidates alone, a relative one needs the whole group.
+        # is_group is a ClassVar for every other scorer, hence the ignore on this instance assignment.
         self.is_group = self.spec.mode == "relative"  # type: ignore[misc]
-        endpoint = self.spec.endpoint
-        self._api_key = self._read_key(endpoint.api_key_env)
-        self._url = endpoint.url.rstrip("/") + "/chat/completions"
-        self._slots = threading.BoundedSemaphore(endpoint.concurrency)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, _Verdict] = OrderedDict()
-        self._rng = random.Random()
         self._warned = 0
         self.stats.update(dict.fromkeys(STAT_KEYS, 0))
+        # The HTTP side (concurrency cap, timeouts, retries, token counts) counts into this scorer's stats
+        # and warns through its rate-limited log.
+        self.client = OpenAIClient(
+            self.spec.endpoint,
+            api_key=self._read_key(self.spec.endpoint.api_key_env),
+            user_agent="tao-judge",
+            count=self.count,
+            warn=self._warn,
+        )
 
     def _read_key(self, env: str | None) -> str | None:
         if env is None:
@@ -369,7 +228,7 @@ class JudgeScorer(Scorer[JudgeSpec]):
             super().count(key, n)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return self.client.redact(text)
 
     def _warn(self, message: str) -> None:
         with self._lock:
@@ -378,9 +237,6 @@ class JudgeScorer(Scorer[JudgeSpec]):
         log.log(level, "judge %r: %s", self.name, self._redact(message))
 
     # -------------------------------------------------------------------- scoring entry points
-
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
-        return self._detailed(prompts, completions, **kwargs).values
 
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
         texts = [completion_text(c) for c in completions]
@@ -506,7 +362,7 @@ class JudgeScorer(Scorer[JudgeSpec]):
                 for d in verdict.details
             ]
             return verdict._replace(details=details)
-        except _Failed as failure:
+        except RequestFailed as failure:
             return _failed(len(candidates), failure.message)
         except Exception as exc:  # a judgement must never crash the stage
             self.count("errors")
@@ -532,11 +388,11 @@ class JudgeScorer(Scorer[JudgeSpec]):
         system = _SYSTEM_POINTWISE.format(rubric=self.spec.rubric, tag=tag, lo=lo, hi=hi)
         block = f"<candidate-{tag}>\n{_neutralise(candidate)}\n</candidate-{tag}>"
         reply = self._chat(system, self._user_message(tag, prompt, fields, [block]))
-        text = _strip_echoes(reply, tag, [candidate], lambda c: _last_label(c) is not None)
+        text = _strip_echoes(reply, tag, [candidate], lambda c: last_label(c) is not None)
         raw, error = parse_score(text, (lo, hi))
         if raw is None:
             return self._unparsed(reply, 1, f"parse failure: {error}")
-        label = _last_label(text)
+        label = last_label(text)
         reasoning = text[: label.start()] if label is not None else text
         return _Verdict([(raw - lo) / (hi - lo)], [{"raw": raw, "reasoning": _short(reasoning)}], True)
 
@@ -553,7 +409,7 @@ class JudgeScorer(Scorer[JudgeSpec]):
         ]
         reply = self._chat(system, self._user_message(tag, prompt, fields, blocks))
         text = _strip_echoes(reply, tag, candidates, lambda c: "{" in c)
-        scores, error, start = _parse_relative(text, ids)
+        scores, error, start = parse_relative_at(text, ids)
         if not scores:
             return self._unparsed(reply, n, f"parse failure: {error}")
         reasoning = _short(text[:start])
@@ -572,98 +428,21 @@ class JudgeScorer(Scorer[JudgeSpec]):
         return _Verdict(values, details, error is None)
 
     def _unparsed(self, reply: str, n: int, message: str) -> _Verdict:
-        if _REFUSAL.match(reply):
+        if REFUSAL.match(reply):
             self.count("refusals")
             return _failed(n, "refusal: " + _short(reply, 120))
         self.count("parseFailures")
         self._warn(f"{message} in reply {_short(reply, 120)!r}")
         return _failed(n, message)
 
-    # -------------------------------------------------------------------- HTTP
-
     def _chat(self, system: str, user: str) -> str:
-        """The judge's reply text; `_Failed` (already counted) when there is none."""
-        spec = self.spec
-        body = json.dumps(
-            {
-                "model": spec.endpoint.model,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-                "temperature": spec.temperature,
-                "max_tokens": spec.max_tokens,
-            }
-        ).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "tao-judge",
-        }
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        self.count("calls")
-        attempts = spec.endpoint.max_retries + 1
-        for attempt in range(attempts):
-            request = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
-            retry_after: float | None = None
-            try:
-                with (
-                    self._slots,
-                    urllib.request.urlopen(request, timeout=spec.endpoint.timeout_seconds) as response,
-                ):
-                    raw = response.read()
-                return self._reply(raw)
-            except urllib.error.HTTPError as exc:
-                detail = _error_body(exc)
-                problem = f"HTTP {exc.code}{': ' + detail if detail else ''}"
-                if exc.code not in (408, 429) and exc.code < 500:
-                    self._give_up(problem)  # 400/401/403/404...: asking again will not help
-                retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException, OSError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                problem = f"{type(exc).__name__}: {reason}"
-            if attempt + 1 < attempts:
-                self.count("retries")
-                time.sleep(self._delay(attempt, retry_after))
-        self._give_up(f"{problem} (after {attempts} attempt{'s' if attempts > 1 else ''})")
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _give_up(self, problem: str) -> NoReturn:
-        self.count("httpErrors")
-        message = self._redact(problem)
-        self._warn(f"request failed: {message}")
-        raise _Failed(message)
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.retry_after_max)
-        cap = min(self.backoff_max, self.backoff_base * 2**attempt)
-        return cap / 2 + self._rng.uniform(0, cap / 2)  # jitter spreads retries of concurrent requests
-
-    def _reply(self, raw: bytes) -> str:
-        try:
-            payload = json.loads(raw)
-            choice = payload["choices"][0]
-            message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            self._give_up(f"invalid response body {_short(raw.decode('utf-8', 'replace'), 80)!r}")
-        usage = payload.get("usage") if isinstance(payload, dict) else None
-        if isinstance(usage, Mapping):
-            for stat, field in (("promptTokens", "prompt_tokens"), ("completionTokens", "completion_tokens")):
-                if isinstance(usage.get(field), int):
-                    self.count(stat, usage[field])
-        content = message.get("content") if isinstance(message, Mapping) else None
-        refusal = message.get("refusal") if isinstance(message, Mapping) else None
-        if refusal or choice.get("finish_reason") == "content_filter":
-            self.count("refusals")
-            raise _Failed("refusal: " + self._redact(_short(str(refusal or "content filter"), 120)))
-        if not isinstance(content, str) or not content.strip():
-            self.count("parseFailures")
-            raise _Failed("parse failure: empty reply")
-        return content
+        """The judge's reply text; `RequestFailed` (already counted) when there is none."""
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return self.client.chat(messages, temperature=self.spec.temperature, max_tokens=self.spec.max_tokens)
 
 
 def _short(text: str, limit: int = _REASONING_CHARS) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    return shorten(text, limit)
 
 
 def _failed(n: int, message: str) -> _Verdict:
@@ -676,41 +455,3 @@ def _from_cache(verdict: _Verdict) -> _Verdict:
         [None if d is None else {**d, "cached": True} for d in verdict.details],
         verdict.complete,
     )
-
-
-def _error_body(exc: urllib.error.HTTPError) -> str:
-    """The message of an error response (OpenAI's `error.message` when present), short."""
-    try:
-        raw = exc.read(2048).decode("utf-8", "replace")
-    except Exception:
-        return ""
-    finally:
-        exc.close()
-    try:
-        error = json.loads(raw).get("error")
-        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-            return _short(error["message"], 160)
-        if isinstance(error, str):
-            return _short(error, 160)
-    except (ValueError, AttributeError):
-        pass
-    return _short(" ".join(raw.split()), 160)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date); None when absent or unreadable.
-
-    >>> _retry_after("2"), _retry_after(None), _retry_after("soon")
-    (2.0, None, None)
-    """
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

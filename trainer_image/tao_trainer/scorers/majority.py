@@ -121,14 +121,14 @@ class MajorityScorer(Scorer[MajoritySpec]):
         answer, share = majority_answer(answers)
         return answer if share >= self.spec.min_agreement - _EPSILON else None
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
+    def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
         answers = [self._answer(completion) for completion in completions]
         scores: list[Score] = []
         for start, stop in group_spans(prompts):
             group = answers[start:stop]
             winner = self._confident(group)
             scores.extend(1.0 if winner is not None and answer == winner else 0.0 for answer in group)
-        return scores
+        return Detailed(scores)
 
     def detailed_against(
         self,

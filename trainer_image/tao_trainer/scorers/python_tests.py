@@ -76,9 +76,6 @@ class PythonTestsScorer(Scorer[PythonTestsSpec]):
         super().__init__(spec, **fields)
         self.limits = SandboxLimits(timeout_seconds=self.spec.timeout_seconds, memory_mb=self.spec.memory_mb)
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
-        return self._detailed(prompts, completions, **kwargs).values
-
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
         tests_column = kwargs.get(self.spec.tests_field)
         if tests_column is not None and len(tests_column) != len(completions):

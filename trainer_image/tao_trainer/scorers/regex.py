@@ -12,7 +12,7 @@ from typing import Any
 
 from tao_trainer.spec import RegexSpec
 
-from .base import Score, Scorer, completion_text
+from .base import Detailed, Scorer, completion_text
 
 __all__ = ["RegexScorer"]
 
@@ -43,9 +43,9 @@ class RegexScorer(Scorer[RegexSpec]):
         super().__init__(spec, **fields)
         self._pattern = re.compile(self.spec.pattern)
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
+    def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
         if self.spec.mode == "fullmatch":
             matched = [self._pattern.fullmatch(completion_text(c).strip()) for c in completions]
         else:
             matched = [self._pattern.search(completion_text(c)) for c in completions]
-        return [1.0 if match is not None else 0.0 for match in matched]
+        return Detailed([1.0 if match is not None else 0.0 for match in matched])

@@ -145,9 +145,6 @@ class RewardModelScorer(Scorer[RewardModelSpec]):
             return texts, True
         return [_plain_text(p, c) for p, c in zip(prompts, completions, strict=True)], False
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
-        return self._detailed(prompts, completions, **kwargs).values
-
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
         if not completions:
             return Detailed([])

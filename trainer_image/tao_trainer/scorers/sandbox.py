@@ -123,8 +123,9 @@ def collect_test_names(tests: str) -> list[str]:
     tree = ast.parse(tests, "<tests>")
     names: list[str] = []
     for node in tree.body:
-        is_test = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")
-        if is_test and node.name not in names:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        if node.name.startswith("test") and node.name not in names:
             names.append(node.name)
     return names
 

@@ -329,9 +329,6 @@ class SqlScorer(Scorer[SqlSpec]):
             self.database_path(), query, timeout=self.spec.timeout_seconds, max_rows=self.spec.max_rows
         )
 
-    def _score(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
-        return self._detailed(prompts, completions, **kwargs).values
-
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
         references = kwargs.get(self.spec.reference_field)
         if references is not None and len(references) != len(completions):

@@ -1,0 +1,224 @@
+"""A small client for OpenAI-compatible chat completions (vLLM, `tao serve`, a hosted API).
+
+Stdlib HTTP only, so that it runs in any image: at most `endpoint.concurrency` requests in flight, a time
+limit per request, retries with jittered exponential backoff that honour `Retry-After`, and no retry on a
+4xx other than 408 and 429 (asking again will not help). It counts what it does through a `count` callback
+(by default into its own `stats`): calls, retries, httpErrors, promptTokens, completionTokens, refusals, and
+parseFailures for empty replies. The API key is sent as a Bearer token and is redacted from every message
+the client raises or logs.
+
+A reply that cannot be had raises `RequestFailed`, already counted, with a redacted message.
+
+>>> from tao_trainer.spec import EndpointSpec
+>>> client = OpenAIClient(EndpointSpec(url="http://127.0.0.1:9/v1/", model="m"))
+>>> client.url, client.stats["calls"]
+('http://127.0.0.1:9/v1/chat/completions', 0)
+>>> OpenAIClient(EndpointSpec(url="http://x/v1", model="m"), api_key="sk-1").redact("key sk-1")
+'key ***'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from http.client import HTTPException
+from typing import Any, NoReturn
+
+from tao_trainer.spec import EndpointSpec
+
+__all__ = ["STAT_KEYS", "OpenAIClient", "RequestFailed", "shorten"]
+
+log = logging.getLogger(__name__)
+
+STAT_KEYS = (
+    "calls",
+    "retries",
+    "httpErrors",
+    "refusals",
+    "parseFailures",
+    "promptTokens",
+    "completionTokens",
+)
+
+Counter = Callable[[str, int], None]
+
+
+class RequestFailed(Exception):
+    """No usable reply (already counted); the message is redacted and short enough for a details file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` stripped and cut to `limit` characters, an ellipsis marking the cut.
+
+    >>> shorten("  abcdef ", 4)
+    'abc…'
+    """
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+class OpenAIClient:
+    """Chat completions from one endpoint; thread-safe, so that callers can fan requests out to threads.
+
+    `count` receives (stat, n) for every counted event; `warn` receives each failure message (already
+    redacted), so that a caller can rate-limit its own log. Both default to this client's `stats` and log.
+    """
+
+    # Retry k waits about backoff_base * 2**k seconds (with jitter, at most backoff_max); a Retry-After
+    # header wins, up to retry_after_max. Class attributes so that tests can shorten them per instance.
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 60.0
+
+    def __init__(
+        self,
+        endpoint: EndpointSpec,
+        *,
+        api_key: str | None = None,
+        user_agent: str = "tao",
+        count: Counter | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.url = endpoint.url.rstrip("/") + "/chat/completions"
+        self._api_key = api_key
+        self._user_agent = user_agent
+        self._slots = threading.BoundedSemaphore(endpoint.concurrency)
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._count: Counter = count or self._count_here
+        self._warn: Callable[[str], None] = warn or self._log_warning
+
+    def _count_here(self, key: str, n: int = 1) -> None:
+        with self._lock:  # requests run in threads
+            self.stats[key] = self.stats.get(key, 0) + n
+
+    def _log_warning(self, message: str) -> None:
+        log.warning("endpoint %s: %s", self.url, message)
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key replaced by `***` (a server or proxy may quote it back)."""
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> str:
+        """The reply text to `messages`; `params` (temperature, max_tokens, ...) go into the request body.
+        Raises `RequestFailed` (already counted) when there is none."""
+        body = json.dumps({"model": self.endpoint.model, "messages": list(messages), **params}).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": self._user_agent,
+        }
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        self._count("calls", 1)
+        attempts = self.endpoint.max_retries + 1
+        for attempt in range(attempts):
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            retry_after: float | None = None
+            try:
+                with (
+                    self._slots,
+                    urllib.request.urlopen(request, timeout=self.endpoint.timeout_seconds) as response,
+                ):
+                    raw = response.read()
+                return self._reply(raw)
+            except urllib.error.HTTPError as exc:
+                detail = _error_body(exc)
+                problem = f"HTTP {exc.code}{': ' + detail if detail else ''}"
+                if exc.code not in (408, 429) and exc.code < 500:
+                    self._give_up(problem)  # 400/401/403/404...: asking again will not help
+                retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+            except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException, OSError) as exc:
+                reason = getattr(exc, "reason", None) or exc
+                problem = f"{type(exc).__name__}: {reason}"
+            if attempt + 1 < attempts:
+                self._count("retries", 1)
+                time.sleep(self.backoff(attempt, retry_after))
+        self._give_up(f"{problem} (after {attempts} attempt{'s' if attempts > 1 else ''})")
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry `attempt` (0-based): the server's Retry-After, capped, or jittered
+        exponential backoff."""
+        if retry_after is not None:
+            return min(retry_after, self.retry_after_max)
+        cap = min(self.backoff_max, self.backoff_base * 2**attempt)
+        return cap / 2 + self._rng.uniform(0, cap / 2)  # jitter spreads retries of concurrent requests
+
+    def _give_up(self, problem: str) -> NoReturn:
+        self._count("httpErrors", 1)
+        message = self.redact(problem)
+        self._warn(f"request failed: {message}")
+        raise RequestFailed(message)
+
+    def _reply(self, raw: bytes) -> str:
+        try:
+            payload = json.loads(raw)
+            choice = payload["choices"][0]
+            message = choice.get("message") or {}
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            self._give_up(f"invalid response body {shorten(raw.decode('utf-8', 'replace'), 80)!r}")
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        if isinstance(usage, Mapping):
+            for stat, field in (("promptTokens", "prompt_tokens"), ("completionTokens", "completion_tokens")):
+                if isinstance(usage.get(field), int):
+                    self._count(stat, usage[field])
+        content = message.get("content") if isinstance(message, Mapping) else None
+        refusal = message.get("refusal") if isinstance(message, Mapping) else None
+        if refusal or choice.get("finish_reason") == "content_filter":
+            self._count("refusals", 1)
+            raise RequestFailed("refusal: " + self.redact(shorten(str(refusal or "content filter"), 120)))
+        if not isinstance(content, str) or not content.strip():
+            self._count("parseFailures", 1)
+            raise RequestFailed("parse failure: empty reply")
+        return content
+
+
+def _error_body(exc: urllib.error.HTTPError) -> str:
+    """The message of an error response (OpenAI's `error.message` when present), short."""
+    try:
+        raw = exc.read(2048).decode("utf-8", "replace")
+    except Exception:
+        return ""
+    finally:
+        exc.close()
+    try:
+        error = json.loads(raw).get("error")
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return shorten(error["message"], 160)
+        if isinstance(error, str):
+            return shorten(error, 160)
+    except (ValueError, AttributeError):
+        pass
+    return shorten(" ".join(raw.split()), 160)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date); None when absent or unreadable.
+
+    >>> _retry_after("2"), _retry_after(None), _retry_after("soon")
+    (2.0, None, None)
+    """
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
