@@ -7,11 +7,12 @@ The loop settings themselves live in `tao_trainer.spec` because every stage read
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from tao_trainer.layout import RunLayout
 from tao_trainer.spec import SCORER_UNION_TAGS, CamelModel, LoopSpec
 
 GROUP = "tao.dev"
@@ -171,6 +172,10 @@ class TAOJobSpec(LoopSpec):
             raise ValueError(f"serving.capture.port must differ from serving.port ({self.serving.port})")
         return self
 
+    def loop(self) -> LoopSpec:
+        """The part of the spec that stages read (the cluster-only fields stay with the operator)."""
+        return LoopSpec.model_validate(self.model_dump(include=set(LoopSpec.model_fields), by_alias=False))
+
     def capture_uri(self) -> str:
         """Where captured prompts go."""
         return self.serving.capture.uri or self.prompts.uri.rstrip("/") + "/captured/"
@@ -185,17 +190,6 @@ class TAOJobSpec(LoopSpec):
 
 # --------------------------------------------------------------------------------------------- status
 
-PHASES = (
-    "Pending",
-    "Generating",
-    "Scoring",
-    "Training",
-    "Evaluating",
-    "RollingOut",
-    "Succeeded",
-    "Failed",
-    "Suspended",
-)
 Phase = Literal[
     "Pending",
     "Preflight",
@@ -209,6 +203,58 @@ Phase = Literal[
     "Failed",
     "Suspended",
 ]
+"""A TAOJob's phase: derived from its Ready condition (`status.derive_phase`), for printer columns and metrics."""
+PHASES: tuple[Phase, ...] = get_args(Phase)
+
+
+class ConditionType:
+    """Condition types of a TAOJob (metav1.Condition); `Ready` is the summary the phase is derived from."""
+
+    READY: Final = "Ready"
+    SERVING: Final = "Serving"
+    SCORERS_INFORMATIVE: Final = "ScorersInformative"
+
+
+class Reason:
+    """Condition reasons. While a stage runs, Ready's reason is that stage's phase (e.g. `Training`)."""
+
+    INVALID_SPEC: Final = "InvalidSpec"
+    STAGE_FAILED: Final = "StageFailed"
+    SUCCEEDED: Final = "Succeeded"
+    ROLLING_OUT: Final = "RollingOut"
+    SUSPENDED: Final = "Suspended"
+    AVAILABLE: Final = "Available"
+    PINNED_ROUND_UNKNOWN: Final = "PinnedRoundUnknown"
+    SIGNAL: Final = "Signal"
+    NO_SIGNAL: Final = "NoSignal"
+
+
+class EventReason:
+    """Reasons of the Kubernetes Events the operator posts on a TAOJob."""
+
+    INVALID_SPEC: Final = "InvalidSpec"
+    STAGE_STARTED: Final = "StageStarted"
+    STAGE_SUCCEEDED: Final = "StageSucceeded"
+    STAGE_FAILED: Final = "StageFailed"
+    PROMOTED: Final = "Promoted"
+    NOT_PROMOTED: Final = "NotPromoted"
+    ROLLOUT_STARTED: Final = "RolloutStarted"
+    SUSPENDED: Final = "Suspended"
+    RESUMED: Final = "Resumed"
+    JOB_SUSPENDED: Final = "JobSuspended"
+    JOB_RESUMED: Final = "JobResumed"
+
+
+# Labels and annotations the operator writes on its children (and reads back).
+LABEL_JOB: Final = f"{GROUP}/job"
+LABEL_ROUND: Final = f"{GROUP}/round"
+LABEL_STAGE: Final = f"{GROUP}/stage"
+ANNOTATION_MODEL_URI: Final = f"{GROUP}/model-uri"
+ANNOTATION_SUSPENDED_BY_OPERATOR: Final = f"{GROUP}/suspended-by-operator"
+"""Marks a Job suspended because its TAOJob was, so that resuming never overrides a queue manager's suspension."""
+# Set by Kubernetes' Job controller.
+LABEL_JOB_NAME: Final = "job-name"
+ANNOTATION_COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
 
 
 class Condition(CamelModel):
@@ -302,6 +348,11 @@ class TAOJob(CamelModel):
     metadata: ObjectMeta
     spec: TAOJobSpec
     status: TAOJobStatus | None = None
+
+    def run_layout(self) -> RunLayout:
+        """Where this TAOJob's run lives: the same for the operator and `tao run` (which has no uid: `local`)."""
+        meta = self.metadata
+        return RunLayout.for_job(self.spec.storage.uri, meta.namespace, meta.name, meta.uid)
 
 
 class SpecError(ValueError):

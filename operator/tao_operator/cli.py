@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from tao_operator.api import SpecError, load_taojob_file
+from tao_operator.report import describe_champion, format_preflight, format_table
+from tao_trainer.layout import RunLayout
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -48,10 +50,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print()
-    print(local.format_table(report))
+    print(format_table(report))
     print()
-    print(local.describe_champion(report))
-    print(f"report: {local.RunLayout(report['runUri']).report}")
+    print(describe_champion(report))
+    print(f"report: {RunLayout(report['runUri']).report}")
     return 0
 
 
@@ -65,7 +67,7 @@ def _cmd_preflight(args: argparse.Namespace) -> int:
     if report is None:
         print(f"error: preflight failed: {result.message}", file=sys.stderr)
         return 1
-    print(local.format_preflight(report))
+    print(format_preflight(report))
     return 0 if report["signal"] else 2
 
 

@@ -41,7 +41,7 @@ def set_phase(namespace: str, name: str, phase: str | None) -> None:
             _phases.pop((namespace, name), None)
         else:
             _phases[(namespace, name)] = phase
-        counts = {p: 0 for p in PHASES}
+        counts: dict[str, int] = {p: 0 for p in PHASES}
         for p in _phases.values():
             counts[p] = counts.get(p, 0) + 1
     for p, n in counts.items():

@@ -40,6 +40,20 @@ class Failed:
 Action = RunStage | Finished | Failed
 
 
+@dataclass(frozen=True)
+class Serve:
+    round: int  # 0: the base model
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class UnknownPinnedRound:
+    round: int  # spec.serving.pinnedRound names a round that trained no model
+
+
+ServingDecision = Serve | UnknownPinnedRound | None
+
+
 def champion(spec: LoopSpec, layout: RunLayout, results: Results, before_round: int) -> tuple[int, str]:
     """The best model known before `before_round` starts: the last promoted challenger, else the base.
 
@@ -87,6 +101,37 @@ def next_action(spec: LoopSpec, layout: RunLayout, results: Results) -> Action:
                 return Failed(r, stage, result.message)
         r += 1
     return Finished(*champion(spec, layout, results, last + 1))
+
+
+def what_to_serve(
+    spec: LoopSpec, layout: RunLayout, results: Results, *, enabled: bool, pinned_round: int | None
+) -> ServingDecision:
+    """The model to serve: the pinned round when one is set (0: the base, a rollback), else the champion.
+
+    None: serve nothing (serving disabled, or no round beat the base and none is pinned). A pinned round is
+    served only if it trained a model; a rejected challenger is never served unless pinned.
+
+    >>> spec, lay = _example_spec(), RunLayout("file:///runs/x")
+    >>> res = {(1, "train"): StageResult(stage="train", round=1),
+    ...        (1, "evaluate"): StageResult(stage="evaluate", round=1, promoted=False)}
+    >>> what_to_serve(spec, lay, res, enabled=True, pinned_round=None) is None  # the base was never beaten
+    True
+    >>> what_to_serve(spec, lay, res, enabled=True, pinned_round=1)
+    Serve(round=1, model_uri='file:///runs/x/round-001/train/model')
+    >>> what_to_serve(spec, lay, res, enabled=True, pinned_round=2)
+    UnknownPinnedRound(round=2)
+    """
+    if not enabled:
+        return None
+    if pinned_round == 0:
+        return Serve(0, spec.model.uri)
+    if pinned_round is not None:
+        trained = results.get((pinned_round, "train"))
+        if trained is None or not trained.ok:
+            return UnknownPinnedRound(pinned_round)
+        return Serve(pinned_round, layout.model(pinned_round))
+    champ_round, champ_uri = champion(spec, layout, results, rounds_seen(spec, results) + 1)
+    return Serve(champ_round, champ_uri) if champ_round else None
 
 
 def rounds_seen(spec: LoopSpec, results: Results) -> int:

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
-from tao_operator.api import Condition, Phase, PreflightStatus, RoundStatus, StageStatus, TAOJobStatus
+from tao_operator.api import (
+    ANNOTATION_COMPLETION_INDEX,
+    ANNOTATION_MODEL_URI,
+    ChampionStatus,
+    Condition,
+    ConditionType,
+    Phase,
+    PreflightStatus,
+    Reason,
+    RoundStatus,
+    StageStatus,
+    TAOJobStatus,
+)
 from tao_operator.plan import Results, RunStage, side_metrics
 from tao_trainer.contract import StageResult
 from tao_trainer.spec import ALL_STAGES
@@ -24,6 +36,36 @@ STAGE_PHASE: dict[str, Phase] = {
     "train": "Training",
     "evaluate": "Evaluating",
 }
+
+
+# Ready's reason -> the phase shown in printer columns and metrics. While a stage runs, the reason is its phase.
+_READY_REASON_PHASE: dict[str, Phase] = {
+    Reason.INVALID_SPEC: "Failed",
+    Reason.STAGE_FAILED: "Failed",
+    Reason.SUCCEEDED: "Succeeded",
+    Reason.ROLLING_OUT: "RollingOut",
+    Reason.SUSPENDED: "Suspended",
+    **{phase: phase for phase in STAGE_PHASE.values()},
+}
+
+
+def derive_phase(status: TAOJobStatus) -> Phase:
+    """The phase, from the Ready condition alone: conditions are the truth, the phase is their summary.
+
+    >>> st = TAOJobStatus()
+    >>> derive_phase(st)
+    'Pending'
+    >>> set_condition(st, ConditionType.READY, False, "Training", "round 1: train", 1, "t0")
+    >>> derive_phase(st)
+    'Training'
+    >>> set_condition(st, ConditionType.READY, False, Reason.STAGE_FAILED, "boom", 1, "t1")
+    >>> derive_phase(st)
+    'Failed'
+    """
+    ready = next((c for c in status.conditions if c.type == ConditionType.READY), None)
+    if ready is None:
+        return "Pending"
+    return _READY_REASON_PHASE[ready.reason]
 
 
 def results_from_status(status: TAOJobStatus) -> Results:
@@ -42,7 +84,7 @@ def results_from_status(status: TAOJobStatus) -> Results:
     for r in range(1, status.pruned_rounds + 1):
         for stage in ALL_STAGES:
             results[(r, stage)] = StageResult(
-                stage=stage,  # type: ignore[arg-type]
+                stage=stage,
                 round=r,
                 promoted=(r == champion_round) if stage == "evaluate" else None,
             )
@@ -97,14 +139,14 @@ def aggregate(stage: str, round_: int, results: Iterable[StageResult]) -> StageR
     if len(results) == 1:
         return results[0]
     counts: dict[str, int] = {}
-    weighted: dict[str, list[tuple[float, int]]] = {}
+    weighted: dict[str, list[tuple[float, float]]] = {}
     for r in results:
-        for k, v in r.counts.items():
-            counts[k] = counts.get(k, 0) + v
-        weight = r.counts.get("candidates", r.counts.get("prompts", 1)) or 1
-        for k, v in r.metrics.items():
-            if v is not None:
-                weighted.setdefault(k, []).append((v, weight))
+        for k, n in r.counts.items():
+            counts[k] = counts.get(k, 0) + n
+        weight: float = r.counts.get("candidates", r.counts.get("prompts", 1)) or 1
+        for k, value in r.metrics.items():
+            if value is not None:
+                weighted.setdefault(k, []).append((value, weight))
     metrics: dict[str, float | None] = {
         k: round(sum(v * w for v, w in vals) / sum(w for _, w in vals), 4) for k, vals in weighted.items()
     }
@@ -203,30 +245,31 @@ def prune_history(status: TAOJobStatus, keep: int) -> int:
 def set_condition(
     status: TAOJobStatus, type_: str, state: bool, reason: str, message: str, generation: int | None, now: str
 ) -> None:
-    """Upsert a condition; lastTransitionTime moves only when the status value flips (metav1 semantics)."""
-    value = "True" if state else "False"
-    for i, cond in enumerate(status.conditions):
-        if cond.type == type_:
-            changed_at = now if cond.status != value else cond.last_transition_time
-            status.conditions[i] = Condition(
-                type=type_,
-                status=value,
-                reason=reason,
-                message=message[:1000],
-                last_transition_time=changed_at,
-                observed_generation=generation,
-            )
-            return
-    status.conditions.append(
-        Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message[:1000],
-            last_transition_time=now,
-            observed_generation=generation,
-        )
+    """Upsert a condition; lastTransitionTime moves only when the status value flips (metav1 semantics).
+
+    >>> st = TAOJobStatus()
+    >>> set_condition(st, "Ready", False, "Training", "", 1, "t0")
+    >>> set_condition(st, "Ready", False, "Evaluating", "", 1, "t1")
+    >>> st.conditions[0].reason, st.conditions[0].last_transition_time
+    ('Evaluating', 't0')
+    >>> set_condition(st, "Ready", True, "Succeeded", "", 1, "t2")
+    >>> len(st.conditions), st.conditions[0].last_transition_time
+    (1, 't2')
+    """
+    value: Literal["True", "False"] = "True" if state else "False"
+    previous = next((cond for cond in status.conditions if cond.type == type_), None)
+    condition = Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message[:1000],
+        last_transition_time=previous.last_transition_time if previous and previous.status == value else now,
+        observed_generation=generation,
     )
+    if previous is None:
+        status.conditions.append(condition)
+    else:
+        status.conditions[status.conditions.index(previous)] = condition
 
 
 def dump(status: TAOJobStatus) -> dict[str, Any]:
@@ -256,3 +299,91 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         elif old.get(k, object()) != v:
             patch[k] = v
     return patch
+
+
+# --------------------------------------------------------------------------------------------- observed children
+
+
+def job_outcome(k8s_job: dict[str, Any]) -> str | None:
+    """ "Complete", "Failed" or None (still running) from a batch/v1 Job's conditions."""
+    for cond in (k8s_job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return str(cond["type"])
+    return None
+
+
+def stage_result_from_pods(
+    action: RunStage, job_name: str, outcome: str, pods: list[dict[str, Any]]
+) -> StageResult:
+    """The stage's result: one per completion index (the last succeeded pod), or the failing pod's message."""
+    parsed: list[tuple[str, str, StageResult]] = []
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if term is None:
+                continue
+            index = (pod["metadata"].get("annotations") or {}).get(ANNOTATION_COMPLETION_INDEX, "0")
+            res = parse_termination_message(
+                action.stage, action.round, pod["metadata"]["name"], term.get("message"), term.get("exitCode")
+            )
+            parsed.append((index, pod["metadata"]["name"], res))
+    if outcome == "Failed":
+        failures = [(pod, res) for _, pod, res in parsed if not res.ok]
+        detail = (
+            f"pod {failures[-1][0]}: {failures[-1][1].message}" if failures else "no pod reported a result"
+        )
+        # Keep what the failing pod measured (a preflight that found no signal reports its figures).
+        last = failures[-1][1] if failures else None
+        return StageResult(
+            stage=action.stage,
+            round=action.round,
+            ok=False,
+            message=f"stage {action.stage} of round {action.round} failed (Job {job_name}, {detail})",
+            counts=last.counts if last else {},
+            metrics=last.metrics if last else {},
+            outputs=last.outputs if last else {},
+        )
+    latest = {index: res for index, _, res in parsed if res.ok}
+    if not latest:
+        return StageResult(
+            stage=action.stage,
+            round=action.round,
+            ok=False,
+            message=f"Job {job_name} completed but no pod reported a result",
+        )
+    return aggregate(action.stage, action.round, latest.values())
+
+
+def champion_text(status: TAOJobStatus) -> str:
+    if status.champion is None or status.champion.round == 0:
+        return "no round beat the base model"
+    return f"champion: round {status.champion.round}"
+
+
+def champion_status(status: TAOJobStatus, round_: int, uri: str) -> ChampionStatus:
+    """The champion with its held-out score as its winning round (or round 1, for the base) measured it."""
+    score = None
+    for r in status.rounds:
+        if r.round == round_ and r.challenger:
+            score = r.challenger.get("score")
+    if round_ == 0 and status.rounds and status.rounds[0].champion:
+        score = status.rounds[0].champion.get("score")
+    return ChampionStatus(round=round_, uri=uri, score=score)
+
+
+def served_uri(deployment: dict[str, Any]) -> str | None:
+    """The model a serving Deployment's pods serve (recorded on the pod template)."""
+    return (deployment["spec"]["template"]["metadata"].get("annotations") or {}).get(ANNOTATION_MODEL_URI)
+
+
+def deployment_available(deployment: dict[str, Any] | None) -> bool:
+    """Every wanted replica updated and available, as of the Deployment's current generation."""
+    if deployment is None:
+        return False
+    st = deployment.get("status") or {}
+    want = deployment["spec"].get("replicas", 1)
+    return (
+        st.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        and st.get("updatedReplicas", 0) >= want
+        and st.get("availableReplicas", 0) >= want
+    )

@@ -19,6 +19,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {
@@ -29,6 +30,9 @@ PACKAGES = {
 # Never in the operator's process (the operator image has none of them; the boundary keeps it slim).
 FORBIDDEN_LIBRARIES = ["torch", "transformers", "trl", "peft", "vllm", "datasets", "boto3", "botocore"]
 FORBIDDEN_TRAINER_PARTS = ["tao_trainer.scorers", "tao_trainer.stages", "tao_trainer.storage"]
+# `tao run`'s embedded executor reads and writes the run's storage itself (boto3 still only when an s3:// URI
+# is used); the operator's process never imports it.
+EMBEDDED_EXECUTOR = "tao_operator.local"
 
 MAX_LINES = 500
 SOURCE_DIRS = ["operator", "trainer_image", "benchmarks"]
@@ -93,11 +97,9 @@ _PROBE = textwrap.dedent(
 )
 
 
-def test_importing_the_operator_loads_no_heavy_library_nor_trainer_internals() -> None:
-    modules = [name for name, _ in module_files("tao_operator")]
-    assert len(modules) > 5
+def _probe(modules: list[str], trainer_parts: list[str]) -> dict[str, Any]:
     paths = [str(ROOT / "operator"), str(ROOT / "trainer_image")]
-    arg = json.dumps([FORBIDDEN_LIBRARIES, FORBIDDEN_TRAINER_PARTS, modules, paths])
+    arg = json.dumps([FORBIDDEN_LIBRARIES, trainer_parts, modules, paths])
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, arg],
         capture_output=True,
@@ -107,15 +109,32 @@ def test_importing_the_operator_loads_no_heavy_library_nor_trainer_internals() -
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not report["already"], f"loaded before any import (a .pth file?): {report['already']}"
     assert not report["errors"], "modules of tao_operator that fail to import:\n" + "\n".join(
         f"{m}:\n{tb}" for m, tb in report["errors"].items()
     )
-    lines = [f"{group}: {' -> '.join(report['chains'].get(group, ['?']))}" for group in report["loaded"]]
-    assert not report["loaded"], "importing tao_operator loads what the operator must not:\n" + "\n".join(
-        lines
+    return report
+
+
+def _loaded_lines(report: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{group}: {' -> '.join(report['chains'].get(group, ['?']))}" for group in report["loaded"]
     )
+
+
+def test_importing_the_operator_loads_no_heavy_library_nor_trainer_internals() -> None:
+    modules = [name for name, _ in module_files("tao_operator") if name != EMBEDDED_EXECUTOR]
+    assert len(modules) > 5
+    report = _probe(modules, FORBIDDEN_TRAINER_PARTS)
+    assert not report["loaded"], "importing tao_operator loads what the operator must not:\n" + _loaded_lines(
+        report
+    )
+
+
+def test_the_embedded_executor_loads_no_heavy_library_nor_stage_nor_scorer() -> None:
+    report = _probe([EMBEDDED_EXECUTOR], ["tao_trainer.scorers", "tao_trainer.stages"])
+    assert not report["loaded"], f"importing {EMBEDDED_EXECUTOR} loads:\n" + _loaded_lines(report)
 
 
 # --------------------------------------------------------------------------------------------- (b) no cycles
@@ -303,3 +322,17 @@ def test_no_hand_written_source_file_over_500_lines() -> None:
     assert not too_long, f"over {MAX_LINES} lines (split at a seam):\n" + "\n".join(
         f"{p}: {n}" for p, n in sorted(too_long.items(), key=lambda kv: -kv[1])
     )
+
+
+def test_every_package_is_installed_by_a_plain_pip_install() -> None:
+    # The images install with `pip install /src[...]`, not in editable mode: a subpackage missing from
+    # pyproject.toml's list would be missing from the trainer or operator image.
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join((name, *init.parent.relative_to(root).parts))
+        for name, root in PACKAGES.items()
+        for init in root.rglob("__init__.py")
+    }
+    assert found == listed

@@ -60,6 +60,7 @@ def load_causal_lm(path: str, for_training: bool = False) -> Any:
 
     dtype = torch.bfloat16 if device() == "cuda" else torch.float32
     base = _adapter_base(path)
+    model: Any  # a transformers model, or a peft wrapper around one
     if base is None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     else:

@@ -114,15 +114,26 @@ class MajorityScorer(Scorer[MajoritySpec]):
         super().__init__(spec, **fields)
         self._pattern = re.compile(self.spec.extract)
 
-    def _answer(self, completion: Any) -> str | None:
+    def answer(self, completion: Any) -> str | None:
+        """The answer a completion gives, as the vote compares it (extracted, normalized if asked)."""
         return extract_answer(self._pattern, completion_text(completion), self.spec.normalize)
+
+    def vote(self, samples: Sequence[Any]) -> str | None:
+        """The confident majority answer of a group of samples, or None when no answer reaches
+        `minAgreement`.
+
+        >>> scorer = MajorityScorer(extract=r"=(\\d+)")
+        >>> scorer.vote(["=4", "=4", "=5"]), scorer.vote(["=1", "=2", "=3"])
+        ('4', None)
+        """
+        return self._confident([self.answer(sample) for sample in samples])
 
     def _confident(self, answers: Sequence[str | None]) -> str | None:
         answer, share = majority_answer(answers)
         return answer if share >= self.spec.min_agreement - _EPSILON else None
 
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
-        answers = [self._answer(completion) for completion in completions]
+        answers = [self.answer(completion) for completion in completions]
         scores: list[Score] = []
         for start, stop in group_spans(prompts):
             group = answers[start:stop]
@@ -146,7 +157,7 @@ class MajorityScorer(Scorer[MajoritySpec]):
             if not group:
                 scores.append(None)
                 continue
-            winner = self._confident([self._answer(sample) for sample in group])
-            answer = self._answer(completion)
+            winner = self.vote(group)
+            answer = self.answer(completion)
             scores.append(1.0 if winner is not None and answer == winner else 0.0)
         return Detailed(scores)

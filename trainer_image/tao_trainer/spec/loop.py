@@ -13,11 +13,11 @@ from pydantic import Field, field_validator, model_validator
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
 from tao_trainer.spec.scorers import ScorerSpecList
 
-STAGES = ("prepare", "generate", "score", "train", "evaluate")
+Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
+STAGES: tuple[Stage, ...] = ("prepare", "generate", "score", "train", "evaluate")
 ALL_STAGES = ("preflight", "watch", *STAGES)
 """Every stage a `tao-stage` process runs: the per-round stages, the scorer preflight before round 1, and in
 continuous mode the watch that waits for enough new prompts before each later round."""
-Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
 
 
 # --------------------------------------------------------------------------------------------- spec pieces

@@ -20,8 +20,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tao_trainer import prompts, storage
@@ -64,7 +63,7 @@ def _share(part: int, whole: int) -> float | None:
 def analyse(
     groups: Sequence[int],
     totals: Sequence[float | None],
-    per_scorer: dict[str, Sequence[float | None]],
+    per_scorer: Mapping[str, Sequence[float | None]],
     min_informative_share: float,
     greedy_agreement: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
@@ -149,22 +148,19 @@ def greedy_agreement(
     >>> greedy_agreement(vote, [["=4", "=4", "=5"], ["=1", "=2", "=3"]], ["=4", "=9"])
     {'majority': 1.0}
     """
-    from tao_trainer.scorers.majority import MajorityScorer, extract_answer, majority_answer
+    from tao_trainer.scorers.majority import MajorityScorer
 
     out: dict[str, float | None] = {}
     for scorer in scorers:
         if not isinstance(scorer, MajorityScorer):
             continue
-        pattern = re.compile(scorer.spec.extract)
         agree = confident = 0
         for samples, answer in zip(candidates, greedy, strict=True):
-            voted, share = majority_answer(
-                [extract_answer(pattern, s, scorer.spec.normalize) for s in samples]
-            )
-            if voted is None or share + _TIE < scorer.spec.min_agreement:
+            voted = scorer.vote(samples)
+            if voted is None:
                 continue
             confident += 1
-            agree += extract_answer(pattern, answer, scorer.spec.normalize) == voted
+            agree += scorer.answer(answer) == voted
         out[scorer.name] = _share(agree, confident)
     return out
 

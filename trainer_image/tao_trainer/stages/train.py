@@ -151,10 +151,10 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     if t.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**_common_args(t, out), max_length=t.max_length, completion_only_loss=True)
+        sft_args = SFTConfig(**_common_args(t, out), max_length=t.max_length, completion_only_loss=True)
         return SFTTrainer(
             model=model_path,
-            args=args,
+            args=sft_args,
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
@@ -162,11 +162,11 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     if t.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**_common_args(t, out), max_length=t.max_length, beta=t.dpo.beta)
+        dpo_args = DPOConfig(**_common_args(t, out), max_length=t.max_length, beta=t.dpo.beta)
         # A model path, not an in-memory model: TRL then loads the frozen reference from the same path.
         return DPOTrainer(
             model=model_path,
-            args=args,
+            args=dpo_args,
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
@@ -179,7 +179,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     reward_funcs, weights = as_reward_funcs([build_scorer(s) for s in spec.scoring.scorers])
     # GRPO needs every batch of generations to hold whole groups of `candidates` completions.
     batch = max(t.batch_size // gen.candidates, 1) * gen.candidates
-    args = GRPOConfig(
+    grpo_args = GRPOConfig(
         **(_common_args(t, out) | {"per_device_train_batch_size": batch}),
         num_generations=gen.candidates,
         max_completion_length=gen.max_new_tokens,
@@ -192,8 +192,8 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     )
     return GRPOTrainer(
         model=model_path,
-        reward_funcs=reward_funcs,
-        args=args,
+        reward_funcs=list(reward_funcs),
+        args=grpo_args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,

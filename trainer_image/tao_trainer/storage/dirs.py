@@ -143,7 +143,7 @@ def local_dir(uri: str, cache_root: Path | None = None) -> Path:
     if not objects:
         raise _not_found(uri)
     prefix = _dir_prefix(key)
-    manifest = {
+    manifest: dict[str, Any] = {
         "uri": f"s3://{where}/{prefix}",
         "objects": [[o["Key"][len(prefix) :], o["Size"], o.get("ETag", "")] for o in objects],
     }

@@ -67,7 +67,9 @@ def iter_lines(uri: str) -> Iterator[bytes]:
     with open_read(uri) as raw:
         # GzipFile only needs read() from its source, so it streams an S3 body too, and it reads
         # concatenated members (what `cat a.gz b.gz` makes) as one file.
-        stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if uri.endswith(".gz") else raw
+        stream: IO[bytes] | gzip.GzipFile = (
+            gzip.GzipFile(fileobj=raw, mode="rb") if uri.endswith(".gz") else raw
+        )
         pending = b""
         while chunk := stream.read(_CHUNK):
             lines = (pending + chunk).split(b"\n")
@@ -104,7 +106,7 @@ def _atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     # Spool locally, then one upload: S3 makes an object visible only when its PUT (or the whole
     # multipart upload) completes, so readers never see a partial object.
     with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
-        yield spool  # type: ignore[misc]
+        yield spool
         spool.seek(0)
         _client().upload_fileobj(spool, where, key)
 

@@ -1,0 +1,88 @@
+"""What `tao run` and `tao preflight` print: one line per stage, the preflight table, the final table per round.
+
+Pure formatting of results and reports (dicts as written to report.json); no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tao_trainer.contract import StageResult
+
+
+def format_preflight(report: dict[str, Any]) -> str:
+    """The preflight report as a short table: the whole sample, then each scorer."""
+    lines = [
+        f"{report['prompts']} prompts, {report['candidates']} candidates: informative share "
+        f"{_fmt(report['informativeShare'])}, mean spread {_fmt(report['meanSpread'])}, score std "
+        f"{_fmt(report['scoreStd'])}, unscored share {_fmt(report['unscoredShare'])}",
+        "",
+    ]
+    header = ["scorer", "informative", "abstain", "mean", "greedy = vote"]
+    rows = [header] + [
+        [
+            name,
+            _fmt(v.get("informativeShare")),
+            _fmt(v.get("abstainShare")),
+            _fmt(v.get("meanScore")),
+            _fmt(v.get("greedyAgreement")),
+        ]
+        for name, v in report["scorers"].items()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if report.get("scorerCounters"):
+        lines += ["", "counters: " + " ".join(f"{k}={v}" for k, v in report["scorerCounters"].items())]
+    lines += ["", report["verdict"]]
+    return "\n".join(lines)
+
+
+def summarize(result: StageResult) -> str:
+    """One line per stage for the terminal."""
+    if result.stage in ("evaluate", "preflight"):
+        return result.message
+    parts = [f"{k}={v}" for k, v in result.counts.items() if v]
+    parts += [f"{k}={v}" for k, v in result.metrics.items() if v is not None]
+    return " ".join(parts)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The final table: one row per round, champion -> challenger on held-out prompts."""
+    metric_names = report.get("labelMetrics", [])
+    header = ["round", "prompts", "candidates", "kept", "mean score", "held-out score"]
+    header += [f"held-out {m}*" for m in metric_names] + ["promoted"]
+    rows = [header]
+    for r in report["rounds"]:
+        champ, chall = r.get("champion", {}), r.get("challenger", {})
+        row = [
+            str(r["round"]),
+            _fmt(r.get("prompts")),
+            _fmt(r.get("candidates")),
+            _fmt(r.get("trainExamples")),
+            _fmt(r.get("meanCandidateScore")),
+            f"{_fmt(champ.get('score'))} -> {_fmt(chall.get('score'))}",
+        ]
+        row += [f"{_fmt(champ.get(m))} -> {_fmt(chall.get(m))}" for m in metric_names]
+        row.append("yes" if r.get("promoted") else "no")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if metric_names:
+        lines.append("* computed from label fields for reporting only; the loop and the gate never read them")
+    return "\n".join(lines)
+
+
+def describe_champion(report: dict[str, Any]) -> str:
+    champ = report["champion"]
+    if champ["round"] == 0:
+        return f"champion: the base model (no round beat it): {champ['uri']}"
+    return f"champion: round {champ['round']} model at {champ['uri']}"
