@@ -196,7 +196,8 @@ class TrainingSpec(CamelModel):
 
 
 class MetricSpec(CamelModel):
-    """A reporting metric computed on held-out prompts; may read label fields; never gates promotion."""
+    """A metric computed on held-out prompts from a label field: reporting only, unless `gate: true` makes it a
+    guard (a small labeled canary set that may veto a promotion, never cause one)."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Key in reports (e.g. accuracy).")
     type: Literal["exact_match"] = Field(
@@ -213,14 +214,55 @@ class MetricSpec(CamelModel):
     def _regex(cls, v: str | None) -> str | None:
         return None if v is None else check_regex(v, "extract")
 
+    gate: bool = Field(
+        default=False,
+        description="Make this label metric a guard: promotion is vetoed when the challenger's value on the "
+        "held-out prompts that carry the label is worse than the champion's beyond `tolerance` (lower "
+        "confidence bound). Reports and status mark it as label-based.",
+    )
+    tolerance: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Non-inferiority tolerance of this guard (default: evaluation.guardTolerance).",
+    )
+
 
 class EvaluationSpec(CamelModel):
     """Stage 4: greedy answers of champion and challenger on held-out prompts, and the promotion gate."""
 
     min_improvement: float = Field(
         default=0.01,
-        description="Promote the new model only if its mean label-free held-out score beats the champion's by "
-        "at least this much.",
+        description="Promote the new model only if the lower confidence bound of its paired improvement in "
+        "label-free held-out score (challenger minus champion, prompt by prompt) is at least this much.",
+    )
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1.0,
+        description="One-sided confidence of the bound the gate uses (paired bootstrap with a sign-test floor).",
+    )
+    alarms: bool = Field(
+        default=True,
+        description="Collapse and reward-hacking alarms: refuse a challenger whose wins rest on answers the "
+        "champion's samples never give, whose sample diversity collapsed, or whose answers go unscored more "
+        "often. Turn off only to force promotions in tests.",
+    )
+    answer_extract: str | None = Field(
+        default=None,
+        description="Regex for the final answer used by the alarms (group 1 if any, last match); default: the "
+        "extract of the first majority gate scorer, else the whole stripped text.",
+    )
+    guards: ScorerSpecList | None = Field(
+        default=None,
+        description="Label-free scorers that must not regress (non-inferiority within guardTolerance), e.g. a "
+        "format verifier or a general-skill check. They veto a promotion, never cause one.",
+    )
+    guard_tolerance: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="How much worse a guard's lower confidence bound may be than the champion's value.",
     )
     max_prompts: int = Field(default=200, ge=1, description="Held-out prompts evaluated per round.")
     scorers: ScorerSpecList | None = Field(
@@ -234,8 +276,14 @@ class EvaluationSpec(CamelModel):
         description="Samples per prompt and model for group scorers (default: generation.candidates).",
     )
     metrics: list[MetricSpec] = Field(
-        default_factory=list, description="Reporting-only metrics (may use labels)."
+        default_factory=list,
+        description="Metrics from label fields: reporting only, unless a metric sets gate: true (a guard).",
     )
+
+    @field_validator("answer_extract")
+    @classmethod
+    def _answer_regex(cls, v: str | None) -> str | None:
+        return None if v is None else check_regex(v, "answerExtract")
 
 
 class PreflightSpec(CamelModel):

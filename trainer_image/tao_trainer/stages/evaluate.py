@@ -1,12 +1,15 @@
 """Stage 4: champion vs challenger on held-out prompts, and the promotion verdict.
 
 Each model answers every held-out prompt once, greedily: that is how the tuned model will be used, at the
-base model's inference cost. The gate compares mean label-free scores. Group scorers (majority) judge a
-greedy answer against N samples of each model, pooled: "does one cheap answer match what the models reach
-by spending test-time compute?", which is what TAO sets out to teach. Pooling both models' samples matters:
-a model's greedy answer is the mode of its own samples, so judging against one side's samples favours it.
+base model's inference cost. The gate (promotion.decide) takes the paired per-prompt label-free scores and
+promotes on a confidence bound of the improvement. Group scorers (majority) judge a greedy answer against N
+samples of each model, pooled: "does one cheap answer match what the models reach by spending test-time
+compute?". Pooling lets a collapsed challenger supply the majority itself, which is why each model's samples
+are also kept apart for the alarms: diversity of its own samples, and whether the challenger's answers are
+supported by the *champion's* samples.
 
-`evaluation.metrics` may read label fields; they are computed here, reported, and never consulted by the gate.
+`evaluation.metrics` may read label fields; they are reported, and consulted only when a metric sets
+`gate: true` (a guard that can veto, never cause, a promotion).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from tao_trainer import models, storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
-from tao_trainer.promotion import decide, mean
+from tao_trainer.promotion import Guard, Health, decide, mean
 from tao_trainer.spec import MetricSpec
 from tao_trainer.stages.common import log, open_generator, render
 from tao_trainer.stages.score import flatten
@@ -52,6 +55,60 @@ def metric_values(metric: MetricSpec, answers: list[str], labels: list[Any]) -> 
         got = extract_answer(answer, metric.extract)
         out.append(1.0 if got is not None and label is not None and got == str(label).strip() else 0.0)
     return out
+
+
+def diversity(samples: list[str], pattern: str | None) -> float | None:
+    """(distinct answers - 1) / (samples - 1): 0 when every sample gives one answer, 1 when all differ.
+
+    >>> diversity(["a;1", "b;1", "c;2"], r";(\\d+)$"), diversity(["x"], None), diversity(["1", "1"], None)
+    (0.5, None, 0.0)
+    """
+    if len(samples) < 2:
+        return None
+    return (len({extract_answer(s, pattern) for s in samples}) - 1) / (len(samples) - 1)
+
+
+def health(
+    greedy: list[str],
+    own_refs: list[list[str]],
+    champion_refs: list[list[str]],
+    totals: list[float | None],
+    pattern: str | None,
+) -> tuple[Health, list[bool | None]]:
+    """One model's collapse and reward-hacking figures, and per prompt whether its greedy answer is among
+    the champion's samples (None without samples).
+
+    >>> h, sup = health(["1+1=2;2", "x"], [["2", "3"], ["4", "4"]], [["..;2", "..;5"], ["..;4", "..;4"]],
+    ...                 [1.0, None], r";?(\\d+)$")
+    >>> h, sup
+    (Health(diversity=0.5, support=0.5, length=4.0, unscored=0.5), [True, False])
+    """
+    supported: list[bool | None] = []
+    for answer, refs in zip(greedy, champion_refs, strict=True):
+        got = extract_answer(answer, pattern)
+        supported.append(
+            None if not refs else got is not None and got in {extract_answer(r, pattern) for r in refs}
+        )
+    divs = [diversity(refs, pattern) for refs in own_refs]
+    return (
+        Health(
+            diversity=mean(divs),
+            support=mean([None if x is None else float(x) for x in supported]),
+            length=mean([float(len(a)) for a in greedy]),
+            unscored=mean([1.0 if t is None else 0.0 for t in totals]),
+        ),
+        supported,
+    )
+
+
+def answer_pattern(spec: Any, scorers: list[Any]) -> str | None:
+    """The final-answer regex of the alarms: evaluation.answerExtract, else the first majority scorer's."""
+    if spec.evaluation.answer_extract is not None:
+        return str(spec.evaluation.answer_extract)
+    for s in spec.gate_scorers():
+        if getattr(s, "type", None) == "majority":
+            return str(s.extract)
+    return None
 
 
 def _answers(
@@ -129,11 +186,10 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     held = storage.read_jsonl(lay.heldout(r))
     labels = {row["id"]: row for row in storage.read_jsonl(lay.heldout_labels(r))}
     scorers = [build_scorer(s) for s in spec.gate_scorers()]
-    n_refs = (
-        (spec.evaluation.reference_samples or spec.generation.candidates)
-        if any(s.is_group for s in scorers)
-        else 0
-    )
+    guard_scorers = [build_scorer(s) for s in (spec.evaluation.guards or [])]
+    # Samples per prompt and model: for group scorers, and for the alarms (diversity, support).
+    needs_refs = spec.evaluation.alarms or any(s.is_group for s in [*scorers, *guard_scorers])
+    n_refs = (spec.evaluation.reference_samples or spec.generation.candidates) if needs_refs else 0
 
     champion_uri, challenger_uri = cfg.model_uri, lay.model(r)
     log(f"evaluate: {len(held)} held-out prompts, champion {champion_uri} vs challenger {challenger_uri}")
@@ -146,14 +202,43 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     scores = score_sides(scorers, prompts_, sides, references, kwargs)
     metrics: dict[str, float | None] = {}
     per_metric: dict[str, dict[str, list[float]]] = {}
+    guards: dict[str, Guard] = {}
     for side, answers in sides.items():
         metrics[f"{side}.score"] = mean(scores[side].total)
         for m in spec.evaluation.metrics:
             vals = metric_values(m, answers, [labels.get(rec["id"], {}).get(m.field) for rec in held])
             per_metric.setdefault(side, {})[m.name] = vals
             metrics[f"{side}.{m.name}"] = mean(list(vals))
+    for m in spec.evaluation.metrics:
+        if m.gate:  # a labeled canary: only the prompts that carry the label count
+            has = [labels.get(rec["id"], {}).get(m.field) is not None for rec in held]
+            champ_v, chall_v = (
+                [v if h else None for v, h in zip(per_metric[side][m.name], has, strict=True)]
+                for side in ("champion", "challenger")
+            )
+            tolerance = m.tolerance if m.tolerance is not None else spec.evaluation.guard_tolerance
+            guards[m.name] = Guard(champ_v, chall_v, tolerance, uses_labels=True)
+    for g in guard_scorers:
+        g_scores = score_sides([g], prompts_, sides, references, kwargs)
+        tol = spec.evaluation.guard_tolerance
+        guards[g.name] = Guard(g_scores["champion"].total, g_scores["challenger"].total, tol)
 
-    verdict = decide(scores["champion"].total, scores["challenger"].total, spec.evaluation.min_improvement)
+    pattern = answer_pattern(spec, scorers)
+    champ_health, _ = health(champ_greedy, champ_refs, champ_refs, scores["champion"].total, pattern)
+    chall_health, supported = health(
+        chall_greedy, chall_refs, champ_refs, scores["challenger"].total, pattern
+    )
+    verdict = decide(
+        scores["champion"].total,
+        scores["challenger"].total,
+        spec.evaluation.min_improvement,
+        confidence=spec.evaluation.confidence,
+        alarms=spec.evaluation.alarms,
+        supported=supported if n_refs else None,
+        champion_health=champ_health,
+        challenger_health=chall_health,
+        guards=guards,
+    )
     metrics.update(verdict.metrics())
 
     samples = []
@@ -170,6 +255,7 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
                 "challenger": {
                     "answer": chall_greedy[i],
                     "score": scores["challenger"].total[i],
+                    "supported": supported[i],
                     **{k: v[i] for k, v in per_metric.get("challenger", {}).items()},
                 },
             }
@@ -184,19 +270,26 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         "metrics": metrics,
         "gateScorers": [s.name for s in scorers],
         "labelMetrics": {
-            m.name: {"field": m.field, "usesLabels": True, "gates": False} for m in spec.evaluation.metrics
+            m.name: {"field": m.field, "usesLabels": True, "gates": m.gate} for m in spec.evaluation.metrics
         },
         "promoted": verdict.promoted,
         "verdict": verdict.message,
+        "gate": verdict.report(),
     }
     storage.write_json(lay.eval_report(r), report)
     append_history(lay, report)
     return StageResult(
         stage="evaluate",
         round=r,
-        counts={"heldOut": len(held), "wins": verdict.wins, "losses": verdict.losses} | stats_counts(scorers),
+        counts={
+            "heldOut": len(held),
+            "wins": verdict.wins,
+            "losses": verdict.losses,
+            "pairs": verdict.bound.pairs,
+        }
+        | stats_counts(scorers),
         metrics=metrics,
         promoted=verdict.promoted,
         message=verdict.message,
-        outputs={"report": lay.eval_report(r), "challenger": challenger_uri},
+        outputs={"report": lay.eval_report(r), "challenger": challenger_uri, "reason": verdict.reason},
     )
