@@ -248,6 +248,7 @@ async def test_upstream_errors_and_bad_bodies_are_forwarded_and_never_captured(
             path = "/v1/completions" if "prompt" in payload else "/v1/chat/completions"
             async with s.post(proxy.url + path, json=payload) as r:
                 assert r.status == 200
+        await until(lambda: proxy.stats.skipped == 3)  # records are built off the event loop
         stats = proxy.buffer.snapshot()
         assert stats["captured"] == 0 and stats["forwarded"] == 5
         assert stats["parse_errors"] == 1 and stats["skipped"] == 3  # tool calls, token ids, an image

@@ -1,13 +1,20 @@
 """The bounded buffer between the proxy and storage: batching, flushing with backoff, the final flush.
 
-Everything the proxy captures goes into a buffer of at most ``max_buffer`` records (the batch being
-written included). A background task writes it as one new JSON-lines object per batch (every
+Everything the proxy captures goes into a buffer of at most ``max_buffer`` records and ``max_bytes``
+bytes of text (the batch being written included). A background task writes it as one new JSON-lines object per batch (every
 ``flush_seconds`` or ``batch_size`` records), named so that names sort by time and never collide across
 replicas or restarts. When storage is slow or down, writes (in a thread: boto3 blocks) are retried with
 backoff, one at a time; records arriving while the buffer is full are dropped and counted
 (``dropped_full``). A write that takes longer than ``write_timeout`` is counted as a storage error and
 waited for (never started twice, so a hung connection neither duplicates objects nor piles up threads).
 What the final flush cannot write is counted as ``dropped_storage`` and logged.
+
+A batch that fails ``dead_letter_after`` times in a row is written instead under the dead-letter prefix
+(``<capture uri>-dead-letter/``, i.e. ``<prompts.uri>/captured-dead-letter/`` by default), as
+``<name>.jsonl.dead`` (not a prompt file: the loop never loads it), and counted as ``dead_lettered``; if
+that write fails too, its records go to the back of the queue, so that one bad batch never blocks the
+writes after it. A record whose text cannot be encoded as UTF-8 (a lone surrogate) is written with JSON
+escapes instead.
 
 >>> object_name(datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC), "vllm-7d9f-x2", "a1b2c3", 7)
 '20261121T100000.123456Z-vllm-7d9f-x2-a1b2c3-000007.jsonl'
@@ -56,6 +63,9 @@ class Stats:
     redacted: int = 0
     redact_errors: int = 0
     dropped_full: int = 0
+    too_large: int = 0
+    redact_timeouts: int = 0
+    dead_lettered: int = 0
     dropped_storage: int = 0
     flushed_records: int = 0
     flushed_objects: int = 0
@@ -88,12 +98,56 @@ def _in_daemon_thread(fn: Callable[[], None]) -> asyncio.Future[None]:
     return future
 
 
+def record_size(record: Record) -> int:
+    """Characters of text in a record (its strings and its messages' strings): what it costs in memory.
+
+    >>> record_size({"prompt": [{"role": "user", "content": "hi"}], "endpoint": "chat"})
+    35
+    """
+    total = 0
+    for key, value in record.items():
+        total += len(key)
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    total += sum(len(k) + len(v) for k, v in item.items() if isinstance(v, str))
+    return total
+
+
+def encode_batch(batch: list[Record]) -> bytes:
+    """JSON lines; a record holding a lone surrogate (not encodable as UTF-8) is written with escapes."""
+    encoder = json.JSONEncoder(ensure_ascii=False)
+    escaped = json.JSONEncoder(ensure_ascii=True)
+    parts = []
+    for record in batch:
+        line = encoder.encode(record) + "\n"
+        try:
+            parts.append(line.encode("utf-8"))
+        except UnicodeEncodeError:
+            parts.append((escaped.encode(record) + "\n").encode("ascii"))
+    return b"".join(parts)
+
+
+@dataclasses.dataclass
+class _Batch:
+    records: list[Record]
+    sizes: list[int]
+    attempts: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.sizes)
+
+
 @dataclasses.dataclass
 class _Write:
     future: asyncio.Future[None]
-    batch: list[Record]
+    batch: _Batch
     uri: str
     started: float
+    dead_letter: bool = False
     timed_out: bool = False
 
 
@@ -111,15 +165,22 @@ class CaptureBuffer:
         batch_size: int = 500,
         flush_seconds: float = 30.0,
         max_buffer: int = 10_000,
+        max_bytes: int = 256 << 20,
+        dead_letter_after: int = 5,
         write_timeout: float = 30.0,
         max_backoff: float = 60.0,
         writer: Writer | None = None,
         hostname: str | None = None,
         stats: Stats | None = None,
     ) -> None:
-        if batch_size < 1 or max_buffer < 1 or flush_seconds <= 0:
-            raise ValueError("batch_size and max_buffer must be >= 1 and flush_seconds > 0")
+        if batch_size < 1 or max_buffer < 1 or max_bytes < 1 or flush_seconds <= 0 or dead_letter_after < 1:
+            raise ValueError(
+                "batch_size, max_buffer, max_bytes and dead_letter_after must be >= 1 and flush_seconds > 0"
+            )
         self.prompts_uri = storage.normalize(prompts_uri)
+        self.dead_letter_uri = self.prompts_uri.rstrip("/") + "-dead-letter/"
+        self.max_bytes = max_bytes
+        self.dead_letter_after = dead_letter_after
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
         self.max_buffer = max_buffer
@@ -130,7 +191,9 @@ class CaptureBuffer:
         self._hostname = hostname or socket.gethostname()
         self._token = secrets.token_hex(3)
         self._seq = 0
-        self._queue: collections.deque[Record] = collections.deque()
+        self._queue: collections.deque[tuple[Record, int]] = collections.deque()
+        self._queued_bytes = 0
+        self._retry: _Batch | None = None
         self._write: _Write | None = None
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -144,8 +207,15 @@ class CaptureBuffer:
 
     @property
     def buffered(self) -> int:
-        """Records held in memory: queued plus the batch being written."""
-        return len(self._queue) + (len(self._write.batch) if self._write else 0)
+        """Records held in memory: queued plus the batch being written (or to be written again)."""
+        held = len(self._queue) + (len(self._write.batch.records) if self._write else 0)
+        return held + (len(self._retry.records) if self._retry else 0)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Characters of text held in memory (``record_size`` of every record held)."""
+        held = self._queued_bytes + (self._write.batch.nbytes if self._write else 0)
+        return held + (self._retry.nbytes if self._retry else 0)
 
     @property
     def storage_state(self) -> str:
@@ -158,6 +228,8 @@ class CaptureBuffer:
             **dataclasses.asdict(self.stats),
             "buffered": self.buffered,
             "max_buffer": self.max_buffer,
+            "buffered_bytes": self.buffered_bytes,
+            "max_bytes": self.max_bytes,
             "storage": self.storage_state,
             "last_flush_at": self._last_flush_at,
             "last_storage_error": self._last_error or None,
@@ -165,12 +237,14 @@ class CaptureBuffer:
 
     # ------------------------------------------------------------------ intake
 
-    def offer(self, record: Record) -> bool:
-        """Queue one record; False (and counted) when the buffer is full."""
-        if self.buffered >= self.max_buffer:
+    def offer(self, record: Record, size: int | None = None) -> bool:
+        """Queue one record; False (and counted) when the buffer is full (by count or by bytes)."""
+        size = record_size(record) if size is None else size
+        if self.buffered >= self.max_buffer or self.buffered_bytes + size > self.max_bytes:
             self.stats.dropped_full += 1
             return False
-        self._queue.append(record)
+        self._queue.append((record, size))
+        self._queued_bytes += size
         self.stats.captured += 1
         if len(self._queue) >= self.batch_size:
             self._full.set()
@@ -208,25 +282,31 @@ class CaptureBuffer:
 
     async def _flush(self, *, everything: bool, timeout: float | None) -> bool:
         """Write full batches (and the partial last one when ``everything``); False on a failed write."""
-        while self._queue and (everything or len(self._queue) >= self.batch_size):
+        while self._retry is not None or (
+            self._queue and (everything or len(self._queue) >= self.batch_size)
+        ):
             self._start_write()
             if not await self._settle(timeout, keep_waiting=True):
                 return False
         return True
 
     def _start_write(self) -> None:
-        batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        batch, self._retry = self._retry, None
+        if batch is None:
+            items = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            self._queued_bytes -= sum(size for _, size in items)
+            batch = _Batch([r for r, _ in items], [size for _, size in items])
+        dead = batch.attempts >= self.dead_letter_after
         self._seq += 1
-        uri = storage.join(
-            self.prompts_uri, object_name(datetime.now(UTC), self._hostname, self._token, self._seq)
+        name = object_name(datetime.now(UTC), self._hostname, self._token, self._seq)
+        uri = (
+            storage.join(self.dead_letter_uri, name + ".dead")
+            if dead
+            else storage.join(self.prompts_uri, name)
         )
-        writer = self._writer
-
-        def write() -> None:
-            encoder = json.JSONEncoder(ensure_ascii=False)
-            writer(uri, "".join(encoder.encode(r) + "\n" for r in batch).encode("utf-8"))
-
-        self._write = _Write(_in_daemon_thread(write), batch, uri, time.monotonic())
+        writer, records = self._writer, batch.records
+        future = _in_daemon_thread(lambda: writer(uri, encode_batch(records)))
+        self._write = _Write(future, batch, uri, time.monotonic(), dead_letter=dead)
 
     async def _settle(self, timeout: float | None, *, keep_waiting: bool) -> bool | None:
         """Wait for the write in flight: True written, False failed (batch queued again), None running.
@@ -246,11 +326,22 @@ class CaptureBuffer:
             await asyncio.wait({current.future})
         self._write = None
         exc = current.future.exception()
+        batch = current.batch
         if exc is not None:
-            self._queue.extendleft(reversed(current.batch))  # retried first, in order
+            if current.dead_letter:  # to the back of the queue: the writes after it go first
+                batch.attempts = 0
+                self._queue.extend(zip(batch.records, batch.sizes, strict=True))
+                self._queued_bytes += batch.nbytes
+            else:
+                batch.attempts += 1
+                self._retry = batch  # retried first, in order
             self._storage_error(f"{type(exc).__name__}: {exc}")
             return False
-        self.stats.flushed_records += len(current.batch)
+        if current.dead_letter:
+            self.stats.dead_lettered += len(batch.records)
+            log.error("capture: a batch failed %d times; written to %s", self.dead_letter_after, current.uri)
+        else:
+            self.stats.flushed_records += len(batch.records)
         self.stats.flushed_objects += 1
         self._last_flush_at = now_iso()
         if self._last_error_at is not None:
@@ -282,7 +373,7 @@ class CaptureBuffer:
             self._task = None
         while (remaining := end - time.monotonic()) > 0:
             if self._write is None:
-                if not self._queue:
+                if not self._queue and self._retry is None:
                     break
                 self._start_write()
             if not await self._settle(remaining, keep_waiting=False):
@@ -292,3 +383,5 @@ class CaptureBuffer:
             self.stats.dropped_storage += lost
             log.error("capture: %d records could not be written before shutdown and are lost", lost)
         self._queue.clear()
+        self._queued_bytes = 0
+        self._retry = None

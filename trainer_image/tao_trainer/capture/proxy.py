@@ -3,10 +3,11 @@
 Every request is forwarded to ``--upstream`` (method, path, query, headers minus hop-by-hop ones, body) and
 the response is streamed back unchanged, chunk by chunk (SSE included). For a successful (2xx)
 ``POST /v1/chat/completions`` or ``POST /v1/completions``, once the response has been sent, the request is
-turned into records (``records.py``), run through the redaction hook (``redaction.py``) and offered to the
-buffer (``buffer.py``). Responses are kept only with ``--capture-responses``.
+handed to the capture pipeline (``pipeline.py``: off the event loop, it builds the records, caps their
+size and runs the redaction hook in a worker process with a time budget) and the survivors are offered
+to the buffer (``buffer.py``). Responses are kept only with ``--capture-responses``.
 
-The capture never delays or fails a request: it runs after the response is sent. On SIGTERM the proxy
+The capture never delays or fails a request: it runs after the response is sent, off the event loop. On SIGTERM the proxy
 stops accepting, lets requests in flight finish, then tries a final flush within ``--shutdown-deadline``.
 aiohttp is imported when the proxy starts, not when this module is imported.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from tao_trainer import storage
 
 from .buffer import CaptureBuffer, Stats, Writer
-from .records import records_from_request, response_texts
+from .pipeline import CapturePipeline
 from .redaction import Hook, load_hook
 
 log = logging.getLogger("tao.capture")
@@ -68,6 +69,10 @@ class CaptureConfig:
     batch_size: int = 500
     flush_seconds: float = 30.0
     max_buffer: int = 10_000
+    max_buffer_bytes: int = 256 << 20
+    max_record_bytes: int = 1 << 20
+    redact_budget: float = 2.0
+    dead_letter_after: int = 5
     write_timeout: float = 30.0
     max_backoff: float = 60.0
     redact: Hook | None = None
@@ -92,11 +97,21 @@ class CaptureProxy:
             batch_size=config.batch_size,
             flush_seconds=config.flush_seconds,
             max_buffer=config.max_buffer,
+            max_bytes=config.max_buffer_bytes,
+            dead_letter_after=config.dead_letter_after,
             write_timeout=config.write_timeout,
             max_backoff=config.max_backoff,
             writer=writer,
             hostname=config.hostname,
             stats=self.stats,
+        )
+        self.pipeline = CapturePipeline(
+            self.buffer,
+            self.stats,
+            config.redact,
+            budget=config.redact_budget,
+            max_record_bytes=config.max_record_bytes,
+            max_pending_bytes=min(64 << 20, config.max_buffer_bytes),
         )
         self._upstream = config.upstream.rstrip("/")
         self._session: Any = None
@@ -117,6 +132,7 @@ class CaptureProxy:
                 storage._client()
             except Exception as exc:  # noqa: BLE001 - the writes will report it
                 log.warning("capture: S3 client not ready: %s", exc)
+        await self.pipeline.start()
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=self.config.upstream_keepalive)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -163,6 +179,8 @@ class CaptureProxy:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.pipeline.drain(self.config.shutdown_deadline / 2)
+        self.pipeline.close()
         await self.buffer.close(self.config.shutdown_deadline)
         log.info("capture proxy stopped: %s", json.dumps(self.buffer.snapshot()))
 
@@ -186,6 +204,10 @@ class CaptureProxy:
         for name, value in dataclasses.asdict(self.stats).items():
             lines += [f"# TYPE tao_capture_{name}_total counter", f"tao_capture_{name}_total {value}"]
         lines += ["# TYPE tao_capture_buffered gauge", f"tao_capture_buffered {self.buffer.buffered}"]
+        lines += [
+            "# TYPE tao_capture_buffered_bytes gauge",
+            f"tao_capture_buffered_bytes {self.buffer.buffered_bytes}",
+        ]
         up = 1 if self.buffer.storage_state == "ok" else 0
         lines += ["# TYPE tao_capture_storage_ok gauge", f"tao_capture_storage_ok {up}"]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
@@ -300,55 +322,8 @@ class CaptureProxy:
         self.stats.forwarded += 1
         if capture and endpoint is not None:
             # Runs on the loop's next turn: after this response has been handed to the socket.
-            asyncio.get_running_loop().call_soon(self._capture, endpoint, body, keep, upstream.headers)
+            asyncio.get_running_loop().call_soon(self.pipeline.submit, endpoint, body, keep, upstream.headers)
         return response
-
-    # ------------------------------------------------------------------ capture
-
-    def _capture(
-        self, endpoint: str, body: bytes, response_body: bytes | bytearray | None, headers: Any
-    ) -> None:
-        """Turn one served request into queued records. Never raises."""
-        try:
-            try:
-                records, skipped = records_from_request(endpoint, json.loads(body))
-            except ValueError:  # JSONDecodeError, UnicodeDecodeError, not an object
-                self.stats.parse_errors += 1
-                return
-            self.stats.skipped += skipped
-            if response_body is not None and records and not headers.get("Content-Encoding"):
-                event_stream = headers.get("Content-Type", "").startswith("text/event-stream")
-                with contextlib.suppress(ValueError):
-                    texts = response_texts(endpoint, bytes(response_body), event_stream)
-                    n = self._choices_per_prompt(body, len(records))
-                    for i, record in enumerate(records):
-                        if (i * n) in texts:
-                            record["response"] = texts[i * n]
-            hook = self.config.redact
-            for record in records:
-                if hook is not None:
-                    try:
-                        kept = hook(record)
-                    except Exception as exc:  # noqa: BLE001 - fail closed: an unredacted record is never kept
-                        self.stats.redact_errors += 1
-                        log.warning("capture: redaction hook failed (%s); record dropped", type(exc).__name__)
-                        continue
-                    if kept is None:
-                        self.stats.redacted += 1
-                        continue
-                    record = kept
-                self.buffer.offer(record)
-        except Exception as exc:  # noqa: BLE001 - capture must never break serving
-            self.stats.parse_errors += 1
-            # The type only: a message or traceback could quote the request's content.
-            log.error("capture: unexpected %s while capturing a request; not captured", type(exc).__name__)
-
-    @staticmethod
-    def _choices_per_prompt(body: bytes, prompts: int) -> int:
-        if prompts <= 1:
-            return 1
-        n = json.loads(body).get("n", 1)
-        return n if isinstance(n, int) and n > 0 else 1
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -376,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--flush-seconds", type=float, default=30.0, help="write what is buffered at least this often"
     )
     p.add_argument("--max-buffer", type=int, default=10_000, help="records held in memory at most")
+    p.add_argument("--max-buffer-mb", type=int, default=256, help="MiB of text held in memory at most")
+    p.add_argument(
+        "--max-record-kb", type=int, default=1024, help="a bigger request body or record is not captured"
+    )
+    p.add_argument(
+        "--redact-budget", type=float, default=2.0, help="seconds to redact one record; slower: dropped"
+    )
+    p.add_argument(
+        "--dead-letter-after", type=int, default=5, help="failures of one batch before it is set aside"
+    )
     p.add_argument(
         "--write-timeout", type=float, default=30.0, help="a write slower than this counts as an error"
     )
@@ -408,6 +393,10 @@ def config_from_args(args: argparse.Namespace) -> CaptureConfig:
         batch_size=args.batch_size,
         flush_seconds=args.flush_seconds,
         max_buffer=args.max_buffer,
+        max_buffer_bytes=args.max_buffer_mb << 20,
+        max_record_bytes=args.max_record_kb << 10,
+        redact_budget=args.redact_budget,
+        dead_letter_after=args.dead_letter_after,
         write_timeout=args.write_timeout,
         max_backoff=args.max_backoff,
         redact=load_hook(args.redact) if args.redact else None,
