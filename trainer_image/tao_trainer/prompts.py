@@ -3,7 +3,10 @@
 A source is one file or a directory prefix (file:// or s3://) of ``*.jsonl``, ``*.json`` (JSON lines),
 ``*.jsonl.gz`` and ``*.parquet`` files. Each record holds a prompt under ``field``: a non-empty string
 or OpenAI-style messages. Bad records are never dropped silently: each becomes a ``Reject`` naming its
-source, line and reason, so a stage can report them and decide whether too many went bad.
+source, line and reason, so a stage can report them and decide whether too many went bad. That holds for
+hostile lines too: a line over ``max_line_bytes`` (skipped without being held in memory), nesting too deep
+to parse, a lone surrogate (valid JSON, not valid Unicode text), or anything else that fails on one row
+is a reject, never a crash of the stage. Lines are read in linear time whatever their length.
 
 Ids are content hashes, so the same prompt has the same id in every round, file and format, and the
 held-out split (a hash of the id) never moves a prompt from one side to the other.
@@ -17,8 +20,10 @@ True
 from __future__ import annotations
 
 import gc
+import gzip
 import hashlib
 import json
+import re
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
@@ -32,6 +37,11 @@ _RAW_LIMIT = 2000
 # One encoder, made once: sorted keys and no spaces make the hash independent of key order and layout.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _PARQUET_BATCH = 8192
+_READ_CHUNK = 1 << 20
+MAX_LINE_BYTES = 16 << 20
+"""The default longest line read (``prompts.maxLineBytes``): a longer one becomes a reject."""
+# A `\uD800`-`\uDFFF` escape in the raw line: only then can a parsed value hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Every loaded record sets all three fields: one shared set instead of a 216-byte set per record (~10% of a
 # loaded prompt's memory; measured by benchmarks/data_plane.py). Sharing is safe: it already holds every field
 # name, so pydantic's add() on attribute assignment changes nothing, and model_copy copies it before updating.
@@ -105,15 +115,65 @@ def _resolve_sources(uri: str) -> list[str]:
     return sources
 
 
-def _json_line_rows(uri: str) -> Iterator[tuple[int, Any, bytes | None, str | None]]:
+def iter_lines_capped(uri: str, max_line_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """(line, its length) for each line of an object (``*.gz`` decompressed), in linear time.
+
+    A line longer than ``max_line_bytes`` is yielded as ``b""`` with its true length, and never held whole
+    in memory. Lines end at ``\\n``; a ``\\r`` before it is dropped (as ``storage.iter_lines`` does).
+    """
+    with storage.open_read(uri) as raw:
+        stream: Any = gzip.GzipFile(fileobj=raw, mode="rb") if uri.endswith(".gz") else raw
+        parts: list[bytes] = []
+        size = 0
+        while chunk := stream.read(_READ_CHUNK):
+            start = 0
+            while (end := chunk.find(b"\n", start)) != -1:
+                size += end - start
+                if size > max_line_bytes:
+                    yield b"", size
+                else:
+                    line = b"".join([*parts, chunk[start:end]]) if parts else chunk[start:end]
+                    yield (line[:-1] if line.endswith(b"\r") else line), size
+                parts, size, start = [], 0, end + 1
+            if start < len(chunk):
+                size += len(chunk) - start
+                if size <= max_line_bytes:
+                    parts.append(chunk[start:])
+                else:
+                    parts = []
+        if size:
+            line = b"".join(parts)
+            yield (b"" if size > max_line_bytes else line[:-1] if line.endswith(b"\r") else line), size
+
+
+def _json_line_rows(uri: str, max_line_bytes: int) -> Iterator[tuple[int, Any, bytes | None, str | None]]:
     """(line number, parsed value, raw line, error) for each non-blank line."""
-    for number, line in enumerate(storage.iter_lines(uri), start=1):
+    for number, (line, size) in enumerate(iter_lines_capped(uri, max_line_bytes), start=1):
+        if size > max_line_bytes:
+            yield number, None, b"", f"line is {size} bytes, longer than maxLineBytes ({max_line_bytes})"
+            continue
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line), line, None
+            value = json.loads(line)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
             yield number, None, line, f"line is not valid JSON: {exc}"
+            continue
+        except RecursionError:
+            yield number, None, line, "line is nested too deeply to parse"
+            continue
+        if _SURROGATE_ESCAPE.search(line) and not _encodable(value):
+            yield number, None, line, "line holds a lone surrogate (\\uD800-\\uDFFF): not valid Unicode text"
+            continue
+        yield number, value, line, None
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        _CANONICAL.encode(value).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError, ValueError):
+        return False
+    return True
 
 
 def _is_json_native(arrow_type: Any) -> bool:
@@ -156,13 +216,21 @@ def _parquet_rows(uri: str) -> Iterator[tuple[int, Any, bytes | None, str | None
             yield number, row, None, None
 
 
+def _safe_raw(raw: bytes | None, value: Any) -> str:
+    """`_raw_text`, or a placeholder when the value cannot be shown (too deep, not valid Unicode)."""
+    try:
+        return _raw_text(raw, value).encode("utf-8", "replace").decode("utf-8")
+    except (RecursionError, ValueError, TypeError):
+        return "(not shown)"
+
+
 def _raw_text(raw: bytes | None, value: Any) -> str:
     if raw is not None:
         return raw[: _RAW_LIMIT * 4].decode("utf-8", "replace")[:_RAW_LIMIT]
     return json.dumps(value, ensure_ascii=False, default=str)[:_RAW_LIMIT]
 
 
-def load_prompts(uri: str, field: str = "prompt") -> LoadResult:
+def load_prompts(uri: str, field: str = "prompt", max_line_bytes: int = MAX_LINE_BYTES) -> LoadResult:
     """Load every prompt under ``uri`` (a file or a directory prefix), in sorted source order.
 
     Records with the same prompt are kept once (the first) and counted in ``duplicates``.
@@ -173,7 +241,7 @@ def load_prompts(uri: str, field: str = "prompt") -> LoadResult:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(sources, field)
+        return _load(sources, field, max_line_bytes)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -188,30 +256,40 @@ def is_prompt_source(uri: str) -> bool:
     return _source_format(uri) is not None
 
 
-def load_sources(sources: list[str], field: str = "prompt") -> LoadResult:
+def load_sources(
+    sources: list[str], field: str = "prompt", max_line_bytes: int = MAX_LINE_BYTES
+) -> LoadResult:
     """`load_prompts` over given objects (e.g. only those that changed since a watermark)."""
-    return _load([storage.normalize(s) for s in sources], field)
+    return _load([storage.normalize(s) for s in sources], field, max_line_bytes)
 
 
-def _load(sources: list[str], field: str) -> LoadResult:
+def _row_problem(value: Any, field: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"not a JSON object (got {type(value).__name__})"
+    if field not in value:
+        return f"field {field!r} missing"
+    return _prompt_problem(value[field], field)
+
+
+def _load(sources: list[str], field: str, max_line_bytes: int = MAX_LINE_BYTES) -> LoadResult:
     records: list[PromptRecord] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
     duplicates = 0
     for source in sources:
-        rows = _parquet_rows(source) if source.lower().endswith(".parquet") else _json_line_rows(source)
+        parquet = source.lower().endswith(".parquet")
+        rows = _parquet_rows(source) if parquet else _json_line_rows(source, max_line_bytes)
         for number, value, raw, error in rows:
-            if error is None:
-                if not isinstance(value, dict):
-                    error = f"not a JSON object (got {type(value).__name__})"
-                elif field not in value:
-                    error = f"field {field!r} missing"
-                else:
-                    error = _prompt_problem(value[field], field)
+            record_id = ""
+            try:
+                error = error or _row_problem(value, field)
+                if error is None:
+                    record_id = prompt_id(value[field])
+            except (RecursionError, UnicodeError, ValueError, TypeError) as exc:  # one row, never the stage
+                error = f"record cannot be read: {type(exc).__name__}: {str(exc)[:200]}"
             if error is not None:
-                rejects.append(Reject(source=source, line=number, reason=error, raw=_raw_text(raw, value)))
+                rejects.append(Reject(source=source, line=number, reason=error, raw=_safe_raw(raw, value)))
                 continue
-            record_id = prompt_id(value[field])
             if record_id in seen:
                 duplicates += 1
                 continue
