@@ -8,23 +8,32 @@ when it returns without raising; tests without such functions are one test (plai
 Score: the share of tests passed. A candidate that does not parse, raises before the tests, crashes
 or runs out of time gets 0. A record without tests, or with tests that do not parse, gets None (no
 judgement: the data is at fault, not the candidate).
+
+Isolation policy (`isolation`): without bubblewrap the sandbox is an in-process audit hook plus
+resource limits, which is not a boundary. `auto` (the default) refuses to run in a pod (a
+`KUBERNETES_SERVICE_HOST` in the environment) and warns once under `tao run`; `required` refuses
+everywhere; `optional` runs anyway. The counters `isolation.<level>` say what each run got.
 """
 
 from __future__ import annotations
 
 import ast
+import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tao_trainer.spec import PythonTestsSpec
 
-from .base import Detail, Detailed, Score, Scorer, completion_text
+from .base import Detail, Detailed, Score, Scorer, ScorerError, completion_text
 from .code import extract_code
-from .sandbox import SandboxLimits, SandboxRun, collect_test_names, run_python_tests
+from .sandbox import SandboxLimits, SandboxRun, collect_test_names, isolation_level, run_python_tests
+from .sandbox_os import BUBBLEWRAP
 
 __all__ = ["PythonTestsScorer"]
 
+_LOG = logging.getLogger(__name__)
 _MAX_FAILURES_SHOWN = 5
 _ERROR_CHARS = 200
 
@@ -51,7 +60,7 @@ class PythonTestsScorer(Scorer[PythonTestsSpec]):
     Details per completion: `{"passed", "total", "error"}`, plus `failed` (up to 5 "test: error"
     strings) and `blocked` (operations the sandbox refused) when there are any.
     Counters: runs, timeouts, memoryErrors, blocked (runs that tried something refused), crashes,
-    syntaxErrors, missingTests, badTests.
+    syntaxErrors, missingTests, badTests, `isolation.<level>` (runs per OS isolation level).
 
     Example:
 
@@ -75,6 +84,32 @@ class PythonTestsScorer(Scorer[PythonTestsSpec]):
     def __init__(self, spec: PythonTestsSpec | None = None, /, **fields: Any) -> None:
         super().__init__(spec, **fields)
         self.limits = SandboxLimits(timeout_seconds=self.spec.timeout_seconds, memory_mb=self.spec.memory_mb)
+        self._checked = False
+
+    def check_isolation(self) -> str:
+        """The OS isolation level runs get; raises ScorerError where the policy requires bubblewrap
+        and this machine does not give it (once per scorer; warns once when running without it)."""
+        level = isolation_level()
+        if self._checked:
+            return level
+        policy = self.spec.isolation
+        in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        if level != BUBBLEWRAP:
+            if policy == "required" or (policy == "auto" and in_pod):
+                raise ScorerError(
+                    f"scorer {self.name!r}: python_tests needs OS isolation (bubblewrap with user, PID and "
+                    f"network namespaces) and this machine gives {level!r}: install bubblewrap and allow "
+                    "unprivileged user namespaces on the node, or set `isolation: optional` to run "
+                    "candidate code behind the in-process audit hook alone (not a security boundary)"
+                )
+            _LOG.warning(
+                "scorer %r: python_tests runs without OS isolation (%s): candidate code is held by an "
+                "in-process audit hook and resource limits only; install bubblewrap for a sandbox",
+                self.name,
+                level,
+            )
+        self._checked = True
+        return level
 
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
         tests_column = kwargs.get(self.spec.tests_field)
@@ -116,6 +151,7 @@ class PythonTestsScorer(Scorer[PythonTestsSpec]):
             pending.setdefault((code, tests), []).append(index)
         jobs = list(pending)
         if jobs:
+            self.check_isolation()
             with ThreadPoolExecutor(max_workers=min(self.spec.concurrency, len(jobs))) as pool:
                 runs = list(
                     pool.map(
@@ -132,6 +168,7 @@ class PythonTestsScorer(Scorer[PythonTestsSpec]):
 
     def _count_run(self, run: SandboxRun) -> None:
         self.count("runs")
+        self.count(f"isolation.{run.isolation}")
         if run.timed_out:
             self.count("timeouts")
         elif run.error is not None and run.error.startswith("crashed"):

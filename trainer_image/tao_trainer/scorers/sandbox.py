@@ -2,37 +2,42 @@
 
 Layers, strongest first:
 
+- The OS layer (`sandbox_os.py`), the strongest this machine gives: bubblewrap (own user, PID,
+  network, IPC and UTS namespaces, uid 65534, a read-only view of the interpreter and system
+  libraries only, a size-limited tmpfs as the working directory), else a network namespace of its own,
+  else nothing. `SandboxRun.isolation` says which one a run got; the scorer refuses to run without
+  bubblewrap where its policy requires it (see `PythonTestsSpec.isolation`).
 - Kernel limits on the child: address space (`memoryMb`), CPU seconds, file size, open files, and
   RLIMIT_NPROC = 0 (no new processes or threads; ignored by the kernel for root). A wall-clock
   timeout kills the child's whole process group (it runs in a new session).
-- A network namespace of its own, with nothing but a down loopback, when `unshare --user --net`
-  works for this user (`network_isolation_available()`); skipped quietly where it does not.
-- A fresh, empty working directory, deleted afterwards; an environment with nothing but HOME and
-  TMPDIR (both the working directory) and LANG; `python -I -S -B`
-  (isolated mode: no site-packages, no PYTHON* variables, no bytecode written). Output beyond the
-  file-size limit is cut off; at most 128 files may be opened for writing (or directories made).
-- An audit hook (PEP 578) installed before any candidate code runs, which the candidate cannot
-  remove: it refuses network calls (connect, bind, sendto, DNS), process creation (subprocess,
-  os.system, exec*, fork, posix_spawn) and signals, ctypes and other native-code back doors, file
-  writes, renames, deletions, links and chmods outside the working directory, reads outside it and
-  the standard library, and changes of directory or resource limits.
+- A fresh, empty working directory; an environment with nothing but HOME and TMPDIR (both the
+  working directory) and LANG; `python -I -S -B` (isolated mode: no site-packages, no PYTHON*
+  variables, no bytecode written). Output beyond the file-size limit is cut off; at most 128 files
+  may be opened for writing (or directories made).
+- An audit hook (PEP 578) installed before any candidate code runs, whose deny lists live in its
+  closure (not in module globals the candidate could rebind): it refuses network calls, process
+  creation (subprocess, os.system, exec*, fork, posix_spawn), signals and signal handlers, ctypes and
+  other native-code back doors, frame and garbage-collector introspection, hand-made code objects,
+  file writes, renames, deletions, links and chmods outside the working directory, reads outside it
+  and the standard library, sqlite3 (unless bubblewrap confines its files), and changes of directory,
+  uid or resource limits.
 
-The audit hook is not a security boundary against native code: an extension module the candidate
-writes and loads, crafted bytecode (`marshal`), or a bug in CPython get around it. The kernel limits
-and the network namespace still hold then; run the score stage in a pod without credentials it
-does not need. Results travel on an inherited file descriptor (of a file the runner opened outside
-the working directory: unlike a pipe it needs no reader thread, and RLIMIT_FSIZE bounds it), each
-line carrying a per-run nonce, so printed or blindly written fake results count for nothing; code
-that walks the interpreter's own frames to find the nonce could still forge them, as could an object
-whose `__eq__` always says True (an in-process harness cannot prevent either).
+The audit hook alone is not a security boundary: an extension module the candidate writes and
+loads, or a bug in CPython, get around it; the OS layer then still holds. Without bubblewrap, /proc
+and the stage's files are guarded by the hook only (and the stage makes itself non-dumpable, so that
+another process of its uid cannot read its /proc/<pid>/environ). Results travel on an inherited file
+descriptor (of a file the runner opened outside the working directory), each line carrying a per-run
+nonce, so printed or blindly written fake results count for nothing. An object whose `__eq__` always
+says True, or a candidate that patches a module the tests import, can still fool a test: an
+in-process harness cannot prevent that.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
-import functools
 import json
+import logging
 import math
 import os
 import secrets
@@ -45,17 +50,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .sandbox_os import BUBBLEWRAP, NONE, Isolation, isolation, isolation_level
+
 __all__ = [
     "SandboxLimits",
     "SandboxRun",
     "TestOutcome",
     "collect_test_names",
+    "isolation_level",
     "network_isolation_available",
     "run_python_tests",
 ]
 
-_CHILD = Path(__file__).with_name("sandbox_child.py")
-_PYTHON_FLAGS = ("-I", "-S", "-B", "-X", "utf8")
+_LOG = logging.getLogger(__name__)
+_PR_SET_DUMPABLE = 4
 _OUTPUT_TAIL = 2000
 _RESULT_MAX_BYTES = 1 << 20
 
@@ -69,7 +77,8 @@ class SandboxLimits:
     cpu_seconds: int | None = None
     file_size_mb: int = 2
     open_files: int = 64
-    isolate_network: bool = True
+    isolate_network: bool = True  # use the OS layer where there is one
+    disk_mb: int = 16  # the working directory's size under bubblewrap
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ class SandboxRun:
     returncode: int | None = None
     output: str = ""
     network_isolated: bool = False
+    isolation: str = NONE
     seconds: float = 0.0
 
     @property
@@ -130,22 +140,27 @@ def collect_test_names(tests: str) -> list[str]:
     return names
 
 
-@functools.cache
-def _unshare_prefix() -> tuple[str, ...]:
-    unshare = shutil.which("unshare")
-    if unshare is None or not sys.platform.startswith("linux"):
-        return ()
-    command = [unshare, "--user", "--net", "--", sys.executable, *_PYTHON_FLAGS, "-c", "pass"]
-    try:
-        probe = subprocess.run(command, env={}, capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return (unshare, "--user", "--net", "--") if probe.returncode == 0 else ()
-
-
 def network_isolation_available() -> bool:
-    """Whether runs get a network namespace of their own (`unshare --user --net` works here)."""
-    return bool(_unshare_prefix())
+    """Whether runs get a network namespace of their own (bubblewrap or `unshare --user --net`)."""
+    return isolation_level() != NONE
+
+
+_hardened = [False]
+
+
+def _make_stage_undumpable() -> None:
+    """PR_SET_DUMPABLE 0 on this (the stage's) process: its /proc/<pid>/environ, mem and maps become
+    unreadable to other processes of the same uid, such as a sandbox child without a PID namespace."""
+    if _hardened[0] or not sys.platform.startswith("linux"):
+        return
+    _hardened[0] = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        _LOG.debug("prctl(PR_SET_DUMPABLE) unavailable")
 
 
 def _limits(limits: SandboxLimits) -> dict[str, list[int]]:
@@ -220,13 +235,19 @@ def _read_results(path: Path, nonce: str, names: list[str], run: SandboxRun) -> 
 
 
 def run_python_tests(
-    code: str, tests: str, limits: SandboxLimits | None = None, names: list[str] | None = None
+    code: str,
+    tests: str,
+    limits: SandboxLimits | None = None,
+    names: list[str] | None = None,
+    *,
+    os_layer: Isolation | None = None,
 ) -> SandboxRun:
     """Run `code`, then `tests`, in a sandboxed subprocess; see the module docstring.
 
     `names` are the test functions to call after the tests' code ran (default: `collect_test_names(tests)`,
     which raises SyntaxError for tests that do not parse); with none, the tests' code is one test.
-    A test passes when it returns without raising.
+    A test passes when it returns without raising. `os_layer` (default: the strongest available, or
+    none when `limits.isolate_network` is off) is the OS isolation to use.
 
     >>> run = run_python_tests("def add(a, b):\\n    return a + b",
     ...                        "def test_ok():\\n    assert add(1, 2) == 3\\ndef test_bad():\\n    assert add(1, 2) == 4",
@@ -240,8 +261,14 @@ def run_python_tests(
     if names is None:
         names = collect_test_names(tests)
     run = SandboxRun(outcomes=[], total=max(1, len(names)))
-    prefix = _unshare_prefix() if limits.isolate_network else ()
-    run.network_isolated = bool(prefix)
+    if os_layer is None:
+        os_layer = (
+            isolation() if limits.isolate_network else Isolation(NONE, os.path.realpath(sys.executable))
+        )
+    run.isolation = os_layer.level
+    run.network_isolated = os_layer.level != NONE
+    if os_layer.level != BUBBLEWRAP:
+        _make_stage_undumpable()
     workdir = Path(tempfile.mkdtemp(prefix="tao-sandbox-"))
     try:
         box = workdir / "box"
@@ -255,26 +282,33 @@ def run_python_tests(
             "names": names,
             "nonce": nonce,
             "fd": result_fd,
-            "box": str(box),
+            "box": os_layer.box or str(box),
             "limits": _limits(limits),
             "memory_bytes": limits.memory_mb << 20,
+            # bubblewrap confines sqlite3's files (ATTACH opens them without an audit event).
+            "sqlite": os_layer.level == BUBBLEWRAP,
         }
-        command = [*prefix, sys.executable, *_PYTHON_FLAGS, str(_CHILD)]
+        command = os_layer.command(limits.disk_mb << 20)
+        inner_box = os_layer.box or str(box)
+        user: dict[str, object] = {}
+        if os_layer.user is not None:
+            user = {"user": os_layer.user, "group": os_layer.user, "extra_groups": []}
         started = time.monotonic()
         try:
             with open(workdir / "output", "wb") as output:
-                process = subprocess.Popen(
+                process = subprocess.Popen(  # type: ignore[call-overload]
                     command,
                     stdin=subprocess.PIPE,
                     stdout=output,
                     stderr=subprocess.STDOUT,
-                    cwd=box,
+                    cwd="/" if os_layer.box else box,
                     # Nothing of the runner's environment (credentials live there); temp files go
                     # to the sandbox directory, the only place the candidate may write.
-                    env={"HOME": str(box), "TMPDIR": str(box), "LANG": "C.UTF-8"},
+                    env={"HOME": inner_box, "TMPDIR": inner_box, "LANG": "C.UTF-8"},
                     start_new_session=True,
                     pass_fds=(result_fd,),
                     close_fds=True,
+                    **user,
                 )
         finally:
             os.close(result_fd)

@@ -4,8 +4,11 @@
 
 Order matters: read the job from stdin, set resource limits, disarm a few unaudited `posix`
 functions, install the audit hook, and only then compile and run the candidate's code and the tests.
-From the moment the hook is installed, anything the harness needs is held in local variables,
-since the candidate may monkeypatch modules and builtins.
+The hook and the harness read nothing from module globals: the deny lists below are copied into
+local variables (closures) before the hook is installed, since the candidate can rebind this module's
+globals through `sys.modules["__main__"]`. The ways to reach those locals (frames: `sys._getframe`,
+`tb_frame`, `gi_frame`, trace and profile functions; the garbage collector's object lists; code
+objects made from bytes) are refused by the hook itself.
 
 Results go to an inherited file descriptor (never stdout), one line each, prefixed with a per-run
 nonce the candidate is not given:
@@ -53,8 +56,29 @@ _DENIED_EVENTS = frozenset(
         "socket.sethostname",
         "pty.spawn",
         "shutil.chown",
+        # Frames and the collector lead to the harness's locals (nonce, counters, deny lists).
+        "sys._current_frames",
+        "sys._current_exceptions",
+        "sys.settrace",
+        "sys.setprofile",
+        "sys.monitoring.register_callback",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+        # (Hand-made bytecode, which reads and writes arbitrary memory, cannot be refused here:
+        # every import of a cached module uses marshal.loads, and types.coroutine uses code.replace.
+        # The OS layer is what holds against it.)
+        "sqlite3.enable_load_extension",
+        "sqlite3.load_extension",
+        "os.setuid",
+        "os.setgid",
     }
 )
+# Refused with ValueError ("call stack is not deep enough"), which namedtuple, typing and enum
+# already handle: they fall back to not knowing their caller's module.
+_FRAME_EVENTS = frozenset({"sys._getframe", "sys._getframemodulename"})
+# Attributes whose reading is audited as `object.__getattr__` and that hand out a frame.
+_FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"})
 # Events that change the file system: (indices of path arguments, indices of dir_fd arguments).
 _PATH_EVENTS = {
     "os.remove": ((0,), (1,)),
@@ -88,10 +112,53 @@ _DENIED_MODULES = frozenset(
         "_testmultiphase",
         "_xxsubinterpreters",
         "_xxinterpchannels",
+        "_xxinterpqueues",
+        "_interpreters",
+        "_signal",
+        "sys",
+        "builtins",
+        "gc",
+        "_testsinglephase",
+        "_lsprof",
+        "_tracemalloc",
+        "faulthandler",
+        "resource",
     }
 )
+# sqlite3 opens files (ATTACH) without an audit event: only where the OS layer confines writes.
+_SQLITE_MODULES = frozenset({"sqlite3", "_sqlite3"})
 # posix functions that change the system without raising an audit event.
-_DISARMED = ("mkfifo", "mknod", "memfd_create", "chroot", "setns", "unshare", "pidfd_open")
+_DISARMED = (
+    "mkfifo",
+    "mknod",
+    "memfd_create",
+    "chroot",
+    "setns",
+    "unshare",
+    "pidfd_open",
+    "setreuid",
+    "setresuid",
+    "setregid",
+    "setresgid",
+    "setgroups",
+    "sched_setaffinity",
+    "eventfd",
+)
+# signal functions the candidate may not use: handlers (e.g. ignoring SIGXCPU), timers, masks.
+_SIGNAL_DISARMED = (
+    "signal",
+    "setitimer",
+    "alarm",
+    "pthread_kill",
+    "pthread_sigmask",
+    "raise_signal",
+    "sigwait",
+    "sigwaitinfo",
+    "sigtimedwait",
+    "siginterrupt",
+    "set_wakeup_fd",
+    "pidfd_send_signal",
+)
 _WRITE_FLAGS_NAMES = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 _READABLE_SYSTEM_PATHS = (
     "/dev/null",
@@ -116,6 +183,9 @@ def _main() -> None:  # noqa: C901 - one function on purpose: its locals are the
     import resource
 
     job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    if job.get("probe"):  # sandbox_os: does this wrapper start an interpreter at all?
+        sys.stdout.write("probe ok\n")
+        return
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the candidate reads EOF, not the rest of the job
     os.close(null)
@@ -149,6 +219,16 @@ def _main() -> None:  # noqa: C901 - one function on purpose: its locals are the
     read_roots = tuple(roots)
     blocked: list[str] = []
     creations = [0]
+    # The policy, as locals: rebinding this module's globals changes nothing from here on.
+    denied_events = frozenset(_DENIED_EVENTS)
+    frame_attributes = frozenset(_FRAME_ATTRIBUTES)
+    frame_events = frozenset(_FRAME_EVENTS)
+    value_error = ValueError
+    denied_modules = frozenset(_DENIED_MODULES | (frozenset() if job.get("sqlite") else _SQLITE_MODULES))
+    path_events = {event: (tuple(paths), tuple(fds)) for event, (paths, fds) in _PATH_EVENTS.items()}
+    max_creations = int_type(_MAX_CREATIONS)
+    max_blocks = int_type(_MAX_REPORTED_BLOCKS)
+    error_chars = int_type(_ERROR_CHARS)
 
     def emit(*fields: str) -> None:
         try:  # noqa: SIM105 - contextlib's code is the candidate's to patch; this is not
@@ -168,7 +248,7 @@ def _main() -> None:  # noqa: C901 - one function on purpose: its locals are the
         name = text(getattr_of(type_of(exc), "__name__", "Exception"))
         message = text(exc)
         line = name + ": " + message if message else name
-        return ascii_of(line[:_ERROR_CHARS])
+        return ascii_of(line[:error_chars])
 
     # ------------------------------------------------------------------ limits
     for limit_name, (soft, hard) in job["limits"].items():
@@ -182,6 +262,12 @@ def _main() -> None:  # noqa: C901 - one function on purpose: its locals are the
     # ------------------------------------------------------------------ unaudited functions
     for module in (sys.modules.get("posix"), os):
         for name in _DISARMED:
+            if module is not None and hasattr(module, name):
+                delattr(module, name)
+    import signal  # loads _signal, whose re-import (for pristine functions) the hook then refuses
+
+    for module in (sys.modules.get("_signal"), signal):
+        for name in _SIGNAL_DISARMED:
             if module is not None and hasattr(module, name):
                 delattr(module, name)
 
@@ -221,11 +307,11 @@ def _main() -> None:  # noqa: C901 - one function on purpose: its locals are the
         except base_exception:
             return False
 
-    def deny(event: str) -> None:
-        if len_of(blocked) < _MAX_REPORTED_BLOCKS:
+    def deny(event: str, error: type[Exception] = permission_error, report: bool = True) -> None:
+        if report and len_of(blocked) < max_blocks:
             blocked.append(event)
             emit("b", ascii_of(event))
-        raise permission_error(f"sandbox: {event} is not allowed")
+        raise error("sandbox: " + event + " is not allowed")
 
     def check_open(args: tuple[object, ...]) -> None:
         path, mode, flags = args
@@ -245,7 +331,7 @@ def _main() -> None:  # noqa: C901 - one function on purpose: its locals are the
             if not inside(full, (box,)):
                 deny("open for writing outside the sandbox")
             creations[0] += 1
-            if creations[0] > _MAX_CREATIONS:
+            if creations[0] > max_creations:
                 deny("open for writing: too many files")
             return
         if inside(full, (box,)):
@@ -254,23 +340,47 @@ def _main() -> None:  # noqa: C901 - one function on purpose: its locals are the
         if not inside(full, read_roots) or is_directory(full):
             deny("open outside the sandbox")
 
+    def check_read(event: str, target: object) -> None:
+        if target is None or isinstance_of(target, int_type):
+            return
+        name = plain(target)
+        if name is None:
+            deny(event + " (path-like object: pass a str)")
+            return
+        full = absolute(name)
+        if not inside(full, (box,)) and not inside(full, read_roots):
+            deny(event + " outside the sandbox")
+
     def hook(event: str, args: tuple[object, ...]) -> None:
         if event == "open":
             check_open(args)
-        elif event in _DENIED_EVENTS:
+        elif event in denied_events:
             deny(event)
+        elif event in frame_events:
+            deny(event, value_error, False)  # routine (namedtuple, typing): not reported
+        elif event == "object.__getattr__":
+            if len_of(args) > 1 and plain(args[1]) in frame_attributes:
+                deny("frame access (" + text(args[1]) + ")")
         elif event == "import":
             module_name = plain(args[0]) or ""
-            if module_name.split(".")[0] in _DENIED_MODULES:
+            if module_name.split(".")[0] in denied_modules:
                 deny("import " + module_name)
         elif event.startswith("ctypes."):
             deny(event)
-        elif event in _PATH_EVENTS:
+        elif event in ("os.listdir", "os.scandir"):
+            check_read(event, args[0] if args else None)
+        elif event == "sqlite3.connect":
+            database = plain(args[0]) if args else None
+            if database not in ("", ":memory:") and (
+                database is None or not inside(absolute(database), (box,))
+            ):
+                deny("sqlite3.connect outside the sandbox")
+        elif event in path_events:
             if event == "os.mkdir":
                 creations[0] += 1
-                if creations[0] > _MAX_CREATIONS:
+                if creations[0] > max_creations:
                     deny("os.mkdir: too many directories")
-            path_indices, dir_fd_indices = _PATH_EVENTS[event]
+            path_indices, dir_fd_indices = path_events[event]
             for index in dir_fd_indices:  # -1 (or None) when no dir_fd was given
                 if index < len_of(args) and args[index] is not None and args[index] != -1:
                     deny(event + " with dir_fd")
@@ -345,8 +455,13 @@ def _main() -> None:  # noqa: C901 - one function on purpose: its locals are the
             if hasattr_of(result, "__await__"):
                 import asyncio
 
-                # An async test. hasattr_of is the pinned hasattr, which mypy cannot narrow through.
-                asyncio.run(result)  # type: ignore[arg-type]
+                # An async test, on a plain loop: asyncio.run would install a SIGINT handler, and
+                # signal.signal is disarmed. hasattr_of is the pinned hasattr (mypy cannot narrow it).
+                loop = asyncio.new_event_loop()
+                try:
+                    loop.run_until_complete(result)  # type: ignore[arg-type]
+                finally:
+                    loop.close()
         except base_exception as exc:
             outcome = "0"
             error = describe(exc)

@@ -314,6 +314,15 @@ class PythonTestsSpec(ScorerSpecBase):
     )
     memory_mb: int = Field(default=512, ge=32, le=65536, description="Address-space limit of the subprocess.")
     concurrency: int = Field(default=2, ge=1, le=256, description="Subprocesses at once.")
+    isolation: Literal["auto", "required", "optional"] = Field(
+        default="auto",
+        description=(
+            "OS isolation of the sandbox (bubblewrap: own PID, network and user namespaces, another uid, "
+            "no view of the stage's files or /proc). `required`: refuse to run without it. `optional`: run "
+            "with the in-process layer alone where it is missing (not a security boundary). `auto`: "
+            "required on a cluster (in a pod), optional with a warning under `tao run`."
+        ),
+    )
 
     @field_validator("extract")
     @classmethod
