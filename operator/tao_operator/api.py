@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from tao_operator import manifest_input
+from tao_operator.gate_status import RoundGate
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import SCORER_UNION_TAGS, CamelModel, LoopSpec
+from tao_trainer.spec.base import STORAGE_SCHEMES, check_scheme
 
 GROUP = "tao.dev"
 VERSION = "v1alpha1"
@@ -45,7 +47,7 @@ class PodSettings(CamelModel):
     )
     resources: K8sObject | None = Field(default=None, description="Container resources (requests/limits).")
     gpus: int | None = Field(
-        default=None, ge=0, description="nvidia.com/gpu per pod (added to requests and limits)."
+        default=None, ge=0, le=64, description="nvidia.com/gpu per pod (added to requests and limits)."
     )
     node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector.")
     tolerations: list[K8sObject] | None = Field(default=None, description="Pod tolerations.")
@@ -63,9 +65,16 @@ class PodSettings(CamelModel):
         default=None, description="Extra environment variables (EnvVar objects)."
     )
     backoff_limit: int | None = Field(
-        default=None, ge=0, description="Retries of a failed pod before the stage fails."
+        default=None, ge=0, le=100, description="Retries of a failed pod before the stage fails."
     )
-    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Stage time limit.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, le=31_536_000, description="Stage time limit (at most a year)."
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: K8sObject | None) -> K8sObject | None:
+        return manifest_input.check_resources(v)
 
 
 class PodsSpec(CamelModel):
@@ -111,12 +120,15 @@ class CaptureSpec(CamelModel):
     port: int = Field(
         default=8080, ge=1, le=65535, description="Port of the proxy (the Service sends traffic here)."
     )
-    batch_size: int = Field(default=500, ge=1, description="Prompts per stored object, at most.")
+    batch_size: int = Field(default=500, ge=1, le=100_000, description="Prompts per stored object, at most.")
     flush_seconds: int = Field(
-        default=30, ge=1, description="Longest time a captured prompt waits in memory."
+        default=30, ge=1, le=86_400, description="Longest time a captured prompt waits in memory."
     )
     max_buffer: int = Field(
-        default=10000, ge=1, description="Prompts held while storage is slow or down; more are dropped."
+        default=10000,
+        ge=1,
+        le=10_000_000,
+        description="Prompts held while storage is slow or down; more are dropped.",
     )
     redact: str | None = Field(
         default="tao_trainer.capture:redact_basic",
@@ -127,18 +139,23 @@ class CaptureSpec(CamelModel):
         default=False, description="Also store the server's answers (fields.response)."
     )
 
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        return None if v is None else check_scheme(v, STORAGE_SCHEMES, "serving.capture.uri")
+
 
 class ServingSpec(CamelModel):
     """The rollout: a vLLM OpenAI-compatible Deployment + Service on the champion model."""
 
     enabled: bool = Field(default=True, description="Serve the champion once a round is promoted.")
     image: str | None = Field(default=None, description="Serving image (default: the operator's vLLM image).")
-    replicas: int = Field(default=1, ge=0, description="Serving replicas.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Serving replicas.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the OpenAI-compatible server.")
     served_model_name: str | None = Field(
         default=None, description="Model name clients send (default: the TAOJob name)."
     )
-    args: list[str] = Field(default_factory=list, description="Extra vLLM server arguments.")
+    args: list[str] = Field(default_factory=list, max_length=256, description="Extra vLLM server arguments.")
     pod: PodSettings = Field(
         default_factory=PodSettings, description="Pod settings of the serving Deployment."
     )
@@ -188,6 +205,12 @@ class TAOJobSpec(LoopSpec):
     )
 
 
+# What may change mid-run, for both executors (`tao run`, the operator; see edits.py): any other edit of a started
+# run is refused with a condition naming the fields. `evaluation` and `scoring` apply to stages created later.
+_MUTABLE = "rounds suspend serving historyLimit continuous.maxRounds pods credentials evaluation scoring"
+MUTABLE_MID_RUN: Final = tuple(_MUTABLE.split())
+
+
 # --------------------------------------------------------------------------------------------- status
 
 Phase = Literal[
@@ -213,6 +236,7 @@ class ConditionType:
     READY: Final = "Ready"
     SERVING: Final = "Serving"
     SCORERS_INFORMATIVE: Final = "ScorersInformative"
+    DEGRADED: Final = "Degraded"  # something keeps the run from going on as specified; never terminal
 
 
 class Reason:
@@ -227,6 +251,14 @@ class Reason:
     PINNED_ROUND_UNKNOWN: Final = "PinnedRoundUnknown"
     SIGNAL: Final = "Signal"
     NO_SIGNAL: Final = "NoSignal"
+    AS_EXPECTED: Final = "AsExpected"  # Degraded=False
+    CONFLICT: Final = "Conflict"  # a child's name is taken by an object this TAOJob does not control
+    DELETING: Final = "WaitingForDeletion"  # an old object of that name is being deleted
+    API_ERROR: Final = "ApiError"
+    EDIT_REFUSED: Final = "EditRefused"
+    POD_STUCK: Final = "PodStuck"
+    RESULT_MISSING: Final = "ResultMissing"  # a finished stage's pods were gone: a new attempt re-reports it
+    DISABLED: Final = "Disabled"  # Serving=False: serving.enabled is false (or nothing to serve): scaled to 0
 
 
 class EventReason:
@@ -243,6 +275,12 @@ class EventReason:
     RESUMED: Final = "Resumed"
     JOB_SUSPENDED: Final = "JobSuspended"
     JOB_RESUMED: Final = "JobResumed"
+    CONFLICT: Final = "Conflict"
+    API_ERROR: Final = "ApiError"
+    EDIT_REFUSED: Final = "EditRefused"
+    POD_STUCK: Final = "PodStuck"
+    RESULT_MISSING: Final = "ResultMissing"
+    RETRY: Final = "Retry"
 
 
 # Labels and annotations the operator writes on its children (and reads back).
@@ -252,8 +290,12 @@ LABEL_STAGE: Final = f"{GROUP}/stage"
 ANNOTATION_MODEL_URI: Final = f"{GROUP}/model-uri"
 ANNOTATION_SUSPENDED_BY_OPERATOR: Final = f"{GROUP}/suspended-by-operator"
 """Marks a Job suspended because its TAOJob was, so that resuming never overrides a queue manager's suspension."""
+ANNOTATION_RETRY: Final = f"{GROUP}/retry"  # a number: raised past status.retry, failed stages run again
+ANNOTATION_TEMPLATE_HASH: Final = f"{GROUP}/template-hash"  # serving objects: the desired manifest's hash
+LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 # Set by Kubernetes' Job controller.
 LABEL_JOB_NAME: Final = "job-name"
+LABEL_CONTROLLER_UID: Final = "batch.kubernetes.io/controller-uid"
 ANNOTATION_COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
 
 
@@ -275,6 +317,7 @@ class StageStatus(CamelModel):
     started_at: str | None = None
     finished_at: str | None = None
     message: str = ""
+    attempt: int = Field(default=1, ge=1, description="A retry or a lost result adds an attempt.")
 
 
 class RoundStatus(CamelModel):
@@ -294,6 +337,9 @@ class RoundStatus(CamelModel):
     )
     promoted: bool | None = None
     verdict: str | None = None
+    gate: RoundGate | None = Field(
+        default=None, description="The promotion gate's figures (report.json: all)."
+    )
     model_uri: str | None = None
     stages: list[StageStatus] = Field(default_factory=list)
 
@@ -340,6 +386,8 @@ class TAOJobStatus(CamelModel):
     champion: ChampionStatus | None = None
     serving: ServingStatus | None = None
     message: str | None = None
+    retry: int = Field(default=0, ge=0, description="The last tao.dev/retry annotation value acted on.")
+    spec_digest: dict[str, str] = Field(default_factory=dict, description="The immutable fields' digests.")
 
 
 class TAOJob(CamelModel):
@@ -392,6 +440,9 @@ def parse_taojob(doc: dict[str, Any], source: str = "TAOJob") -> TAOJob:
     """Validate a manifest; raise SpecError naming each bad field."""
     if not isinstance(doc, dict):
         raise SpecError(["(top level): a TAOJob manifest must be a mapping"], source)
+    problems = manifest_input.document_problems(doc)  # NaN/inf anywhere, nesting
+    if problems:
+        raise SpecError(problems, source)
     try:
         return TAOJob.model_validate(doc)
     except ValidationError as err:
@@ -427,11 +478,9 @@ def resolve_local_paths(job: TAOJob, base_dir: Path) -> TAOJob:
 
 
 def load_taojob_file(path: str) -> TAOJob:
-    with open(path, encoding="utf-8") as f:
-        try:
-            docs = [d for d in yaml.safe_load_all(f) if d is not None]
-        except yaml.YAMLError as e:
-            raise SpecError([f"not valid YAML: {e}"], path) from None
+    docs, problems = manifest_input.read_manifest(path)  # size, UTF-8, no aliases, bounded nesting
+    if problems:
+        raise SpecError(problems, path)
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(jobs) != 1:
         raise SpecError([f"expected exactly one document of kind {KIND}, found {len(jobs)}"], path)

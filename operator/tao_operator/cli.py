@@ -13,6 +13,8 @@ from tao_trainer.layout import RunLayout
 def _cmd_validate(args: argparse.Namespace) -> int:
     job = load_taojob_file(args.file)
     print(f"{args.file}: valid TAOJob {job.metadata.namespace}/{job.metadata.name}")
+    for warning in job.spec.evaluation.warnings():
+        print(f"warning: {warning}")
     return 0
 
 
@@ -20,6 +22,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from tao_operator import local
 
     job = load_taojob_file(args.file)
+    for warning in job.spec.evaluation.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     if args.rounds is not None:
         if job.spec.continuous is not None:
             print(

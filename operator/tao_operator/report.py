@@ -77,7 +77,17 @@ def format_table(report: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if metric_names:
-        lines.append("* computed from label fields for reporting only; the loop and the gate never read them")
+        lines.append(
+            "* computed from label fields for reporting only; the gate reads one only when it is a guard "
+            "(gate: true, marked '(labels)' in a verdict)"
+        )
+    verdicts = [(r["round"], r["verdict"]) for r in report["rounds"] if r.get("verdict")]
+    if verdicts:
+        lines += [
+            "",
+            "gate (change of the label-free score, challenger - champion, paired per prompt, with its bound):",
+        ]
+        lines += [f"  round {rnd}: {verdict}" for rnd, verdict in verdicts]
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from tao_operator.api import (
     StageStatus,
     TAOJobStatus,
 )
+from tao_operator.gate_status import GuardStatus, RoundGate
 from tao_operator.plan import Results, RunStage, side_metrics
 from tao_trainer.contract import StageResult
 from tao_trainer.spec import ALL_STAGES
@@ -40,7 +41,8 @@ STAGE_PHASE: dict[str, Phase] = {
 
 # Ready's reason -> the phase shown in printer columns and metrics. While a stage runs, the reason is its phase.
 _READY_REASON_PHASE: dict[str, Phase] = {
-    Reason.INVALID_SPEC: "Failed",
+    # Not terminal: the run starts (or goes on) once the spec is fixed; the Degraded condition says what is wrong.
+    Reason.INVALID_SPEC: "Pending",
     Reason.STAGE_FAILED: "Failed",
     Reason.SUCCEEDED: "Succeeded",
     Reason.ROLLING_OUT: "RollingOut",
@@ -218,6 +220,26 @@ def record_result(status: TAOJobStatus, result: StageResult, now: str) -> None:
         rnd.challenger = side_metrics(result.metrics, "challenger")
         rnd.promoted = bool(result.promoted)
         rnd.verdict = result.message[:1000]
+        m = result.metrics
+        guard_names = sorted({k.split(".")[1] for k in m if k.startswith("guard.") and k.count(".") == 2})
+        rnd.gate = RoundGate(
+            reason=result.outputs.get("reason", "promoted" if result.promoted else "not-better"),
+            estimate=m.get("delta"),
+            lower=m.get("gate.lower"),
+            upper=m.get("gate.upper"),
+            confidence=m.get("gate.confidence"),
+            differing=result.counts.get("wins", 0) + result.counts.get("losses", 0),
+            guards=[
+                GuardStatus(
+                    name=g,
+                    change=m.get(f"guard.{g}.change"),
+                    lower=m.get(f"guard.{g}.lower"),
+                    passed=m.get(f"guard.{g}.pass") != 0.0,
+                    uses_labels=m.get(f"guard.{g}.labels") == 1.0,
+                )
+                for g in guard_names
+            ],
+        )
 
 
 def prune_history(status: TAOJobStatus, keep: int) -> int:

@@ -60,7 +60,15 @@ class PromptsSpec(CamelModel):
     max_per_round: int | None = Field(
         default=None,
         ge=1,
+        le=100_000_000,
         description="At most this many training prompts per round (rounds take successive slices).",
+    )
+    max_line_bytes: int = Field(
+        default=16 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="Longest line of a JSONL prompt file, in bytes; a longer line becomes a counted reject "
+        "(it is skipped without being held in memory).",
     )
     label_fields: list[str] = Field(
         default_factory=list,
@@ -113,7 +121,7 @@ class GenerationSpec(CamelModel):
     candidates: int = Field(default=8, ge=1, le=256, description="Candidates sampled per prompt (N).")
     temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
-    max_new_tokens: int = Field(default=256, ge=1, description="Longest candidate, in tokens.")
+    max_new_tokens: int = Field(default=256, ge=1, le=1_000_000, description="Longest candidate, in tokens.")
     system_prompt: str | None = Field(
         default=None, description="Prepended as a system message (or plain text)."
     )
@@ -125,7 +133,7 @@ class GenerationSpec(CamelModel):
         default="auto", description="auto: vLLM when a GPU and vllm are present, else transformers."
     )
     batch_size: int = Field(
-        default=32, ge=1, description="Prompts per generation batch (transformers backend)."
+        default=32, ge=1, le=65536, description="Prompts per generation batch (transformers backend)."
     )
     shards: int = Field(default=1, ge=1, le=1000, description="Prompt shards (parallel pods on Kubernetes).")
     seed: int = Field(default=0, description="Sampling seed; each round and shard derive their own from it.")
@@ -140,8 +148,8 @@ class ScoringSpec(CamelModel):
 class LoraSpec(CamelModel):
     """Train a LoRA adapter (peft) instead of every weight."""
 
-    r: int = Field(default=16, ge=1, description="Rank.")
-    alpha: int = Field(default=32, ge=1, description="Scaling numerator (lora_alpha).")
+    r: int = Field(default=16, ge=1, le=4096, description="Rank.")
+    alpha: int = Field(default=32, ge=1, le=65536, description="Scaling numerator (lora_alpha).")
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter.")
     target_modules: list[str] | str = Field(default="all-linear", description="Modules to adapt.")
     merge: bool = Field(
@@ -154,7 +162,10 @@ class LoraSpec(CamelModel):
 class SftSpec(CamelModel):
     min_score: float = Field(default=1.0, description="Keep candidates scoring at least this.")
     top_k: int | None = Field(
-        default=None, ge=1, description="Keep at most this many of a prompt's best candidates (default: all)."
+        default=None,
+        ge=1,
+        le=1024,
+        description="Keep at most this many of a prompt's best candidates (default: all).",
     )
     dedupe: bool = Field(default=False, description="Keep identical completions of a prompt once.")
 
@@ -168,7 +179,9 @@ class DpoSpec(CamelModel):
 
 class GrpoSpec(CamelModel):
     beta: float = Field(default=0.0, ge=0.0, description="KL coefficient (0: no reference model).")
-    num_iterations: int = Field(default=1, ge=1, description="Optimisation passes per generation batch.")
+    num_iterations: int = Field(
+        default=1, ge=1, le=100, description="Optimisation passes per generation batch."
+    )
 
 
 class TrainingSpec(CamelModel):
@@ -184,10 +197,14 @@ class TrainingSpec(CamelModel):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         default="linear", description="Learning-rate schedule after warmup."
     )
-    epochs: float = Field(default=1.0, gt=0.0, description="Passes over the round's training set.")
-    batch_size: int = Field(default=8, ge=1, description="Examples per optimizer step (per device).")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per step.")
-    max_length: int = Field(default=2048, ge=8, description="Longest prompt+completion in tokens.")
+    epochs: float = Field(default=1.0, gt=0.0, le=1000.0, description="Passes over the round's training set.")
+    batch_size: int = Field(
+        default=8, ge=1, le=65536, description="Examples per optimizer step (per device)."
+    )
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=65536, description="Micro-batches per step.")
+    max_length: int = Field(
+        default=2048, ge=8, le=1_000_000, description="Longest prompt+completion in tokens."
+    )
     seed: int = Field(default=0, description="Training seed.")
     lora: LoraSpec | None = Field(default=None, description="Train a LoRA adapter instead of all weights.")
     sft: SftSpec = Field(default_factory=SftSpec)
@@ -285,6 +302,13 @@ class EvaluationSpec(CamelModel):
     def _answer_regex(cls, v: str | None) -> str | None:
         return None if v is None else check_regex(v, "answerExtract")
 
+    def warnings(self) -> list[str]:
+        """What is valid but cannot work as meant (printed by `tao validate` and `tao run`)."""
+        from tao_trainer.promotion import max_prompts_too_small
+
+        warning = max_prompts_too_small(self.max_prompts, self.min_improvement, self.confidence)
+        return [warning] if warning else []
+
 
 class PreflightSpec(CamelModel):
     """Before round 1 spends GPUs on training: can the scorers tell candidates apart at all?
@@ -325,11 +349,15 @@ class ContinuousSpec(CamelModel):
         description="How often the prompts location is checked for new prompts: a number and s, m or h.",
     )
     min_new_prompts: int = Field(
-        default=100, ge=1, description="New prompts (not seen by an earlier round) that start the next round."
+        default=100,
+        ge=1,
+        le=100_000_000,
+        description="New prompts (not seen by an earlier round) that start the next round.",
     )
     max_rounds: int | None = Field(
         default=None,
         ge=1,
+        le=1_000_000,
         description="Stop after this many rounds (default: keep improving as prompts arrive).",
     )
 
