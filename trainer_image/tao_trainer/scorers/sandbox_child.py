@@ -70,8 +70,6 @@ _DENIED_EVENTS = frozenset(
         # The OS layer is what holds against it.)
         "sqlite3.enable_load_extension",
         "sqlite3.load_extension",
-        "os.setuid",
-        "os.setgid",
     }
 )
 # Refused with ValueError ("call stack is not deep enough"), which namedtuple, typing and enum
@@ -136,6 +134,10 @@ _DISARMED = (
     "setns",
     "unshare",
     "pidfd_open",
+    "setuid",
+    "setgid",
+    "seteuid",
+    "setegid",
     "setreuid",
     "setresuid",
     "setregid",
