@@ -281,8 +281,21 @@ class FastPlane:
                 "metadata": {
                     "name": f"{name}-0-x",
                     "namespace": NS,
-                    "labels": {"job-name": name, **(job["spec"]["template"]["metadata"].get("labels") or {})},
+                    "labels": {
+                        "job-name": name,
+                        "batch.kubernetes.io/controller-uid": job["metadata"]["uid"],
+                        **(job["spec"]["template"]["metadata"].get("labels") or {}),
+                    },
                     "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "batch/v1",
+                            "kind": "Job",
+                            "name": name,
+                            "uid": job["metadata"]["uid"],
+                            "controller": True,
+                        }
+                    ],
                 },
                 "spec": job["spec"]["template"]["spec"],
                 "status": {

@@ -307,8 +307,13 @@ class ControlPlane:
                 "metadata": {
                     "name": pod_name,
                     "namespace": NS,
-                    "labels": {"job-name": job_name, **job["spec"]["template"]["metadata"].get("labels", {})},
+                    "labels": {
+                        "job-name": job_name,
+                        "batch.kubernetes.io/controller-uid": job["metadata"]["uid"],
+                        **job["spec"]["template"]["metadata"].get("labels", {}),
+                    },
                     "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+                    "ownerReferences": [job_owner(job)],
                 },
                 "spec": job["spec"]["template"]["spec"],
             },
@@ -470,6 +475,18 @@ class ControlPlane:
                     await self.api.call("DELETE", f"{PATHS[kind]}/{obj['metadata']['name']}")
                     removed.append(f"{kind}/{obj['metadata']['name']}")
         return removed
+
+
+def job_owner(job: dict[str, Any]) -> dict[str, Any]:
+    """The ownerReference the Job controller puts on the pods it creates."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+    }
 
 
 def _free_port() -> int:

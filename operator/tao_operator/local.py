@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tao_operator.api import TAOJob
+from tao_operator.edits import refused_edits, spec_digest
 from tao_operator.plan import Failed, Finished, Results, RunStage, build_report, champion, next_action
 from tao_operator.report import summarize
 from tao_trainer import storage
@@ -43,11 +44,17 @@ def observe(spec: LoopSpec, layout: RunLayout) -> Results:
 
 
 def _identity(spec: LoopSpec) -> dict[str, Any]:
-    """The parts of a spec that must not change under an existing run (rounds may grow: more rounds)."""
-    identity = spec.model_dump(mode="json", by_alias=True, exclude={"rounds"})
-    if identity.get("continuous"):
-        identity["continuous"].pop("maxRounds", None)  # `tao run --cycles` may ask for more
-    return identity
+    """The spec as recorded when the run started (compared through `edits`, the list the operator uses too)."""
+    return spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+def _digest(snapshot: dict[str, Any]) -> dict[str, str]:
+    # Snapshots of older versions hold every default: read them through the model so that they compare alike.
+    try:
+        snapshot = _identity(LoopSpec.model_validate(snapshot))
+    except ValueError:
+        pass
+    return spec_digest(snapshot)
 
 
 def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
@@ -56,8 +63,7 @@ def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
             storage.delete(uri)
     elif storage.exists(layout.spec_snapshot):
         before = storage.read_json(layout.spec_snapshot)
-        now = _identity(spec)
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        changed = [f.removeprefix("spec.") for f in refused_edits(_digest(before), _digest(_identity(spec)))]
         results = observe(spec, layout) if changed else {}
         if changed and set(results) <= {(1, "preflight")}:
             # Nothing was built on the old spec yet (a preflight that stopped the run, typically, and the user

@@ -443,11 +443,19 @@ async def test_tao_operator_logs_in_from_a_kubeconfig_and_runs_a_taojob(
 async def test_an_invalid_spec_is_reported_on_the_object(k8s: Any, tmp_path: Path, tiny_model: Path) -> None:
     api: Api = k8s.api
     await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, generation={"candidates": 0}))
-    await eventually(lambda: phase_is(api, "Failed"), timeout=30)
-    ready = next(c for c in (await status(api))["conditions"] if c["type"] == "Ready")
+    # Not Failed (nothing terminal happened: the run starts once the spec is fixed); Degraded says why.
+    await eventually(lambda: _degraded(api, "InvalidSpec"), timeout=30)
+    st = await status(api)
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "InvalidSpec" and "spec.generation.candidates" in ready["message"]
+    assert st["phase"] == "Pending" and st["observedGeneration"] == 1
     assert any(r == "InvalidSpec" and "spec.generation.candidates" in m for r, m in await events(api))
     assert await api.list("jobs") == []
+
+
+async def _degraded(api: Api, reason: str) -> bool:
+    conds = (await status(api)).get("conditions") or []
+    return any(c["type"] == "Degraded" and c["status"] == "True" and c["reason"] == reason for c in conds)
 
 
 async def test_deleting_a_taojob_removes_children_and_keeps_artifacts(

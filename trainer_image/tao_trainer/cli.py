@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -18,11 +19,15 @@ from pathlib import Path
 
 from tao_trainer import storage
 from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.layout import RunLayout
 from tao_trainer.spec import ALL_STAGES
 from tao_trainer.stages import RUNNERS
 
-# Pod termination messages are capped at 4096 bytes by Kubernetes.
+# Pod termination messages are capped at 4096 bytes by Kubernetes (bytes, not characters).
 RESULT_LIMIT = 4000
+# What compaction gives up first, in this order; `stage`, `round`, `ok`, `promoted` and `outputs` are never
+# dropped (the operator's plan and the serving decision rest on them). The whole result stays in storage.
+DROP_ORDER = ("message", "metrics", "counts", "durationSeconds")
 
 
 def _runner(stage: str) -> Callable[[StageConfig], StageResult]:
@@ -33,15 +38,56 @@ def _runner(stage: str) -> Callable[[StageConfig], StageResult]:
     return runner
 
 
-def compact(result: StageResult) -> str:
-    """The result's JSON, shortened (message first) until it fits a termination message."""
-    text = result.model_dump_json(by_alias=True)
-    if len(text) > RESULT_LIMIT:
-        keep = max(0, len(result.message) - (len(text) - RESULT_LIMIT) - 20)
-        text = result.model_copy(update={"message": result.message[:keep] + " [truncated]"}).model_dump_json(
-            by_alias=True
-        )
-    return text
+def _size(doc: dict[str, object]) -> int:
+    return len(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def compact(result: StageResult, limit: int = RESULT_LIMIT) -> str:
+    """The result's JSON in at most `limit` UTF-8 bytes: the message is cut first, then metrics and counts are
+    dropped key by key (longest name first), in the fixed order of DROP_ORDER.
+
+    >>> r = StageResult(stage="evaluate", round=2, promoted=True, outputs={"model": "s3://m"},
+    ...                 message="很" * 3000, metrics={f"judge-{i}.score": 0.5 for i in range(40)})
+    >>> text = compact(r, 600)
+    >>> back = StageResult.model_validate_json(text)
+    >>> len(text.encode()) <= 600, back.promoted, back.outputs, back.round, back.stage
+    (True, True, {'model': 's3://m'}, 2, 'evaluate')
+    """
+    doc: dict[str, object] = result.model_dump(mode="json", by_alias=True)
+    if _size(doc) <= limit:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    message = str(doc["message"])
+    doc["message"] = ""
+    room = limit - _size(doc) - len(b" [truncated]")
+    if message and room > 0:
+        cut = message.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+        doc["message"] = cut + " [truncated]"
+    for key in DROP_ORDER[1:]:
+        value = doc.get(key)
+        if isinstance(value, dict):
+            for name in sorted(value, key=lambda k: (-len(k), k)):
+                if _size(doc) <= limit:
+                    break
+                del value[name]
+        elif _size(doc) > limit:
+            doc.pop(key, None)
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def stored_result_uri(cfg: StageConfig) -> str:
+    """Where the stage keeps its whole result: `results/<stage>.json`, one file per shard on Indexed Jobs."""
+    uri = RunLayout(cfg.run_uri).result(cfg.round, cfg.stage)
+    index = os.environ.get("JOB_COMPLETION_INDEX")
+    return uri if index is None else uri.removesuffix(".json") + f".shard-{int(index):05d}.json"
+
+
+def stored_result(cfg: StageConfig) -> StageResult | None:
+    """A successful result this stage already stored (its pods' reports were lost): re-reported as is."""
+    uri = stored_result_uri(cfg)
+    if not storage.exists(uri):
+        return None
+    result = StageResult.model_validate_json(storage.read_text(uri))
+    return result if result.ok and (result.stage, result.round) == (cfg.stage, cfg.round) else None
 
 
 def download(argv: list[str]) -> int:
@@ -86,21 +132,34 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.monotonic()
     cfg: StageConfig | None = None
+    stored: StageResult | None = None
     try:
         cfg = StageConfig.model_validate_json(storage.read_text(args.config))
         if cfg.stage != args.stage:
             raise ValueError(f"--config is for stage {cfg.stage!r}, not {args.stage!r}")
         s = cfg.spec.storage
         storage.configure(s)
-        result = _runner(args.stage)(cfg)
+        # A new attempt of a stage whose result was lost (its pods collected before the operator read them)
+        # re-reports the stored result at once instead of recomputing it.
+        stored = stored_result(cfg)
+        if stored is not None:
+            result = stored
+        else:
+            result = _runner(args.stage)(cfg)
+            result.duration_seconds = round(time.monotonic() - started, 2)
+            if result.ok and int(os.environ.get("RANK", "0")) == 0:
+                storage.write_text(stored_result_uri(cfg), result.model_dump_json(by_alias=True))
         code = 0 if result.ok else 1
     except Exception as e:  # noqa: BLE001 - every failure must become a reported result
         traceback.print_exc(file=sys.stderr)
         result = StageResult(
-            stage=args.stage, round=cfg.round if cfg else 1, ok=False, message=f"{type(e).__name__}: {e}"
+            stage=args.stage,
+            round=cfg.round if cfg else 1,
+            ok=False,
+            message=f"{type(e).__name__}: {e}",
+            duration_seconds=round(time.monotonic() - started, 2),
         )
         code = 1
-    result.duration_seconds = round(time.monotonic() - started, 2)
     if int(os.environ.get("RANK", "0")) != 0:
         return code  # torchrun ranks share the container's termination log: rank 0 alone reports
     text = compact(result)

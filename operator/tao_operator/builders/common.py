@@ -59,19 +59,20 @@ class OperatorDefaults(BaseModel):
     backoff_limit: int = 2
 
 
-def child_name(job_name: str, round_: int, stage: str) -> str:
-    """`<taojob>-r<round>-<stage>`, shortened with a hash of the job name when it would be too long.
+def child_name(job_name: str, round_: int, stage: str, attempt: int = 1) -> str:
+    """`<taojob>-r<round>-<stage>` (`-a<attempt>` from the second attempt on), shortened with a hash of the job
+    name when it would be too long.
 
     The limit is a DNS label (63), less room for the pod index on Indexed stages (see INDEXED_NAME_MAX).
     The hash is of the whole job name, so two long names sharing a prefix still get distinct children.
 
-    >>> child_name("demo", 3, "generate")
-    'demo-r3-generate'
+    >>> child_name("demo", 3, "generate"), child_name("demo", 3, "generate", 2)
+    ('demo-r3-generate', 'demo-r3-generate-a2')
     >>> name = child_name("a" * 60, 1, "train")
     >>> len(name) <= 63, name.endswith("-r1-train")
     (True, True)
     """
-    suffix = f"-r{round_}-{stage}"
+    suffix = f"-r{round_}-{stage}" + (f"-a{attempt}" if attempt > 1 else "")
     limit = INDEXED_NAME_MAX if stage in INDEXED_STAGES else DNS_LABEL_MAX
     name = f"{job_name}{suffix}"
     if len(name) <= limit:

@@ -30,9 +30,9 @@ from tao_operator.builders.common import (
 from tao_trainer.contract import StageConfig
 
 
-def stage_configmap(job: TAOJob, config: StageConfig) -> Manifest:
+def stage_configmap(job: TAOJob, config: StageConfig, attempt: int = 1) -> Manifest:
     """The StageConfig a stage pod reads at /etc/tao/config.json."""
-    name = child_name(job.metadata.name, config.round, config.stage)
+    name = child_name(job.metadata.name, config.round, config.stage, attempt)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -85,10 +85,10 @@ def scorer_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, A
     return out
 
 
-def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults) -> Manifest:
+def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, attempt: int = 1) -> Manifest:
     """The batch/v1 Job running one stage of one round (Indexed over shards for generate and score)."""
     stage, round_ = config.stage, config.round
-    name = child_name(job.metadata.name, round_, stage)
+    name = child_name(job.metadata.name, round_, stage, attempt)
     settings = effective_pod_settings(job, stage)
     gpus = settings.gpus or 0
     labels = with_extra_labels(child_labels(job, round_, stage), settings.labels)
@@ -164,6 +164,13 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults) -> M
         # A retry starts only once the failed pod is gone: never two pods writing the same shard or holding
         # the same GPU memory at once.
         "podReplacementPolicy": "Failed",
+        # A pod evicted by a node drain, preemption or a lost node is not the stage failing: it does not count
+        # against backoffLimit, and the Job controller starts a replacement.
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+            ]
+        },
     }
     if stage in INDEXED_STAGES:
         if config.shards is not None:

@@ -1,0 +1,261 @@
+"""The Reconciler: read the TAOJob, ask the plan what is next, create what is missing, record what finished, write
+status if it changed. Every trigger runs the same pass.
+
+Progress lives in the TAOJob's status and in the cluster, never in this process: a restarted operator reconciles
+from there and, since child names are deterministic and creates are idempotent, never duplicates. A child counts
+as this TAOJob's only when its controller ownerReference carries the TAOJob's uid (`children.foreign`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable
+from typing import Any, cast
+
+import kopf
+
+from tao_operator import builders, metrics
+from tao_operator.api import (
+    ANNOTATION_RETRY,
+    ConditionType,
+    EventReason,
+    Reason,
+    SpecError,
+    StageStatus,
+    TAOJob,
+    TAOJobStatus,
+    parse_taojob,
+)
+from tao_operator.children import Foreign
+from tao_operator.cluster import ApiError, Cluster
+from tao_operator.edits import refused_edits, spec_digest
+from tao_operator.plan import Failed, Finished, RunStage, next_action
+from tao_operator.rollout import Rollout
+from tao_operator.stage_step import StageStep
+from tao_operator.status import (
+    champion_text,
+    derive_phase,
+    dump,
+    merge_patch,
+    own_status,
+    results_from_status,
+    round_status,
+    set_condition,
+)
+
+Event = tuple[str, str, str]  # (type, reason, message)
+Problem = tuple[str, str]  # (reason, message) for the Degraded condition
+
+# Each reconcile records at most one finished stage per loop turn; this bounds a single pass.
+MAX_STEPS_PER_PASS = 32
+# kopf retries a pass that met an API error after this many seconds (and on every later event).
+RETRY_DELAY = 10.0
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def kopf_event(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    # The raw object as read from the API: kopf reads only its apiVersion, kind and metadata.
+    kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message[:1000])
+
+
+class Pass:
+    """What one reconcile pass collects: events to post and problems for the Degraded condition."""
+
+    def __init__(self, job: TAOJob, status: TAOJobStatus, now: str) -> None:
+        self.job, self.status, self.now = job, status, now
+        self.events: list[Event] = []
+        self.problems: list[Problem] = []
+        self.generation = job.metadata.generation
+
+    def conflict(self, f: Foreign) -> None:
+        reason = Reason.DELETING if f.deleting else Reason.CONFLICT
+        self.problems.append((reason, f.message()))
+        if not f.deleting:
+            self.events.append(("Warning", EventReason.CONFLICT, f.message()))
+
+    def ready(self, state: bool, reason: str, message: str) -> None:
+        set_condition(self.status, ConditionType.READY, state, reason, message, self.generation, self.now)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cluster: Cluster,
+        defaults: builders.OperatorDefaults,
+        post_event: Callable[[dict[str, Any], str, str, str], None] = kopf_event,
+    ) -> None:
+        self.cluster = cluster
+        self.defaults = defaults
+        self.post_event = post_event
+        self.locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.waiting: dict[tuple[str, str], int] = {}
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        # One pass at a time per TAOJob: Job events and TAOJob events may arrive together. A lock lives only
+        # while someone holds or waits for it, so the map stays as small as the work in flight.
+        key = (namespace, name)
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        self.waiting[key] = self.waiting.get(key, 0) + 1
+        try:
+            async with lock:
+                metrics.RECONCILES.inc()
+                try:
+                    body = await self.cluster.get("taojobs", namespace, name)
+                    if body is None or body["metadata"].get("deletionTimestamp"):
+                        metrics.set_phase(namespace, name, None)
+                        return
+                    phase = await self._reconcile(body)
+                    metrics.set_phase(namespace, name, phase)
+                except Exception:
+                    metrics.RECONCILE_ERRORS.inc()
+                    raise
+        finally:
+            self.waiting[key] -= 1
+            if not self.waiting[key]:
+                del self.waiting[key], self.locks[key]
+
+    async def _reconcile(self, body: dict[str, Any]) -> str:
+        meta = body["metadata"]
+        namespace, name, generation = meta.get("namespace", "default"), meta["name"], meta.get("generation")
+        old = body.get("status") or {}
+        status = TAOJobStatus.model_validate(own_status(old))
+        now = utcnow()
+        # Every generation is observed, accepted or not: the conditions say what became of it.
+        status.observed_generation = generation
+        try:
+            job = parse_taojob({k: v for k, v in body.items() if k != "status"}, f"TAOJob {namespace}/{name}")
+        except SpecError as e:
+            problems = "; ".join(e.problems)
+            set_condition(
+                status, ConditionType.DEGRADED, True, Reason.INVALID_SPEC, problems, generation, now
+            )
+            if not any(c.type == ConditionType.READY for c in status.conditions):
+                # Not a failure: the run starts once the spec is fixed. A run under way keeps its phase.
+                set_condition(
+                    status, ConditionType.READY, False, Reason.INVALID_SPEC, problems, generation, now
+                )
+            await self._write(body, old, status, [("Warning", EventReason.INVALID_SPEC, problems)])
+            return status.phase
+
+        p = Pass(job, status, now)
+        error: Exception | None = None
+        try:
+            await self._run(p)
+        except (ApiError, ValueError) as e:
+            # Said on the object, then retried by kopf: a 500 passes, a 422 or a quota needs the user; a
+            # ValueError is a spec the models accepted but a manifest cannot carry (a bad URI, a long name).
+            api = isinstance(e, ApiError)
+            p.problems.append((Reason.API_ERROR if api else Reason.INVALID_SPEC, str(e)))
+            p.events.append(("Warning", EventReason.API_ERROR if api else EventReason.INVALID_SPEC, str(e)))
+            error = e
+        if p.problems:
+            reason, message = p.problems[0]
+            set_condition(status, ConditionType.DEGRADED, True, reason, message, generation, now)
+        else:
+            set_condition(status, ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "", generation, now)
+        was_suspended = old.get("phase") == "Suspended"
+        is_suspended = derive_phase(status) == "Suspended"
+        if was_suspended != is_suspended:
+            p.events.append(
+                ("Normal", EventReason.SUSPENDED, "spec.suspend is true: no new stage starts")
+                if is_suspended
+                else ("Normal", EventReason.RESUMED, "spec.suspend is false: the run continues")
+            )
+        await self._write(body, old, status, p.events)
+        if error is not None:
+            raise kopf.TemporaryError(str(error), delay=RETRY_DELAY) from error
+        return status.phase
+
+    async def _run(self, p: Pass) -> None:
+        job, status = p.job, p.status
+        spec = job.spec.loop()
+        layout = job.run_layout()
+        status.run_uri = layout.root
+        digest = spec_digest(job.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True))
+        if not status.spec_digest:
+            status.spec_digest = digest  # the run starts: what it may not lose from now on
+        if refused := refused_edits(status.spec_digest, digest):
+            message = (
+                f"edits of {', '.join(refused)} are refused while the run goes on (nothing of them was "
+                "applied; no new stage starts until they are reverted): create a new TAOJob for a new run"
+            )
+            p.problems.append((Reason.EDIT_REFUSED, message))
+            if not any(e[1] == EventReason.EDIT_REFUSED for e in p.events):
+                p.events.append(("Warning", EventReason.EDIT_REFUSED, message))
+            return
+        self._retry(p)
+        step, rollout = StageStep(self.cluster, self.defaults, p), Rollout(self.cluster, self.defaults, p)
+        for _ in range(MAX_STEPS_PER_PASS):
+            action = next_action(spec, layout, results_from_status(status))
+            if isinstance(action, Failed):
+                status.message = action.message
+                p.ready(False, Reason.STAGE_FAILED, action.message)
+                break
+            if isinstance(action, Finished):
+                await step.stop_unplanned(spec.last_round())
+                await rollout.ensure(layout)
+                done = status.serving is None or status.serving.ready
+                status.message = None
+                p.ready(done, Reason.SUCCEEDED if done else Reason.ROLLING_OUT, champion_text(status))
+                break
+            assert isinstance(action, RunStage)
+            recorded = await step.advance(action)
+            evaluated = results_from_status(status).get((action.round, "evaluate"))
+            if recorded and action.stage == "evaluate" and evaluated is not None and evaluated.promoted:
+                await rollout.ensure(layout)
+            if not recorded:
+                break
+
+    def _retry(self, p: Pass) -> None:
+        """`tao.dev/retry` raised past status.retry: each failed stage runs again as a new attempt."""
+        raw = (p.job.metadata.model_extra or {}).get("annotations", {}).get(ANNOTATION_RETRY)
+        if raw is None:
+            return
+        try:
+            want = int(raw)
+        except ValueError:
+            p.problems.append(
+                (Reason.INVALID_SPEC, f"annotation {ANNOTATION_RETRY} must be a number: {raw!r}")
+            )
+            return
+        if want <= p.status.retry:
+            return
+        p.status.retry = want
+        retried = []
+        for rnd in p.status.rounds:
+            for st in rnd.stages:
+                if st.state == "Failed":
+                    new_attempt(p.job, rnd.round, st)
+                    retried.append(f"round {rnd.round} {st.stage} (attempt {st.attempt})")
+        p.status.message = None
+        message = f"retry {want}: " + (", ".join(retried) or "nothing had failed")
+        p.events.append(("Normal", EventReason.RETRY, message))
+
+    async def _write(
+        self, body: dict[str, Any], old: dict[str, Any], status: TAOJobStatus, events: list[Event]
+    ) -> None:
+        """Derive the phase, patch status only when it changed, then post the transition events."""
+        status.phase = derive_phase(status)
+        patch = merge_patch(own_status(old), dump(status))
+        if patch:
+            meta = body["metadata"]
+            namespace = meta.get("namespace", "default")
+            await self.cluster.patch("taojobs", namespace, meta["name"], {"status": patch}, sub="status")
+        for kind, reason, message in events:
+            self.post_event(body, kind, reason, message)
+
+
+def new_attempt(job: TAOJob, round_: int, st: StageStatus) -> None:
+    """Record a stage's next attempt: a Job of a new name, created on the next step (started_at unset)."""
+    st.attempt += 1
+    st.state = "Running"
+    st.job = builders.child_name(job.metadata.name, round_, st.stage, st.attempt)
+    st.started_at = st.finished_at = None
+    st.message = ""
+
+
+__all__ = ["Reconciler", "new_attempt", "round_status"]

@@ -1,0 +1,246 @@
+"""One stage forward: create its ConfigMap and Job (ours, or a Conflict), watch its pods, record its result.
+
+A Job is found by the name recorded in status (`<taojob>-r<round>-<stage>[-a<attempt>]`); its pods by the Job's
+uid. A finished stage whose pods are gone before their results were read runs again as a new attempt, whose pod
+re-reports the result the stage stored (`results/<stage>.json`) without recomputing it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tao_operator import builders, metrics
+from tao_operator.api import (
+    ANNOTATION_COMPLETION_INDEX,
+    ANNOTATION_SUSPENDED_BY_OPERATOR,
+    LABEL_KUEUE_QUEUE,
+    ConditionType,
+    EventReason,
+    Reason,
+    StageStatus,
+)
+from tao_operator.children import foreign, pod_selector, pods_of, stuck_pod
+from tao_operator.cluster import ApiError, Cluster
+from tao_operator.plan import RunStage
+from tao_operator.status import (
+    STAGE_PHASE,
+    job_outcome,
+    prune_history,
+    record_result,
+    round_status,
+    set_condition,
+    stage_result_from_pods,
+    stage_status,
+)
+from tao_trainer.contract import StageConfig
+
+if TYPE_CHECKING:
+    from tao_operator.reconciler import Pass
+
+# A lost result is re-reported by a new attempt; more lost in a row than this says something else is wrong.
+MAX_ATTEMPTS = 6
+
+
+def reported_all(k8s_job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """Whether every completion index of a Complete Job has a pod that terminated with exit code 0.
+
+    >>> job = {"spec": {"completions": 2}}
+    >>> done = {"state": {"terminated": {"exitCode": 0}}}
+    >>> pod = lambda i: {"metadata": {"annotations": {ANNOTATION_COMPLETION_INDEX: str(i)}},
+    ...                  "status": {"containerStatuses": [done]}}
+    >>> reported_all(job, [pod(0)]), reported_all(job, [pod(0), pod(1)])
+    (False, True)
+    """
+    seen = set()
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term and term.get("exitCode") == 0:
+                seen.add((pod["metadata"].get("annotations") or {}).get(ANNOTATION_COMPLETION_INDEX, "0"))
+    return len(seen) >= int((k8s_job.get("spec") or {}).get("completions") or 1)
+
+
+class StageStep:
+    def __init__(self, cluster: Cluster, defaults: builders.OperatorDefaults, p: Pass) -> None:
+        self.cluster, self.defaults, self.p = cluster, defaults, p
+
+    async def advance(self, action: RunStage) -> bool:
+        """Move one stage forward; True when a result was recorded (the plan can go on at once)."""
+        p = self.p
+        job, status = p.job, p.status
+        ns, uid, suspend = job.metadata.namespace, job.metadata.uid, job.spec.suspend
+        status.round = action.round
+        rnd = round_status(status, action.round)
+        st = stage_status(rnd, action.stage)
+        if st is None:
+            st = StageStatus(stage=action.stage, state="Running")
+            st.job = builders.child_name(job.metadata.name, action.round, action.stage)
+            rnd.stages.append(st)
+        child = st.job or builders.child_name(job.metadata.name, action.round, action.stage, st.attempt)
+        k8s_job = await self.cluster.get("jobs", ns, child)
+        if f := foreign(k8s_job, uid):
+            p.conflict(f)
+            p.ready(
+                False, STAGE_PHASE[action.stage], f"round {action.round}: {action.stage} waits: {f.message()}"
+            )
+            return False
+        if k8s_job is None and st.started_at is not None:
+            # Recorded as started, now gone (deleted, or collected before it was read): its result is missing.
+            return self._lost(action, st, f"Job {child} disappeared before its result was read")
+        if k8s_job is None:
+            if suspend:
+                p.ready(False, Reason.SUSPENDED, "spec.suspend is true")
+                return False
+            k8s_job = await self._create(action, st.attempt, child)
+            if k8s_job is None:
+                return False
+        if st.started_at is None:
+            st.started_at = p.now
+            p.events.append(
+                ("Normal", EventReason.STAGE_STARTED, f"round {action.round}: {action.stage} (Job {child})")
+            )
+        outcome = job_outcome(k8s_job)
+        if outcome is None:
+            await self._sync_suspend(k8s_job, suspend)
+            if not suspend and k8s_job.get("metadata", {}).get("uid"):
+                pods = pods_of(k8s_job, await self.cluster.list("pods", ns, pod_selector(k8s_job)))
+                if stuck := stuck_pod(pods):
+                    p.problems.append((Reason.POD_STUCK, f"round {action.round} {action.stage}: {stuck}"))
+            reason = Reason.SUSPENDED if suspend else STAGE_PHASE[action.stage]
+            p.ready(False, reason, f"round {action.round}: {action.stage}")
+            return False
+        pods = pods_of(k8s_job, await self.cluster.list("pods", ns, pod_selector(k8s_job)))
+        if outcome == "Complete" and not reported_all(k8s_job, pods):
+            if st.attempt >= MAX_ATTEMPTS:
+                message = f"Job {child} completed but its pods' results were lost {st.attempt} times in a row"
+                record_result(status, _failed(action, message), p.now)
+                return True
+            return self._lost(
+                action, st, f"Job {child} completed but its pods were gone before they were read"
+            )
+        result = stage_result_from_pods(action, child, outcome, pods)
+        record_result(status, result, p.now)
+        prune_history(status, job.spec.history_limit)
+        self._after(action, result)
+        return True
+
+    def _lost(self, action: RunStage, st: StageStatus, why: str) -> bool:
+        from tao_operator.reconciler import new_attempt
+
+        new_attempt(self.p.job, action.round, st)
+        message = (
+            f"round {action.round} {action.stage}: {why}; attempt {st.attempt} re-reports the stored result"
+        )
+        self.p.events.append(("Normal", EventReason.RESULT_MISSING, message))
+        return True  # the plan goes on at once: the same stage, as the new attempt
+
+    async def _create(self, action: RunStage, attempt: int, child: str) -> dict[str, Any] | None:
+        """Create the ConfigMap and Job of an attempt; the Job (ours), or None on a Conflict."""
+        p, job = self.p, self.p.job
+        ns, uid = job.metadata.namespace, job.metadata.uid
+        cfg = StageConfig(
+            stage=action.stage,
+            round=action.round,
+            run_uri=p.status.run_uri or "",
+            model_uri=action.model_uri,
+            spec=job.spec.loop(),
+        )
+        cm = builders.stage_configmap(job, cfg, attempt)
+        if not await self.cluster.create(cm):
+            live = await self.cluster.get("configmaps", ns, cm["metadata"]["name"])
+            if f := foreign(live, uid):
+                p.conflict(f)
+                return None
+            if live is not None and live.get("data") != cm["data"]:
+                # Ours, written by a pass that stopped before its Job: bring it to this pass's config.
+                await self.cluster.patch("configmaps", ns, cm["metadata"]["name"], {"data": cm["data"]})
+        manifest = builders.stage_job(job, cfg, self.defaults, attempt)
+        if await self.cluster.create(manifest):
+            return manifest  # its uid is unknown until read back: pods are listed on the next pass
+        live = await self.cluster.get("jobs", ns, child)
+        if live is None:
+            raise ApiError(409, "POST", f"jobs/{child}", "create conflicted, yet no such Job exists")
+        if f := foreign(live, uid):
+            p.conflict(f)
+            return None
+        return live
+
+    def _after(self, action: RunStage, result: Any) -> None:
+        p, status = self.p, self.p.status
+        if action.stage == "preflight" and status.preflight is not None:
+            signal = status.preflight.signal
+            informative = Reason.SIGNAL if signal else Reason.NO_SIGNAL
+            set_condition(
+                status,
+                ConditionType.SCORERS_INFORMATIVE,
+                signal,
+                informative,
+                status.preflight.verdict,
+                p.generation,
+                p.now,
+            )
+        metrics.STAGE_DURATION.labels(stage=action.stage, outcome="ok" if result.ok else "failed").observe(
+            result.duration_seconds
+        )
+        if result.ok and action.stage == "evaluate":
+            metrics.ROUNDS.labels(verdict="promoted" if result.promoted else "rejected").inc()
+        if not result.ok:
+            p.events.append(("Warning", EventReason.STAGE_FAILED, result.message))
+        elif action.stage == "evaluate":
+            verdict_event = EventReason.PROMOTED if result.promoted else EventReason.NOT_PROMOTED
+            p.events.append(("Normal", verdict_event, result.message))
+        else:
+            p.events.append(("Normal", EventReason.STAGE_SUCCEEDED, f"round {action.round}: {action.stage}"))
+
+    async def _sync_suspend(self, k8s_job: dict[str, Any], suspend: bool) -> None:
+        """Suspend a running Job with the TAOJob, and resume only the Jobs this operator suspended.
+
+        A Job in a Kueue queue is Kueue's to suspend and unsuspend (it unsuspends an admitted Job it finds
+        suspended): such a Job is left running, and only new stages wait for `suspend: false`.
+        """
+        meta = k8s_job["metadata"]
+        if (meta.get("labels") or {}).get(LABEL_KUEUE_QUEUE):
+            return
+        ours = (meta.get("annotations") or {}).get(ANNOTATION_SUSPENDED_BY_OPERATOR) == "true"
+        is_suspended = bool((k8s_job.get("spec") or {}).get("suspend"))
+        events = self.p.events
+        if suspend and not is_suspended:
+            patch = {
+                "metadata": {"annotations": {ANNOTATION_SUSPENDED_BY_OPERATOR: "true"}},
+                "spec": {"suspend": True},
+            }
+            await self.cluster.patch("jobs", meta["namespace"], meta["name"], patch)
+            events.append(("Normal", EventReason.JOB_SUSPENDED, f"Job {meta['name']}"))
+        elif not suspend and ours:
+            patch = {
+                "metadata": {"annotations": {ANNOTATION_SUSPENDED_BY_OPERATOR: None}},
+                "spec": {"suspend": False},
+            }
+            await self.cluster.patch("jobs", meta["namespace"], meta["name"], patch)
+            events.append(("Normal", EventReason.JOB_RESUMED, f"Job {meta['name']}"))
+
+    async def stop_unplanned(self, last_round: int | None) -> None:
+        """Suspend the running Jobs of rounds no longer planned (`rounds` lowered while one ran)."""
+        if last_round is None:
+            return
+        p = self.p
+        for rnd in p.status.rounds:
+            if rnd.round <= last_round:
+                continue
+            for st in rnd.stages:
+                if st.state != "Running" or st.job is None:
+                    continue
+                live = await self.cluster.get("jobs", p.job.metadata.namespace, st.job)
+                if (
+                    live is not None
+                    and foreign(live, p.job.metadata.uid) is None
+                    and job_outcome(live) is None
+                ):
+                    # Suspended, not deleted: raising spec.rounds again resumes it where it was.
+                    await self._sync_suspend(live, True)
+
+
+def _failed(action: RunStage, message: str) -> Any:
+    from tao_trainer.contract import StageResult
+
+    return StageResult(stage=action.stage, round=action.round, ok=False, message=message)
