@@ -54,6 +54,6 @@ def count_new(spec: LoopSpec, layout: RunLayout, round_: int) -> tuple[int, int,
     changed = [uri for uri in changed if prompts.is_prompt_source(uri)]
     if not changed:
         return 0, 0, 0
-    loaded = prompts.load_sources(changed, spec.prompts.field)
+    loaded = prompts.load_sources(changed, spec.prompts.field, spec.prompts.max_line_bytes)
     seen = seen_ids(layout, round_)
     return sum(rec.id not in seen for rec in loaded.records), len(changed), len(loaded.rejects)

@@ -40,4 +40,29 @@ def check_scheme(uri: str, allowed: tuple[str, ...], what: str) -> str:
         raise ValueError(f"{what} {uri!r} must start with one of {', '.join(allowed)} (or be a local path)")
     if not uri.strip():
         raise ValueError(f"{what} must not be empty")
+    check_uri_path(uri, what)
+    return uri
+
+
+def check_uri_path(uri: str, what: str) -> str:
+    """A file:// or s3:// URI whose path has no `.` or `..` segment (no walking out of a prefix), no control
+    characters, an absolute path for file:// and a bucket for s3://. Plain local paths are left to `tao run`.
+
+    >>> check_uri_path("s3://b/../other", "prompts uri")
+    Traceback (most recent call last):
+    ...
+    ValueError: prompts uri 's3://b/../other' must not contain '.' or '..' path segments
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise ValueError(f"{what} {uri!r} must not contain control characters")
+    segments = rest.replace("\\", "/").split("/")
+    if any(s in (".", "..") for s in segments):
+        raise ValueError(f"{what} {uri!r} must not contain '.' or '..' path segments")
+    if scheme == "file" and not rest.startswith(("/", "localhost/")):
+        raise ValueError(f"{what} {uri!r}: a file:// URI needs an absolute path (file:///data/...)")
+    if scheme == "s3" and not segments[0]:
+        raise ValueError(f"{what} {uri!r}: s3:// needs a bucket name (s3://bucket/prefix)")
     return uri

@@ -170,7 +170,7 @@ def run_preflight(cfg: StageConfig) -> StageResult:
     from tao_trainer.scorers.combine import stats_counts
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
-    loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field)
+    loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field, spec.prompts.max_line_bytes)
     if not loaded.records:
         raise ValueError(
             f"prompts.uri {spec.prompts.uri!r}: no valid prompt in {len(loaded.sources)} file(s)"

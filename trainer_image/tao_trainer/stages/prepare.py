@@ -32,7 +32,7 @@ def run_prepare(cfg: StageConfig) -> StageResult:
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     # Listed before loading: an object that arrives while this round loads counts as new for the next one.
     versions = storage.list_versions(spec.prompts.uri) if spec.continuous is not None else {}
-    loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field)
+    loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field, spec.prompts.max_line_bytes)
     if loaded.rejects:
         # Never silently dropped: every bad line is kept with its file, line number and reason.
         storage.write_jsonl(lay.rejects(r), (rej.model_dump() for rej in loaded.rejects))
