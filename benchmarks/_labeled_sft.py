@@ -1,7 +1,7 @@
 """The labeled baselines of tao_vs_labels.py: plain TRL SFT on gold worked solutions, and greedy answers.
 
 The same held-out prompts as the TAO runs (the product's own split, recomputed here and checked by the
-caller), the same SFT recipe as TAO's train stage (`tao_trainer.train._common_args`), and the product's
+caller), the same SFT recipe as TAO's train stage (`tao_trainer.stages.train._common_args`), and the product's
 generator for the greedy answers.
 """
 
@@ -54,7 +54,7 @@ def sft_on_labels(
     from tao_trainer import generation as generate
     from tao_trainer import models
     from tao_trainer.spec import TrainingSpec
-    from tao_trainer.stages.train import _common_args  # the exact recipe TAO's train stage uses
+    from tao_trainer.stages.train import _common_args, sft_tokens  # the exact recipe of TAO's train stage
 
     done = out / "result.json"
     if done.exists():
@@ -71,15 +71,18 @@ def sft_on_labels(
     for rec in train_prompts[:n]:
         a, b = c.parse_problem(rec.prompt)
         rows.append(
-            {"prompt": models.render_prompt(tok, rec.prompt, None), "completion": gold(a, b, style, rng)}
+            {
+                "prompt_ids": models.prepare_prompt(tok, rec.prompt, None).ids,
+                "completion": gold(a, b, style, rng),
+            }
         )
     t = TrainingSpec.model_validate(job["spec"]["training"])
     args = SFTConfig(
         **_common_args(t, str(out / "trainer")), max_length=t.max_length, completion_only_loss=True
     )
-    trainer = SFTTrainer(
-        model=model_path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
-    )
+    # The same token ids and labels as TAO's SFT rows (the train stage's own conversion).
+    dataset = Dataset.from_list([sft_tokens(row, tok) for row in rows])
+    trainer = SFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tok)
     with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log lines; stdout is for the tables
         trainer.train()
     trainer.model.save_pretrained(out / "model")
@@ -89,7 +92,8 @@ def sft_on_labels(
     generator = generate.load_generator(str(out / "model"), "transformers", gen_spec["batchSize"])
     greedy = generate.Sampling(1, 0.0, 1.0, gen_spec["maxNewTokens"], 0)
     answers = [
-        g[0] for g in generator.generate([models.render_prompt(tok, r.prompt, None) for r in held], greedy)
+        g[0]
+        for g in generator.generate([models.prepare_prompt(tok, r.prompt, None).ids for r in held], greedy)
     ]
     result = {
         "answers": answers,
@@ -112,10 +116,14 @@ def greedy_analysis(model_dir: Path, held: list[Any], job: dict[str, Any], tok: 
 
     gen = job["spec"]["generation"]
     generator = generate.load_generator(str(model_dir), "transformers", gen["batchSize"])
+    from tao_trainer import models
+
+    tok_ = generator.tokenizer
     answers = [
         g[0]
         for g in generator.generate(
-            [r.prompt for r in held], generate.Sampling(1, 0.0, 1.0, gen["maxNewTokens"], 0)
+            [models.prepare_prompt(tok_, r.prompt, None).ids for r in held],
+            generate.Sampling(1, 0.0, 1.0, gen["maxNewTokens"], 0),
         )
     ]
     return c.analyze(answers, [r.fields["answer"] for r in held], tok)

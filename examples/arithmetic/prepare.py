@@ -67,7 +67,7 @@ NUM_STOP_EVAL = 400
 #: the final answer of a completion, as the loop's scorer extracts it
 ANSWER_REGEX = r";(\d+)$"
 
-PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+PAD, EOS, UNK, BOS = "<pad>", "<eos>", "<unk>", "<bos>"
 CHARS = "0123456789+-=,;"
 
 # --- pretraining ------------------------------------------------------------------------------
@@ -148,15 +148,20 @@ def final_answer(completion: str) -> str | None:
 # --- model and tokenizer -------------------------------------------------------------------------
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A char-level tokenizer: one token per character, nothing added on encoding."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+def build_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
+    """A char-level tokenizer: one token per character, nothing added on encoding; with `bos`, a BOS token put in
+    front of every text, as Llama- and Mistral-style tokenizers do."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *CHARS])}
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *CHARS, *([BOS] if bos else [])])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])]
+        )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=EOS,
@@ -164,6 +169,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         unk_token=UNK,
         padding_side="left",
         model_max_length=64,
+        **({"bos_token": BOS} if bos else {}),
     )
     return tok
 
@@ -233,7 +239,11 @@ def training_batch(
         if (a, b) in reserved:
             continue
         completion = column_route(a, b) if rng.random() < 0.5 else compensation_route(a, b)
-        p, c = encode(f"{a}+{b}=", vocab), encode(completion, vocab) + [eos_id]
+        # The prompt as the tokenizer encodes it: a BOS first when it adds one (--bos).
+        p, c = (
+            [vocab[BOS]] * (BOS in vocab) + encode(f"{a}+{b}=", vocab),
+            encode(completion, vocab) + [eos_id],
+        )
         seqs.append(p + c)
         labels.append([-100] * len(p) + c)
     width = max(map(len, seqs))
@@ -324,13 +334,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--target", type=float, default=TARGET_ACCURACY, help="stop pretraining at this greedy accuracy"
     )
+    parser.add_argument(
+        "--bos",
+        action="store_true",
+        help="a tokenizer that puts a BOS token in front of every text (Llama-style), pretrained with it",
+    )
     args = parser.parse_args(argv)
 
     t0 = time.monotonic()
     import torch
 
     torch.manual_seed(args.seed)
-    tok = build_tokenizer()
+    tok = build_tokenizer(bos=args.bos)
     model = build_model(tok)
     print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, vocab {len(tok)}", flush=True)
 

@@ -118,10 +118,10 @@ def test_multi_part_prompt_is_the_same_served_and_captured(
     [record], skipped = records_from_request("chat", {"messages": messages})
     assert skipped == 0
     backend = served.backend
-    served_text = backend.render_chat(parse_messages(messages))
-    assert models.render_prompt(backend.tokenizer, record["prompt"], None) == served_text
+    served_ids = backend.chat_ids(parse_messages(messages))
+    assert models.prepare_prompt(backend.tokenizer, record["prompt"], None).ids == served_ids
     status, body = call(served.url + "/chat/completions", {"messages": messages, "max_tokens": 1})
-    assert status == 200 and body["usage"]["prompt_tokens"] == len(served_text)  # one token per character
+    assert status == 200 and body["usage"]["prompt_tokens"] == len(served_ids)
     # With a chat template too (a single user turn is stored as plain text, which the loop wraps as one).
     templated = models.load_tokenizer(models.resolve(f"file://{tiny_model}"))
     templated.chat_template = (

@@ -30,27 +30,44 @@ class Sampling:
         return cls(1, 0.0, 1.0, gen.max_new_tokens, seed)
 
 
+PromptIds = list[int]
+"""A prompt as token ids, from `models.prepare_prompt`: every backend generates from exactly these tokens."""
+
+
 class Generator(Protocol):
     tokenizer: Any
 
     def generate(
-        self, prompts: list[str], sampling: Sampling, progress: Callable[[int], None] | None = None
+        self, prompts: list[PromptIds], sampling: Sampling, progress: Callable[[int], None] | None = None
     ) -> list[list[str]]:
-        """For each rendered prompt, `sampling.n` completions (new text only, special tokens removed)."""
+        """For each prompt, `sampling.n` completions (new text only, special tokens removed)."""
         ...
 
 
+def left_padded(prompts: list[PromptIds], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(input_ids, attention_mask), padded on the left so that every prompt ends where generation starts.
+
+    >>> left_padded([[5, 6, 7], [8]], 0)
+    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+    """
+    width = max((len(ids) for ids in prompts), default=0)
+    ids = [[pad_id] * (width - len(p)) + list(p) for p in prompts]
+    mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+    return ids, mask
+
+
 class TransformersGenerator:
-    """Batched `model.generate`; left padding so that every prompt ends where generation starts."""
+    """Batched `model.generate` on the prompts' own token ids, left-padded here (the tokenizer's padding side and
+    special-token settings play no part). Positions follow the attention mask, so a padded prompt is read as the
+    same prompt alone."""
 
     def __init__(self, model_path: str, batch_size: int = 32) -> None:
         self.tokenizer = models.load_tokenizer(model_path)
-        self.tokenizer.padding_side = "left"
         self.model = models.load_causal_lm(model_path)
         self.batch_size = batch_size
 
     def generate(
-        self, prompts: list[str], sampling: Sampling, progress: Callable[[int], None] | None = None
+        self, prompts: list[PromptIds], sampling: Sampling, progress: Callable[[int], None] | None = None
     ) -> list[list[str]]:
         import torch
 
@@ -60,8 +77,9 @@ class TransformersGenerator:
             batch = prompts[start : start + self.batch_size]
             # A seed per batch: a shard re-run after an interruption reproduces the same candidates.
             torch.manual_seed(sampling.seed * 1_000_003 + start)
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(self.model.device) for k, v in enc.items()}
+            ids, mask = left_padded(batch, self.tokenizer.pad_token_id)
+            input_ids = torch.tensor(ids, dtype=torch.long, device=self.model.device)
+            attention_mask = torch.tensor(mask, dtype=torch.long, device=self.model.device)
             kwargs: dict[str, Any] = {
                 "max_new_tokens": sampling.max_new_tokens,
                 "pad_token_id": self.tokenizer.pad_token_id,
@@ -72,8 +90,8 @@ class TransformersGenerator:
             else:
                 kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
             with torch.inference_mode():
-                seqs = self.model.generate(**enc, **kwargs)
-            new = seqs[:, enc["input_ids"].shape[1] :]
+                seqs = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            new = seqs[:, input_ids.shape[1] :]
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             per = kwargs["num_return_sequences"]
             for i in range(len(batch)):
@@ -85,7 +103,8 @@ class TransformersGenerator:
 
 
 class VllmGenerator:
-    """vLLM offline engine: continuous batching on GPUs; same interface as the transformers backend."""
+    """vLLM offline engine: continuous batching on GPUs; same interface as the transformers backend. Prompts go in
+    as token ids, so vLLM does no tokenization of its own (its defaults could add or omit a BOS)."""
 
     def __init__(self, model_path: str, **engine_args: Any) -> None:
         from vllm import LLM
@@ -94,7 +113,7 @@ class VllmGenerator:
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(
-        self, prompts: list[str], sampling: Sampling, progress: Callable[[int], None] | None = None
+        self, prompts: list[PromptIds], sampling: Sampling, progress: Callable[[int], None] | None = None
     ) -> list[list[str]]:
         from vllm import SamplingParams
 
@@ -106,7 +125,8 @@ class VllmGenerator:
             seed=sampling.seed,
             skip_special_tokens=True,
         )
-        results = self.llm.generate(prompts, params, use_tqdm=False)
+        inputs = [{"prompt_token_ids": list(ids)} for ids in prompts]  # vLLM's TokensPrompt
+        results = self.llm.generate(inputs, params, use_tqdm=False)
         out = []
         for r in results:
             texts = [o.text for o in r.outputs]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,24 +88,70 @@ def _adapter_base(path: str) -> str | None:
     return resolve(json.loads(marker.read_text())["uri"])
 
 
-def render_prompt(tokenizer: Any, prompt: str | list[dict[str, Any]], system_prompt: str | None) -> str:
-    """The exact text the model sees, used identically by generation, training and evaluation.
+def prompt_messages(prompt: str | list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
+    """A prompt as chat messages: a text prompt is one user message; the system prompt goes first, once.
 
-    With a chat template, text prompts become a user message; without one (small base models), text is used
-    as is and messages are joined by newlines.
+    >>> prompt_messages("2+2?", "Be brief.")
+    [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': '2+2?'}]
     """
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if isinstance(prompt, str):
-        if not has_template:
-            return f"{system_prompt}\n{prompt}" if system_prompt else prompt
-        messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
-    else:
-        messages = list(prompt)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system_prompt and not any(m.get("role") == "system" for m in messages):
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    if has_template:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n".join(str(m.get("content", "")) for m in messages)
+    return messages
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt as one model reads it: the same for generation (both backends), training, evaluation, reward
+    models and `tao serve`."""
+
+    text: str  # the prompt as text, with what a chat template writes (its special tokens included)
+    ids: list[int]  # the token ids the model reads: the tokenizer's own special tokens exactly once
+    chat: (
+        bool  # rendered with the chat template (TRL then gets the messages, and tokenizes them the same way)
+    )
+    messages: list[dict[str, Any]]  # the chat messages (system prompt included) the prompt stands for
+
+
+def prepare_prompt(
+    tokenizer: Any, prompt: str | list[dict[str, Any]], system_prompt: str | None, *, raw: bool = False
+) -> PreparedPrompt:
+    """Render and tokenize a prompt for a model: the one place that decides which tokens a model sees.
+
+    - With a chat template (and not `raw`): the template renders the messages with a generation prompt, and the
+      text is tokenized without adding special tokens: the template writes them itself (BOS included), as
+      `apply_chat_template(tokenize=True)`, vLLM's chat endpoint and TRL do.
+    - Without one (base models), or `raw` (a prompt that reached the model as plain text, e.g. captured from
+      /v1/completions): the text as is (messages joined by newlines, the system prompt on the first line), with
+      the special tokens the tokenizer adds in front (BOS for Llama- and Mistral-style tokenizers), as a server
+      tokenizes a completion prompt. A special token a tokenizer appends (EOS) is dropped: it would tell the model
+      the text had ended before it starts to answer.
+    """
+    messages = prompt_messages(prompt, system_prompt)
+    if getattr(tokenizer, "chat_template", None) and not raw:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return PreparedPrompt(text=text, ids=ids, chat=True, messages=messages)
+    if isinstance(prompt, str):
+        text = f"{system_prompt}\n{prompt}" if system_prompt else prompt
+    else:
+        text = "\n".join(str(m.get("content", "")) for m in messages)
+    return PreparedPrompt(text=text, ids=leading_special_ids(tokenizer, text), chat=False, messages=messages)
+
+
+def leading_special_ids(tokenizer: Any, text: str) -> list[int]:
+    """`text`'s ids with the special tokens the tokenizer puts in front of a text, but none it appends."""
+    bare = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(text)["input_ids"])
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start] + bare
+    return full  # a tokenizer that rewrites the text itself: its own result, whole
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict[str, Any]], system_prompt: str | None) -> str:
+    """The prompt's text as the model sees it (see `prepare_prompt`, which also gives the token ids)."""
+    return prepare_prompt(tokenizer, prompt, system_prompt).text
 
 
 def save_model(model: Any, tokenizer: Any, local_dir: Path, base_uri: str | None = None) -> None:

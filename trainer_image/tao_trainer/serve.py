@@ -102,20 +102,27 @@ class TransformersBackend:
         pad = self.tokenizer.pad_token_id
         self.pad_id: int | None = pad if pad is not None else (min(eos_ids) if eos_ids else None)
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        return models.render_prompt(self.tokenizer, messages, None)
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """A chat's tokens: the chat template's rendering, as training and generation read the same chat."""
+        return models.prepare_prompt(self.tokenizer, messages, None).ids
 
-    def complete(self, prompt: str, sampling: Sampling, param: str) -> tuple[int, list[Choice]]:
-        """(prompt tokens, `sampling.n` choices) for one rendered prompt."""
+    def text_ids(self, prompt: str, param: str) -> list[int]:
+        """A completion prompt's tokens: the text with the tokenizer's leading special tokens (BOS), as the loop
+        reads a prompt captured from /v1/completions."""
+        if not self.tokenizer(prompt, add_special_tokens=False)["input_ids"]:
+            raise RequestError(f"'{param}' is empty after tokenization", param=param)
+        return models.prepare_prompt(self.tokenizer, prompt, None, raw=True).ids
+
+    def complete(self, ids: list[int], sampling: Sampling, param: str) -> tuple[int, list[Choice]]:
+        """(prompt tokens, `sampling.n` choices) for one prompt's token ids."""
         with (
             self.lock
         ):  # one generation at a time; fast tokenizers are not safe to share across threads either
-            return self._complete(prompt, sampling, param)
+            return self._complete(ids, sampling, param)
 
-    def _complete(self, prompt: str, sampling: Sampling, param: str) -> tuple[int, list[Choice]]:
+    def _complete(self, ids: list[int], sampling: Sampling, param: str) -> tuple[int, list[Choice]]:
         import torch
 
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         prompt_tokens = len(ids)
         if prompt_tokens == 0:
             raise RequestError(f"'{param}' is empty after tokenization", param=param)
@@ -328,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
         messages = parse_messages(body.get("messages"))
         sampling = parse_sampling(body)
         backend = self.server.backend
-        prompt_tokens, choices = backend.complete(backend.render_chat(messages), sampling, "messages")
+        prompt_tokens, choices = backend.complete(backend.chat_ids(messages), sampling, "messages")
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -351,7 +358,8 @@ class _Handler(BaseHTTPRequestHandler):
         sampling = parse_sampling(body)
         total_prompt, all_choices = 0, []
         for prompt in prompts:
-            prompt_tokens, choices = self.server.backend.complete(prompt, sampling, "prompt")
+            backend = self.server.backend
+            prompt_tokens, choices = backend.complete(backend.text_ids(prompt, "prompt"), sampling, "prompt")
             total_prompt += prompt_tokens
             all_choices.extend(choices)
         return {

@@ -1,7 +1,8 @@
 """What the stages share: logging, progress, sharding, and loading a generator with the spec's sampling.
 
 Generate, preflight and evaluate all sample from a model the same way (`open_generator`, `render`,
-`Sampling.from_spec`), so that a prompt is rendered and sampled identically wherever it is used.
+`Sampling.from_spec`), and training reads the same prompt tokens (`prepare`), so that a prompt is rendered,
+tokenized and sampled identically wherever it is used.
 """
 
 from __future__ import annotations
@@ -74,11 +75,30 @@ def open_generator(gen: GenerationSpec, model_uri: str, revision: str | None = N
     return generation.load_generator(models.resolve(model_uri, revision), gen.backend, gen.batch_size)
 
 
-def render(generator: Any, records: Sequence[dict[str, Any]], system_prompt: str | None) -> list[str]:
-    """Each record's prompt as the model sees it (chat template and system prompt applied once, here)."""
+# A prompt captured from /v1/completions reached the served model as plain text, not through its chat template.
+RAW_TEXT_ENDPOINT = "completions"
+
+
+def prepare(tokenizer: Any, records: Sequence[dict[str, Any]], system_prompt: str | None) -> list[Any]:
+    """Each record's prompt as the model reads it (`models.prepare_prompt`: the tokens generation, training and
+    evaluation all use). A record the capture proxy took from /v1/completions is rendered as the plain text the
+    server received, whatever the model's chat template."""
     from tao_trainer import models
 
-    return [models.render_prompt(generator.tokenizer, rec["prompt"], system_prompt) for rec in records]
+    return [
+        models.prepare_prompt(
+            tokenizer,
+            rec["prompt"],
+            system_prompt,
+            raw=(rec.get("fields") or {}).get("endpoint") == RAW_TEXT_ENDPOINT,
+        )
+        for rec in records
+    ]
+
+
+def render(generator: Any, records: Sequence[dict[str, Any]], system_prompt: str | None) -> list[list[int]]:
+    """The token ids a generator gets for each record's prompt (chat template and system prompt applied once)."""
+    return [prepared.ids for prepared in prepare(generator.tokenizer, records, system_prompt)]
 
 
 def candidate_source(gen: GenerationSpec, model_uri: str) -> tuple[str, str | None]:

@@ -20,7 +20,7 @@ from tao_trainer import models, storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec, TrainingSpec
-from tao_trainer.stages.common import log, my_shards
+from tao_trainer.stages.common import log, my_shards, prepare
 
 
 def scored_candidates(
@@ -77,30 +77,71 @@ def dpo_pair(rec: dict[str, Any], scores: list[float | None], spec: TrainingSpec
 
 
 def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
-    """The round's training rows, prompts rendered with the tuned model's own template."""
+    """The round's training rows, each prompt prepared exactly as generation and evaluation prepared it.
+
+    Every row carries `prompt_ids` (the tokens the model read when it wrote the candidates) and `prompt` in the
+    form TRL tokenizes to those same tokens: the chat messages when the model has a chat template (TRL applies the
+    template with a generation prompt, without adding special tokens), else the plain text (TRL adds the
+    tokenizer's leading special tokens, as we do). `dataset.jsonl` keeps these rows, so what a round trained on
+    can be read back.
+    """
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     system = spec.generation.system_prompt
     rows: list[dict[str, Any]] = []
     if spec.training.method == "grpo":
-        for i in my_shards(cfg):
-            for rec in storage.read_jsonl(lay.shard("prompts", r, i)):
-                rows.append(
-                    {
-                        **rec.get("fields", {}),
-                        "prompt": models.render_prompt(tokenizer, rec["prompt"], system),
-                        "raw_prompt": rec["prompt"],
-                    }
-                )
+        records = [rec for i in my_shards(cfg) for rec in storage.read_jsonl(lay.shard("prompts", r, i))]
+        for rec, prepared in zip(records, prepare(tokenizer, records, system), strict=True):
+            rows.append({**rec.get("fields", {}), **_trl_prompt(prepared)})
         return rows
-    for rec, scores in scored_candidates(lay, r, my_shards(cfg)):
-        rendered = models.render_prompt(tokenizer, rec["prompt"], system)
+    scored = list(scored_candidates(lay, r, my_shards(cfg)))
+    prepared_prompts = prepare(tokenizer, [rec for rec, _ in scored], system)
+    for (rec, scores), prepared in zip(scored, prepared_prompts, strict=True):
         if spec.training.method == "sft":
-            rows.extend({"prompt": rendered, **ex} for ex in sft_examples(rec, scores, spec.training))
+            rows.extend(
+                {"prompt": prepared.text, "prompt_ids": prepared.ids, **ex}
+                for ex in sft_examples(rec, scores, spec.training)
+            )
         else:
             pair = dpo_pair(rec, scores, spec.training)
             if pair is not None:
-                rows.append({"prompt": rendered, **pair})
+                # A chat prompt's answers are assistant turns: TRL renders them with the template's turn ends.
+                answers: dict[str, Any] = (
+                    {k: [{"role": "assistant", "content": v}] for k, v in pair.items()} if prepared.chat else pair
+                )
+                rows.append({**_trl_prompt(prepared), **answers})
     return rows
+
+
+def _trl_prompt(prepared: Any) -> dict[str, Any]:
+    """The prompt as TRL takes it (messages for a chat template, else text) and the ids it must come to."""
+    return {"prompt": prepared.messages if prepared.chat else prepared.text, "prompt_ids": prepared.ids}
+
+
+def sft_tokens(row: dict[str, Any], tokenizer: Any) -> dict[str, list[int]]:
+    """An SFT row as token ids for TRL (which then tokenizes nothing itself): the prompt's own ids, then the
+    completion's, then EOS so that the model learns to stop; only the completion and EOS are trained on."""
+    completion = list(tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        completion.append(tokenizer.eos_token_id)
+    prompt = list(row["prompt_ids"])
+    return {"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)}
+
+
+def check_trl_prompt_ids(tokenizer: Any, row: dict[str, Any]) -> None:
+    """Fail before training when TRL would tokenize a plain-text prompt differently from generation.
+
+    TRL tokenizes a plain-text prompt with the tokenizer's defaults; a tokenizer that appends a special token
+    (EOS) to every text would make GRPO sample from prompts that end in it. Chat prompts are tokenized by the chat
+    template without added special tokens, as generation does.
+    """
+    if isinstance(row["prompt"], str):
+        trl_ids = list(tokenizer(text=row["prompt"])["input_ids"])
+        if trl_ids != row["prompt_ids"]:
+            raise ValueError(
+                "training.method grpo: TRL would read this model's plain-text prompts as other tokens than "
+                f"generation does ({trl_ids[-3:]} vs {row['prompt_ids'][-3:]} at the end): the tokenizer appends "
+                "special tokens to every text. Give the model a chat template, or use sft or dpo"
+            )
 
 
 def _common_args(t: TrainingSpec, out: str) -> dict[str, Any]:
@@ -146,8 +187,13 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     disable_progress_bar()  # per-map bars of dataset preparation drown the stage's own progress lines
 
     spec, t = cfg.spec, cfg.spec.training
-    dataset = Dataset.from_list(rows)
     peft_config = _peft_config(spec)
+    if t.method == "sft":
+        dataset = Dataset.from_list([sft_tokens(row, tokenizer) for row in rows])
+    else:
+        if t.method == "grpo":
+            check_trl_prompt_ids(tokenizer, rows[0])
+        dataset = Dataset.from_list([{k: v for k, v in row.items() if k != "prompt_ids"} for row in rows])
     if t.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
