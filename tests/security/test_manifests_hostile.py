@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tao_operator.api import SpecError, load_taojob_file, parse_taojob
 
-VALID = {
+VALID: dict[str, Any] = {
     "apiVersion": "tao.dev/v1alpha1",
     "kind": "TAOJob",
     "metadata": {"name": "demo"},
@@ -26,9 +27,9 @@ VALID = {
 }
 
 
-def changed(path: str, value: object) -> dict:
+def changed(path: str, value: object) -> dict[str, Any]:
     doc = copy.deepcopy(VALID)
-    node = doc
+    node: Any = doc
     keys = path.split(".")
     for key in keys[:-1]:
         node = node.setdefault(key, {})
