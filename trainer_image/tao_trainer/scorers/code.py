@@ -14,6 +14,9 @@ fence at the end; the whole completion.
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from tao_trainer.safe_regex import user_regex
 
 __all__ = ["extract_code"]
 
@@ -39,7 +42,8 @@ def extract_code(text: str, pattern: str | re.Pattern[str] | None = None, langua
     """The code in `text`, trimmed.
 
     - `pattern` given: group 1 of its last match (the whole match if it has no group); "" if it does
-      not match, since a completion that breaks the requested format holds no code.
+      not match, since a completion that breaks the requested format holds no code. A pattern given
+      as a string is a user's: it runs with a time budget and raises `RegexTimeout` past it.
     - else the last fenced code block; with `language`, the last block tagged with it (or untagged)
       wins over blocks in other languages, so a trailing ```text block of sample output is skipped.
     - else an opening fence with no closing one (generation stopped early): everything after it.
@@ -59,11 +63,15 @@ def extract_code(text: str, pattern: str | re.Pattern[str] | None = None, langua
     'SELECT * FROM t WHERE'
     """
     if pattern is not None:
-        compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
-        match = _last_match(compiled, text)
+        if isinstance(pattern, str):  # a user's pattern: budgeted, raises RegexTimeout
+            budgeted = user_regex(pattern)
+            match: Any = budgeted.last_match(text)
+            groups = budgeted.groups
+        else:
+            match, groups = _last_match(pattern, text), pattern.groups
         if match is None:
             return ""
-        found = match.group(1) if compiled.groups else match.group(0)
+        found = match.group(1) if groups else match.group(0)
         return (found or "").strip()
     blocks = list(_FENCE.finditer(text))
     if blocks:

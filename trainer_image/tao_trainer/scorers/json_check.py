@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jsonschema.validators import validator_for
 
+from tao_trainer.safe_regex import RegexTimeout, user_regex
 from tao_trainer.spec import FieldCheck, JsonSpec
 
 from .base import Detail, Detailed, Score, Scorer, completion_text
@@ -158,7 +158,7 @@ class JsonScorer(Scorer[JsonSpec]):
         self._validator = validator_for(schema)(schema) if schema is not None else None
 
         self._patterns = {
-            index: re.compile(check.pattern)
+            index: user_regex(check.pattern)
             for index, check in enumerate(self.spec.checks)
             if check.pattern is not None
         }
@@ -189,8 +189,17 @@ class JsonScorer(Scorer[JsonSpec]):
                 continue
             failed: list[str] = []
             applied = 0
-            for number, check in enumerate(self.spec.checks):
-                reason = self._failure(number, check, value, index, kwargs)
+            try:
+                reasons = [
+                    self._failure(number, check, value, index, kwargs)
+                    for number, check in enumerate(self.spec.checks)
+                ]
+            except RegexTimeout as exc:  # no judgement rather than a guess
+                self.count("regexTimeouts")
+                values.append(None)
+                details.append({"valid": True, "error": str(exc)})
+                continue
+            for check, reason in zip(self.spec.checks, reasons, strict=True):
                 if reason == "skipped":
                     continue
                 applied += 1

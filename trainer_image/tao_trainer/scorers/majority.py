@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tao_trainer.safe_regex import RegexTimeout, UserRegex, user_regex
 from tao_trainer.spec import MajoritySpec
 
 from .base import Detailed, Score, Scorer, check_batch, check_references, completion_text, group_spans
@@ -34,18 +35,22 @@ def normalize_answer(answer: str) -> str:
     return text
 
 
-def extract_answer(pattern: re.Pattern[str], text: str, normalize: bool = True) -> str | None:
+def extract_answer(pattern: re.Pattern[str] | UserRegex, text: str, normalize: bool = True) -> str | None:
     """The answer in `text`: group 1 (or the whole match) of the LAST match, since final answers
     come last and worked solutions mention intermediate numbers first. None if nothing usable.
+    A `UserRegex` raises `RegexTimeout` past its time budget.
 
     >>> extract_answer(re.compile(r"=(\\d+)"), "7+5=12, 12+1=13")
     '13'
     >>> extract_answer(re.compile(r"\\d+"), "no digits") is None
     True
     """
-    last: re.Match[str] | None = None
-    for last in pattern.finditer(text):  # noqa: B007 - we want the final match
-        pass
+    last: Any = None
+    if isinstance(pattern, UserRegex):
+        last = pattern.last_match(text)
+    else:
+        for last in pattern.finditer(text):  # noqa: B007 - we want the final match
+            pass
     if last is None:
         return None
     answer = last.group(1) if pattern.groups else last.group(0)
@@ -112,11 +117,19 @@ class MajorityScorer(Scorer[MajoritySpec]):
 
     def __init__(self, spec: MajoritySpec | None = None, /, **fields: Any) -> None:
         super().__init__(spec, **fields)
-        self._pattern = re.compile(self.spec.extract)
+        self._pattern = user_regex(self.spec.extract)
 
     def answer(self, completion: Any) -> str | None:
-        """The answer a completion gives, as the vote compares it (extracted, normalized if asked)."""
+        """The answer a completion gives, as the vote compares it (extracted, normalized if asked);
+        raises RegexTimeout when `extract` runs past its time budget on it."""
         return extract_answer(self._pattern, completion_text(completion), self.spec.normalize)
+
+    def _answer_or_none(self, completion: Any) -> tuple[str | None, bool]:
+        try:
+            return self.answer(completion), False
+        except RegexTimeout:
+            self.count("regexTimeouts")
+            return None, True
 
     def vote(self, samples: Sequence[Any]) -> str | None:
         """The confident majority answer of a group of samples, or None when no answer reaches
@@ -126,19 +139,23 @@ class MajorityScorer(Scorer[MajoritySpec]):
         >>> scorer.vote(["=4", "=4", "=5"]), scorer.vote(["=1", "=2", "=3"])
         ('4', None)
         """
-        return self._confident([self.answer(sample) for sample in samples])
+        return self._confident([self._answer_or_none(sample)[0] for sample in samples])
 
     def _confident(self, answers: Sequence[str | None]) -> str | None:
         answer, share = majority_answer(answers)
         return answer if share >= self.spec.min_agreement - _EPSILON else None
 
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
-        answers = [self.answer(completion) for completion in completions]
+        extracted = [self._answer_or_none(completion) for completion in completions]
+        answers = [answer for answer, _ in extracted]
         scores: list[Score] = []
         for start, stop in group_spans(prompts):
             group = answers[start:stop]
             winner = self._confident(group)
-            scores.extend(1.0 if winner is not None and answer == winner else 0.0 for answer in group)
+            scores.extend(
+                None if timed_out else 1.0 if winner is not None and answer == winner else 0.0
+                for answer, (_, timed_out) in zip(group, extracted[start:stop], strict=True)
+            )
         return Detailed(scores)
 
     def detailed_against(
@@ -158,6 +175,6 @@ class MajorityScorer(Scorer[MajoritySpec]):
                 scores.append(None)
                 continue
             winner = self.vote(group)
-            answer = self.answer(completion)
-            scores.append(1.0 if winner is not None and answer == winner else 0.0)
+            answer, timed_out = self._answer_or_none(completion)
+            scores.append(None if timed_out else 1.0 if winner is not None and answer == winner else 0.0)
         return Detailed(scores)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from tao_trainer.safe_regex import RegexTimeout
 from tao_trainer.spec import PythonTestsSpec
 
 from .base import Detail, Detailed, Score, Scorer, ScorerError, completion_text
@@ -60,7 +61,8 @@ class PythonTestsScorer(Scorer[PythonTestsSpec]):
     Details per completion: `{"passed", "total", "error"}`, plus `failed` (up to 5 "test: error"
     strings) and `blocked` (operations the sandbox refused) when there are any.
     Counters: runs, timeouts, memoryErrors, blocked (runs that tried something refused), crashes,
-    syntaxErrors, missingTests, badTests, `isolation.<level>` (runs per OS isolation level).
+    syntaxErrors, missingTests, badTests, regexTimeouts (`extract` ran past its budget: None),
+    `isolation.<level>` (runs per OS isolation level).
 
     Example:
 
@@ -141,7 +143,12 @@ class PythonTestsScorer(Scorer[PythonTestsSpec]):
                     }
                     continue
             total = max(1, len(names_of[tests]))
-            code = extract_code(completion_text(completion), self.spec.extract, language="python")
+            try:
+                code = extract_code(completion_text(completion), self.spec.extract, language="python")
+            except RegexTimeout as exc:  # the extract pattern ran out of time: no judgement
+                self.count("regexTimeouts")
+                details[index] = {"passed": 0, "total": total, "error": _short(str(exc))}
+                continue
             syntax_error = _syntax_error(code) if code else "no code found"
             if syntax_error is not None:
                 self.count("syntaxErrors")

@@ -6,13 +6,13 @@ model may already follow part of the time; rewarding compliance teaches it to fo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
+from tao_trainer.safe_regex import RegexTimeout, user_regex
 from tao_trainer.spec import RegexSpec
 
-from .base import Detailed, Scorer, completion_text
+from .base import Detailed, Score, Scorer, completion_text
 
 __all__ = ["RegexScorer"]
 
@@ -22,7 +22,8 @@ class RegexScorer(Scorer[RegexSpec]):
 
     `mode="fullmatch"` (default) matches the whole completion after trimming surrounding
     whitespace, so stray newlines from generation do not fail an otherwise exact format;
-    `mode="search"` accepts a match anywhere.
+    `mode="search"` accepts a match anywhere. A match that runs past the time budget
+    (`safe_regex.BUDGET_SECONDS`) abstains (None) and counts `regexTimeouts`.
 
     Example:
 
@@ -41,11 +42,20 @@ class RegexScorer(Scorer[RegexSpec]):
 
     def __init__(self, spec: RegexSpec | None = None, /, **fields: Any) -> None:
         super().__init__(spec, **fields)
-        self._pattern = re.compile(self.spec.pattern)
+        self._pattern = user_regex(self.spec.pattern)
 
     def _detailed(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Detailed:
-        if self.spec.mode == "fullmatch":
-            matched = [self._pattern.fullmatch(completion_text(c).strip()) for c in completions]
-        else:
-            matched = [self._pattern.search(completion_text(c)) for c in completions]
-        return Detailed([1.0 if match is not None else 0.0 for match in matched])
+        scores: list[Score] = []
+        for completion in completions:
+            text = completion_text(completion)
+            try:
+                if self.spec.mode == "fullmatch":
+                    match = self._pattern.fullmatch(text.strip())
+                else:
+                    match = self._pattern.search(text)
+            except RegexTimeout:
+                self.count("regexTimeouts")
+                scores.append(None)
+                continue
+            scores.append(1.0 if match is not None else 0.0)
+        return Detailed(scores)

@@ -17,7 +17,11 @@ statements it covers:
 
 A query also gets a deadline (a progress handler interrupts it, and a timer calls
 `Connection.interrupt` half a second later should one VM step run long), at most `maxRows + 1` rows
-are fetched, values may not grow past a few MiB, and only one statement is accepted.
+are fetched, values may not grow past a few MiB, the rows fetched may not add up to more than
+`MAX_RESULT_BYTES` (64 MiB: an error, so 0, for the candidate), and only one statement is accepted. A
+MemoryError while running or fetching one query scores that candidate 0 (counted as `memoryErrors`);
+the stage goes on. A user's `extract` pattern that runs past its time budget gives None
+(`regexTimeouts`).
 
 Scores (see `SqlSpec`): without a reference query, rows -> 1.0, runs with no rows -> 0.5, fails -> 0.0.
 With a reference query in the record (`referenceField`): the same result set -> 1.0, a different one
@@ -40,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tao_trainer.safe_regex import RegexTimeout
 from tao_trainer.spec import SqlSpec
 
 from .. import storage
@@ -60,6 +65,9 @@ _PROGRESS_STEPS = 1000
 _INTERRUPT_GRACE = 0.5
 _MAX_VALUE_BYTES = 8 << 20
 _MAX_SQL_BYTES = 1 << 20
+MAX_RESULT_BYTES = 64 << 20
+_FETCH_CHUNK = 256
+_ROW_OVERHEAD = 64  # bytes counted per row and per value beyond the value's own size
 _ERROR_CHARS = 200
 
 _ALLOWED_ACTIONS = frozenset(
@@ -85,7 +93,7 @@ _READ_ONLY_PRAGMAS = frozenset(
 class QueryResult:
     """What running one query gave: rows (normalized) or an error, and how it failed."""
 
-    __slots__ = ("denied", "error", "rows", "timed_out", "truncated")
+    __slots__ = ("denied", "error", "memory_error", "rows", "timed_out", "too_large", "truncated")
 
     def __init__(
         self,
@@ -95,12 +103,16 @@ class QueryResult:
         truncated: bool = False,
         timed_out: bool = False,
         denied: bool = False,
+        memory_error: bool = False,
+        too_large: bool = False,
     ) -> None:
         self.rows = rows
         self.error = error
         self.truncated = truncated
         self.timed_out = timed_out
         self.denied = denied
+        self.memory_error = memory_error
+        self.too_large = too_large
 
     @property
     def ok(self) -> bool:
@@ -178,11 +190,36 @@ def _strip_terminators(query: str) -> str:
     return query
 
 
-def run_query(path: Path | str, query: str, *, timeout: float, max_rows: int) -> QueryResult:
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, str | bytes):
+        return len(value) + _ROW_OVERHEAD
+    return _ROW_OVERHEAD
+
+
+def _fetch(cursor: sqlite3.Cursor, max_rows: int, max_bytes: int) -> list[Any] | None:
+    """Up to `max_rows + 1` rows, or None once they add up to more than `max_bytes`."""
+    fetched: list[Any] = []
+    total = 0
+    while len(fetched) <= max_rows:
+        chunk = cursor.fetchmany(min(_FETCH_CHUNK, max_rows + 1 - len(fetched)))
+        if not chunk:
+            break
+        for row in chunk:
+            total += _ROW_OVERHEAD + sum(_value_bytes(value) for value in row)
+        if total > max_bytes:
+            return None
+        fetched.extend(chunk)
+    return fetched
+
+
+def run_query(
+    path: Path | str, query: str, *, timeout: float, max_rows: int, max_bytes: int = MAX_RESULT_BYTES
+) -> QueryResult:
     """Run one query read-only against the SQLite file at `path`, within `timeout` seconds.
 
-    Returns at most `max_rows` rows (`truncated` tells whether there were more); never raises for a
-    bad query, only for a database that cannot be opened.
+    Returns at most `max_rows` rows (`truncated` tells whether there were more) adding up to at most
+    `max_bytes`; never raises for a bad query (nor a MemoryError), only for a database that cannot
+    be opened.
     """
     query = _strip_terminators(query)
     if not query:
@@ -213,7 +250,11 @@ def run_query(path: Path | str, query: str, *, timeout: float, max_rows: int) ->
         cursor = conn.execute(query)
         if cursor.description is None:
             return QueryResult(error="not a query: the statement returns no columns", denied=True)
-        fetched = cursor.fetchmany(max_rows + 1)
+        fetched = _fetch(cursor, max_rows, max_bytes)
+        if fetched is None:
+            return QueryResult(error=f"result larger than {max_bytes >> 20} MiB", too_large=True)
+    except MemoryError:
+        return QueryResult(error="MemoryError: the query's result does not fit in memory", memory_error=True)
     except (sqlite3.Error, sqlite3.Warning) as exc:
         message = str(exc)
         if timed_out:
@@ -228,7 +269,11 @@ def run_query(path: Path | str, query: str, *, timeout: float, max_rows: int) ->
         timer.join()
         conn.close()
     truncated = len(fetched) > max_rows
-    return QueryResult([normalize_row(row) for row in fetched[:max_rows]], truncated=truncated)
+    try:
+        rows = [normalize_row(row) for row in fetched[:max_rows]]
+    except MemoryError:
+        return QueryResult(error="MemoryError: the query's result does not fit in memory", memory_error=True)
+    return QueryResult(rows, truncated=truncated)
 
 
 def same_result(
@@ -253,7 +298,8 @@ class SqlScorer(Scorer[SqlSpec]):
 
     Details per completion: `{"executes", "rows", "matchesReference", "error"}` (`rows` is the
     number fetched, at most maxRows + 1; `matchesReference` is None without a reference).
-    Counters: executed, errors (timeouts and denials included), timeouts, denied, referenceErrors.
+    Counters: executed, errors (timeouts and denials included), timeouts, denied, memoryErrors,
+    resultTooLarge, regexTimeouts, referenceErrors.
 
     Example (a database built on the spot):
 
@@ -340,7 +386,13 @@ class SqlScorer(Scorer[SqlSpec]):
         values: list[Score] = []
         details: list[Detail] = []
         for index, completion in enumerate(completions):
-            query = extract_code(completion_text(completion), self.spec.extract, language="sql")
+            try:
+                query = extract_code(completion_text(completion), self.spec.extract, language="sql")
+            except RegexTimeout as exc:  # the extract pattern ran out of time: no judgement
+                self.count("regexTimeouts")
+                values.append(None)
+                details.append({"executes": None, "rows": None, "matchesReference": None, "error": str(exc)})
+                continue
             result = self._run(query)
             self._count_candidate(result)
             detail: dict[str, Any] = {
@@ -386,3 +438,7 @@ class SqlScorer(Scorer[SqlSpec]):
             self.count("timeouts")
         if result.denied:
             self.count("denied")
+        if result.memory_error:
+            self.count("memoryErrors")
+        if result.too_large:
+            self.count("resultTooLarge")

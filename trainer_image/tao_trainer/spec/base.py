@@ -26,11 +26,21 @@ class CamelModel(BaseModel):
 
 
 def check_regex(pattern: str, field: str) -> str:
-    """The pattern, if it compiles; else a ValueError naming the field."""
+    """The pattern, if it compiles and cannot backtrack exponentially (`safe_regex.catastrophic`: nested
+    quantifiers over overlapping parts, such as `(a+)+`, `(a|a)*`, `(.*)*`); else a ValueError naming
+    the field. Every user regex of the spec is checked here; at run time each call also has a time budget."""
+    from tao_trainer.safe_regex import catastrophic
+
     try:
         re.compile(pattern)
-    except re.error as exc:
+    except (re.error, RecursionError, OverflowError) as exc:
         raise ValueError(f"{field}: invalid regular expression {pattern!r}: {exc}") from None
+    reason = catastrophic(pattern)
+    if reason is not None:
+        raise ValueError(
+            f"{field}: regular expression {pattern!r} can take exponential time ({reason}); "
+            "rewrite it without a quantifier around a quantified part, e.g. (a+)+ -> a+"
+        )
     return pattern
 
 

@@ -15,7 +15,6 @@ supported by the *champion's* samples.
 from __future__ import annotations
 
 import gc
-import re
 from typing import Any
 
 from tao_trainer import models, storage
@@ -29,18 +28,25 @@ from tao_trainer.stages.score import flatten
 
 
 def extract_answer(text: str, pattern: str | None) -> str | None:
-    """The last match of `pattern` (its group 1 if it has one), or the whole stripped text.
+    """The last match of `pattern` (its group 1 if it has one), or the whole stripped text; None when
+    nothing matches or the pattern runs past its time budget (`safe_regex`: no answer, not a hang).
 
     >>> extract_answer("3+4=7;7", r";(\\d+)$"), extract_answer(" 7 ", None), extract_answer("x", r"\\d")
     ('7', '7', None)
     """
+    from tao_trainer.safe_regex import RegexTimeout, user_regex
+
     if pattern is None:
         return text.strip()
-    matches = list(re.finditer(pattern, text))
-    if not matches:
+    compiled = user_regex(pattern)
+    try:
+        m = compiled.last_match(text)
+    except RegexTimeout:
         return None
-    m = matches[-1]
-    return (m.group(1) if m.re.groups else m.group(0)).strip()
+    if m is None:
+        return None
+    found = m.group(1) if compiled.groups else m.group(0)
+    return str(found or "").strip()
 
 
 def metric_values(metric: MetricSpec, answers: list[str], labels: list[Any]) -> list[float]:
