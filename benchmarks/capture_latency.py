@@ -13,12 +13,18 @@ that background load on a shared machine falls on both alike. Storage scenarios:
 
 A stream row measures a 20-event SSE answer end to end. The proxy's CPU time per request comes from
 /proc. The printed table is the result; nothing is written elsewhere.
+
+``--hostile`` runs one more scenario (storage ok, ``--redact tao_trainer.capture:redact_basic``): blocks of
+16-concurrent benign requests through the proxy, alternating between quiet blocks and blocks during which
+one more client keeps a 1 MB hostile prompt in flight at all times (texts that made the old e-mail regex
+backtrack quadratically, and the new patterns' slowest inputs), and compares the p99s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -163,6 +169,82 @@ def pct(values: list[float], q: float) -> float:
     return bench.percentile(values, q) * 1000
 
 
+HOSTILE_UNITS = ("a", "+1 ", "(1)", "a.", "1 ")
+HOSTILE_CHARS = 1_000_000
+
+
+async def hostile_blocks(
+    proxied: str, requests: int, rounds: int = 4
+) -> tuple[list[float], list[float], int]:
+    """Benign p99 material without and with a 1 MB hostile prompt in flight; and hostile prompts sent."""
+    quiet: list[float] = []
+    loud: list[float] = []
+    sent = 0
+    counter = 0
+
+    async def benign(session: aiohttp.ClientSession, out: list[float], n: int) -> None:
+        queue = list(range(n))
+
+        async def worker() -> None:
+            nonlocal counter
+            while queue:
+                queue.pop()
+                counter += 1
+                text = f"Question {counter}: what is {counter} + {counter}? Show your work briefly."
+                payload = {"model": "champion", "messages": [{"role": "user", "content": text}]}
+                out.append(await one(session, proxied, payload))
+
+        await asyncio.gather(*(worker() for _ in range(16)))
+
+    async def hostile(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while True:
+            unit = HOSTILE_UNITS[sent % len(HOSTILE_UNITS)]
+            text = (unit * (HOSTILE_CHARS // len(unit) + 1))[:HOSTILE_CHARS]
+            await one(
+                session, proxied, {"model": "champion", "messages": [{"role": "user", "content": text}]}
+            )
+            sent += 1
+
+    per_block = max(1, requests // rounds)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session:
+        await benign(session, [], min(100, requests))  # warm
+        for _ in range(rounds):
+            await benign(session, quiet, per_block)
+            task = asyncio.create_task(hostile(session))
+            await asyncio.sleep(0.2)  # the first hostile prompt is in flight
+            await benign(session, loud, per_block)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return quiet, loud, sent
+
+
+def run_hostile(up_port: int, tmp: Path, env: dict[str, str], requests: int) -> None:
+    cmd = [sys.executable, "-m", "tao_trainer.cli", "capture", "--upstream", f"http://127.0.0.1:{up_port}"]
+    cmd += ["--listen", "127.0.0.1:0", "--prompts-uri", f"file://{tmp}/hostile/", "--flush-seconds", "1"]
+    cmd += ["--redact", "tao_trainer.capture:redact_basic"]
+    proxy, port = start(cmd, env)
+    try:
+        proxied = f"http://127.0.0.1:{port}/v1/chat/completions"
+        quiet, loud, sent = asyncio.run(hostile_blocks(proxied, requests))
+        time.sleep(2.5)
+        s = stats_of(port)
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
+    header = ["benign x16", "requests", "p50", "p95", "p99"]
+    rows = [
+        [name, str(len(v))] + [f"{pct(v, q):.2f}" for q in (50, 95, 99)]
+        for name, v in (("quiet", quiet), ("1 MB hostile in flight", loud))
+    ]
+    print("\nhostile prompts (ms, through the proxy with redact_basic):")
+    print(bench.right_table(header, rows))
+    print(f"p99 difference: {pct(loud, 99) - pct(quiet, 99):+.2f} ms (acceptance: within 50 ms)")
+    keys = ("forwarded", "captured", "redact_timeouts", "too_large", "dropped_full", "flushed_records")
+    print(f"hostile prompts sent: {sent}; counters: " + "  ".join(f"{k}={s[k]}" for k in keys))
+
+
 def stats_of(port: int) -> dict[str, Any]:
     import urllib.request
 
@@ -178,6 +260,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hostile", action="store_true", help="also run the 1 MB hostile-prompt scenario")
+    parser.add_argument("--only-hostile", action="store_true", help="run the hostile scenario alone")
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream()
@@ -201,6 +285,15 @@ def main() -> None:
         ("refusing", "s3://bench/captured", {"TAO_S3_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}),
         ("hanging", "s3://bench/captured", {"TAO_S3_ENDPOINT_URL": f"http://127.0.0.1:{black_hole()}"}),
     ]
+    if args.hostile or args.only_hostile:
+        try:
+            run_hostile(up_port, tmp, {**base_env}, args.requests)
+        finally:
+            if args.only_hostile:
+                upstream.terminate()
+                upstream.wait(10)
+        if args.only_hostile:
+            return
     rows: list[list[str]] = []
     counters: list[str] = []
     print(f"machine: {os.cpu_count()} cores (shared); {args.requests} requests per row, each way", flush=True)

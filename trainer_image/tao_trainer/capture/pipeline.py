@@ -3,7 +3,8 @@
 None of it runs on the proxy's event loop. ``CapturePipeline.submit`` (on the loop) only checks the body's
 size and appends it to a small queue bounded by count and bytes; a capture thread parses the body, builds
 the records (``records.py``) and sends each through the redaction hook, then hands the survivors back to
-the loop, which offers them to the buffer. Full queue: dropped and counted as ``dropped_full``; a body
+the loop, which offers them to the buffer. Full queue (or ``max_large_pending`` requests over 64 KiB
+already waiting): dropped and counted as ``dropped_full``; a body
 or record above ``max_record_bytes``: dropped and counted as ``too_large``.
 
 The hook runs in a worker process (``RedactionWorker``), one record at a time, with a time budget per
@@ -38,6 +39,9 @@ from .redaction import Hook
 log = logging.getLogger("tao.capture")
 
 _HEADER = 8
+# Requests over this size are "large": at most ``max_large_pending`` of them wait at once, so that a flood of
+# big (e.g. hostile) prompts cannot crowd ordinary ones out of the queue.
+_LARGE = 64 << 10
 _START_TIMEOUT = 30.0
 
 
@@ -176,12 +180,18 @@ class CapturePipeline:
         max_record_bytes: int = 1 << 20,
         max_pending: int = 1000,
         max_pending_bytes: int = 64 << 20,
+        max_large_pending: int = 4,
     ) -> None:
         self.buffer, self.stats, self.hook = buffer, stats, hook
         self.budget, self.max_record_bytes = budget, max_record_bytes
         self.max_pending, self.max_pending_bytes = max_pending, max_pending_bytes
         self._jobs: collections.deque[tuple[str, bytes, bytes | None, str, str]] = collections.deque()
+        # Large requests wait in their own queue, taken only when no small one waits: a stream of big
+        # hostile prompts delays and drops big prompts, never the ordinary ones.
+        self._large: collections.deque[tuple[str, bytes, bytes | None, str, str]] = collections.deque()
         self._pending_bytes = 0
+        self._large_pending = 0
+        self.max_large_pending = max_large_pending
         self._busy = False
         self._cond = threading.Condition()
         self._closing = False
@@ -212,18 +222,25 @@ class CapturePipeline:
         response = bytes(response_body) if response_body is not None else None
         size = len(body) + (len(response) if response is not None else 0)
         with self._cond:
-            if len(self._jobs) >= self.max_pending or self._pending_bytes + size > self.max_pending_bytes:
+            large = size > _LARGE
+            if (
+                len(self._jobs) >= self.max_pending
+                or self._pending_bytes + size > self.max_pending_bytes
+                or (large and self._large_pending >= self.max_large_pending)
+            ):
                 self.stats.dropped_full += 1
                 return
+            self._large_pending += int(large)
             encoding = headers.get("Content-Encoding", "")
-            self._jobs.append((endpoint, body, response, encoding, headers.get("Content-Type", "")))
+            job = (endpoint, body, response, encoding, headers.get("Content-Type", ""))
+            (self._large if large else self._jobs).append(job)
             self._pending_bytes += size
             self._cond.notify()
 
     async def drain(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until every queued request has been processed."""
         end = time.monotonic() + timeout
-        while (self._jobs or self._busy) and time.monotonic() < end:
+        while (self._jobs or self._large or self._busy) and time.monotonic() < end:
             await asyncio.sleep(0.01)
 
     def close(self) -> None:
@@ -238,11 +255,11 @@ class CapturePipeline:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._jobs and not self._closing:
+                while not self._jobs and not self._large and not self._closing:
                     self._cond.wait()
                 if self._closing:
                     return
-                job = self._jobs.popleft()
+                job = self._jobs.popleft() if self._jobs else self._large.popleft()
                 self._busy = True
             counts: collections.Counter[str] = collections.Counter()
             kept: list[tuple[Record, int]] = []
@@ -251,7 +268,9 @@ class CapturePipeline:
             except Exception as exc:  # noqa: BLE001 - capture must never break serving
                 log.warning("capture: record not captured (%s)", type(exc).__name__)
             with self._cond:
-                self._pending_bytes -= len(job[1]) + (len(job[2]) if job[2] is not None else 0)
+                size = len(job[1]) + (len(job[2]) if job[2] is not None else 0)
+                self._pending_bytes -= size
+                self._large_pending -= int(size > _LARGE)
             assert self._loop is not None
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to deliver to
                 self._loop.call_soon_threadsafe(self._deliver, kept, counts)
