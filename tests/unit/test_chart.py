@@ -118,6 +118,7 @@ def test_chart_has_the_expected_templates() -> None:
         "service.yaml",
         "servicemonitor.yaml",
         "NOTES.txt",
+        "user-roles.yaml",
     }
     # Helm neither templates nor upgrades a chart's crds/ directory: the CRD must come from crd.yaml only.
     assert not (CHART / "crds").exists()
@@ -518,6 +519,14 @@ def test_helm_template_renders_valid_manifests(helm: str, override: Values, tmp_
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
+    # The aggregated TAOJob user roles are not the operator's (test_taojob_user_roles_are_aggregated).
+    by_kind["ClusterRole"] = [
+        r
+        for r in by_kind.get("ClusterRole", [])
+        if not r["metadata"]["name"].endswith(("-taojob-edit", "-taojob-view"))
+    ]
+    if not by_kind["ClusterRole"]:
+        del by_kind["ClusterRole"]
     if namespaces:
         assert "ClusterRole" not in by_kind and "ClusterRoleBinding" not in by_kind
         roles = by_kind["Role"]
@@ -605,3 +614,19 @@ def test_helm_template_crd_without_keep_has_no_keep_annotation(helm: str, tmp_pa
     assert "annotations" not in crd["metadata"]
     assert crd["metadata"]["name"] == CRD_NAME
     assert crd["spec"] == render_crd()["spec"]
+
+
+def test_taojob_user_roles_are_aggregated(helm: str, tmp_path: Path) -> None:
+    roles = {
+        doc["metadata"]["name"]: doc
+        for doc in helm_template(helm, {}, tmp_path)
+        if doc and doc.get("kind") == "ClusterRole" and "taojob" in doc["metadata"]["name"]
+    }
+    edit, view = roles["tao-tao-operator-taojob-edit"], roles["tao-tao-operator-taojob-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert "create" in edit["rules"][0]["verbs"] and edit["rules"][0]["resources"] == ["taojobs"]
+    assert set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}
+    off = helm_template(helm, {"rbac": {"create": True, "aggregateUserRoles": False}}, tmp_path)
+    assert not [d for d in off if d and d.get("kind") == "ClusterRole" and "taojob" in d["metadata"]["name"]]
