@@ -216,6 +216,7 @@ async def test_json_and_sse_forwarding_is_byte_identical_and_streams_chunk_by_ch
         assert len(arrivals) >= 3 and arrivals[-1] - arrivals[0] >= 1.5 * SSE_GAP
 
         # The proxy's own endpoints are answered locally.
+        await until(lambda: proxy.stats.captured == 4)  # records are built off the event loop
         before = len(upstream.requests)
         async with s.get(proxy.url + "/capture/stats") as r:
             stats = await r.json()
