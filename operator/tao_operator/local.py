@@ -7,6 +7,7 @@ A failed stage is not recorded as done, so fixing the cause and re-running retri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,10 +51,8 @@ def _identity(spec: LoopSpec) -> dict[str, Any]:
 
 def _digest(snapshot: dict[str, Any]) -> dict[str, str]:
     # Snapshots of older versions hold every default: read them through the model so that they compare alike.
-    try:
+    with contextlib.suppress(ValueError):  # not a loop spec any more: compared as stored
         snapshot = _identity(LoopSpec.model_validate(snapshot))
-    except ValueError:
-        pass
     return spec_digest(snapshot)
 
 

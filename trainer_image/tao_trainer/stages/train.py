@@ -106,7 +106,9 @@ def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
             if pair is not None:
                 # A chat prompt's answers are assistant turns: TRL renders them with the template's turn ends.
                 answers: dict[str, Any] = (
-                    {k: [{"role": "assistant", "content": v}] for k, v in pair.items()} if prepared.chat else pair
+                    {k: [{"role": "assistant", "content": v}] for k, v in pair.items()}
+                    if prepared.chat
+                    else pair
                 )
                 rows.append({**_trl_prompt(prepared), **answers})
     return rows
