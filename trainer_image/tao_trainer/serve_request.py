@@ -5,7 +5,11 @@ Messages and content parts are read by `openai_wire`, the format shared with the
 prompt served here is the prompt captured for training.
 
 >>> parse_sampling({"max_tokens": 8, "stop": "\\n", "n": 2})
-Sampling(max_tokens=8, temperature=1.0, top_p=1.0, n=2, seed=None, stop=('\\n',))
+Sampling(max_tokens=8, temperature=1.0, top_p=1.0, n=2, seed=None, stop=('\\n',), logprobs=None, stream=False, include_usage=False)
+>>> parse_sampling({"logit_bias": {"50256": -100}})
+Traceback (most recent call last):
+...
+tao_trainer.serve_request.RequestError: 'logit_bias' is not supported by tao serve (send it absent or null)
 >>> parse_sampling({"temperature": "hot"})
 Traceback (most recent call last):
 ...
@@ -21,10 +25,12 @@ from tao_trainer import openai_wire
 from tao_trainer.openai_wire import type_name
 
 __all__ = [
+    "MAX_LOGPROBS",
     "MAX_N",
     "MAX_STOP",
     "RequestError",
     "Sampling",
+    "check_fields",
     "parse_messages",
     "parse_prompts",
     "parse_sampling",
@@ -32,6 +38,35 @@ __all__ = [
 
 MAX_N = 16
 MAX_STOP = 8
+MAX_LOGPROBS = 20
+"""Most `top_logprobs` (chat) or `logprobs` (completions) a request may ask for, as vLLM's default."""
+
+_COMMON = frozenset(
+    {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "seed", "stop", "stream"}
+    | {"stream_options", "user"}
+)
+HONOURED = {
+    "chat": _COMMON | {"messages", "logprobs", "top_logprobs"},
+    "completions": _COMMON | {"prompt", "logprobs"},
+}
+"""Request fields `tao serve` reads, per endpoint (docs/serve.md lists them)."""
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "repetition_penalty": (1, 1.0),
+    "echo": (False,),
+    "best_of": (1,),
+    "logit_bias": ({},),
+    "suffix": ("",),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "response_format": ({"type": "text"},),
+    "store": (False,),
+    "parallel_tool_calls": (True, False),
+    "metadata": ({},),
+    "service_tier": ("auto", "default"),
+}
+"""Fields accepted only at the value that changes nothing; any other value is a 400 naming the field."""
 
 
 class RequestError(Exception):
@@ -64,6 +99,10 @@ class Sampling:
     n: int
     seed: int | None
     stop: tuple[str, ...]
+    logprobs: int | None = None
+    """None: no logprobs; k >= 0: each token's logprob and its k most likely alternatives."""
+    stream: bool = False
+    include_usage: bool = False
 
 
 def _is_int(value: Any) -> bool:
@@ -74,11 +113,69 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def parse_sampling(body: dict[str, Any]) -> Sampling:
+def check_fields(body: dict[str, Any], endpoint: str) -> None:
+    """A 400 naming the first field `tao serve` would not honour: never a silent ignore. Null counts as absent."""
+    for field, value in body.items():
+        if value is None or field in HONOURED[endpoint]:
+            continue
+        if field in NEUTRAL:
+            if any(value == v and type(value) is type(v) for v in NEUTRAL[field]):
+                continue
+            raise RequestError(
+                f"'{field}' is not supported by tao serve (send it absent or null)", param=field
+            )
+        raise RequestError(f"'{field}' is not a field tao serve supports for /v1/{endpoint}", param=field)
+
+
+def _parse_logprobs(body: dict[str, Any], endpoint: str) -> int | None:
+    logprobs = body.get("logprobs")
+    if endpoint == "completions":  # an integer: how many alternatives per token
+        if logprobs is None:
+            return None
+        if not _is_int(logprobs) or not 0 <= logprobs <= MAX_LOGPROBS:
+            raise RequestError(
+                f"'logprobs' must be an integer from 0 to {MAX_LOGPROBS}, got {logprobs!r}", param="logprobs"
+            )
+        return int(logprobs)
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise RequestError(f"'logprobs' must be a boolean, got {type_name(logprobs)}", param="logprobs")
+    top = body.get("top_logprobs")
+    if top is not None and (not _is_int(top) or not 0 <= top <= MAX_LOGPROBS):
+        raise RequestError(
+            f"'top_logprobs' must be an integer from 0 to {MAX_LOGPROBS}, got {top!r}", param="top_logprobs"
+        )
+    if top and not logprobs:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return int(top or 0) if logprobs else None
+
+
+def _parse_stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError(f"'stream' must be a boolean, got {type_name(stream)}", param="stream")
+    options = body.get("stream_options")
+    if options is None:
+        return bool(stream), False
+    if not stream:
+        raise RequestError("'stream_options' is only allowed with 'stream': true", param="stream_options")
+    if not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object", param="stream_options")
+    for key, value in options.items():
+        if key != "include_usage" or not isinstance(value, bool | None):
+            raise RequestError(
+                f"'stream_options.{key}' is not supported (only include_usage: a boolean)",
+                param="stream_options",
+            )
+    return True, bool(options.get("include_usage"))
+
+
+def parse_sampling(body: dict[str, Any], endpoint: str = "chat") -> Sampling:
     """Sampling parameters of a request body, with OpenAI's defaults; RequestError names a bad field.
 
-    An absent `max_tokens` stays None: the backend resolves it against the prompt's length.
+    An absent `max_tokens` stays None: the backend resolves it against the prompt's length. `endpoint`
+    ("chat" or "completions") decides which fields are honoured and what `logprobs` means.
     """
+    check_fields(body, endpoint)
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         max_tokens = body.get("max_completion_tokens")
@@ -119,9 +216,11 @@ def parse_sampling(body: dict[str, Any]) -> Sampling:
         raise RequestError("'stop' must be a string or a list of strings", param="stop")
     if len(stops) > MAX_STOP:
         raise RequestError(f"'stop' takes at most {MAX_STOP} strings, got {len(stops)}", param="stop")
-    if body.get("stream"):
-        raise RequestError("streaming is not supported by tao serve; send 'stream': false", param="stream")
-    return Sampling(max_tokens, float(temperature), float(top_p), n, seed, stops)
+    stream, include_usage = _parse_stream(body)
+    logprobs = _parse_logprobs(body, endpoint)
+    return Sampling(
+        max_tokens, float(temperature), float(top_p), n, seed, stops, logprobs, stream, include_usage
+    )
 
 
 def parse_messages(value: Any) -> list[dict[str, str]]:
