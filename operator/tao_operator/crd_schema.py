@@ -38,7 +38,13 @@ _EXTRA_VARIANT_RULES: dict[str, list[Schema]] = {
             "rule": 'self.type != "python" || has(self.path) != has(self.module)',
             "message": "a python scorer needs exactly one of 'path' and 'module'",
         }
-    ]
+    ],
+    "majority": [
+        {
+            "rule": 'self.type != "majority" || has(self.extract) || (has(self.match) && self.match == "math")',
+            "message": "a majority scorer needs 'extract' unless match is math",
+        }
+    ],
 }
 
 # Keywords copied as they are (after their values are translated).

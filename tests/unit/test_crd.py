@@ -383,7 +383,9 @@ def test_scorer_item_is_the_union_of_all_families(where: str) -> None:
     defaulted = {n for n, s in item["properties"].items() if "default" in s}
     assert defaulted <= shared
     rules = {r["rule"] for r in item["x-kubernetes-validations"]}
-    assert 'self.type != "majority" || has(self.extract)' in rules
+    assert (
+        'self.type != "majority" || has(self.extract) || (has(self.match) && self.match == "math")' in rules
+    )
     assert 'self.type != "regex" || has(self.pattern)' in rules
     # `function` is a CEL reserved word: Kubernetes exposes the field as __function__
     assert 'self.type != "python" || has(self.__function__)' in rules
@@ -606,8 +608,12 @@ CEL_CASES: dict[str, tuple[list[Case], list[Case]]] = {
         ],
     ),
 }
+_key, _valid, _invalid = _scorer_needs("majority", "extract")
+CEL_CASES["a majority scorer needs 'extract' unless match is math"] = (
+    [*_valid, ({"type": "majority", "match": "math"}, None)],
+    [*_invalid, ({"type": "majority", "match": "exact"}, None)],
+)
 for _tag, _field in [
-    ("majority", "extract"),
     ("regex", "pattern"),
     ("python", "function"),
     ("judge", "endpoint"),

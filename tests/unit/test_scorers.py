@@ -383,7 +383,15 @@ def test_python_scorer_forwards_extra_columns_as_kwargs(rewards_module: str) -> 
         {"type": "python", "module": rewards_module, "function": "seen_kwargs", "args": {"k": 2}}
     )
     probe(["q"], ["a"], answer=["4"], trainer_state=None)
-    assert probe.function.last == {"answer": ["4"], "trainer_state": None, "k": 2}
+    seen = probe.function.last
+    # What TRL's GRPOTrainer passes to every reward function is passed here too (logging hooks do nothing).
+    assert {k: seen[k] for k in ("answer", "trainer_state", "completion_ids", "k")} == {
+        "answer": ["4"],
+        "trainer_state": None,
+        "completion_ids": None,
+        "k": 2,
+    }
+    assert callable(seen["log_extra"]) and callable(seen["log_metric"])
 
 
 def test_python_scorer_passes_chat_completions_through(rewards_module: str) -> None:

@@ -117,12 +117,30 @@ class MajorityScorer(Scorer[MajoritySpec]):
 
     def __init__(self, spec: MajoritySpec | None = None, /, **fields: Any) -> None:
         super().__init__(spec, **fields)
-        self._pattern = user_regex(self.spec.extract)
+        self._pattern = None if self.spec.extract is None else user_regex(self.spec.extract)
+        if self.spec.match == "math":
+            from .math_answers import require_math_verify
+
+            require_math_verify(self.name)
 
     def answer(self, completion: Any) -> str | None:
         """The answer a completion gives, as the vote compares it (extracted, normalized if asked);
         raises RegexTimeout when `extract` runs past its time budget on it."""
-        return extract_answer(self._pattern, completion_text(completion), self.spec.normalize)
+        text = completion_text(completion)
+        if (
+            self._pattern is None
+        ):  # match: math without extract: math-verify finds the answer in the whole text
+            return text if text.strip() else None
+        return extract_answer(self._pattern, text, self.spec.normalize and self.spec.match == "exact")
+
+    def _same(self, answers: Sequence[str | None]) -> list[str | None]:
+        """Answers as the vote compares them: as they are, or (`match: math`) each replaced by the first
+        mathematically equal answer of the group, None when math-verify finds no expression."""
+        if self.spec.match == "exact":
+            return list(answers)
+        from .math_answers import canonical_answers
+
+        return canonical_answers(answers)
 
     def _answer_or_none(self, completion: Any) -> tuple[str | None, bool]:
         try:
@@ -139,7 +157,7 @@ class MajorityScorer(Scorer[MajoritySpec]):
         >>> scorer.vote(["=4", "=4", "=5"]), scorer.vote(["=1", "=2", "=3"])
         ('4', None)
         """
-        return self._confident([self._answer_or_none(sample)[0] for sample in samples])
+        return self._confident(self._same([self._answer_or_none(sample)[0] for sample in samples]))
 
     def _confident(self, answers: Sequence[str | None]) -> str | None:
         answer, share = majority_answer(answers)
@@ -150,7 +168,7 @@ class MajorityScorer(Scorer[MajoritySpec]):
         answers = [answer for answer, _ in extracted]
         scores: list[Score] = []
         for start, stop in group_spans(prompts):
-            group = answers[start:stop]
+            group = self._same(answers[start:stop])
             winner = self._confident(group)
             scores.extend(
                 None if timed_out else 1.0 if winner is not None and answer == winner else 0.0
@@ -174,7 +192,8 @@ class MajorityScorer(Scorer[MajoritySpec]):
             if not group:
                 scores.append(None)
                 continue
-            winner = self.vote(group)
             answer, timed_out = self._answer_or_none(completion)
+            together = self._same([answer, *(self._answer_or_none(sample)[0] for sample in group)])
+            answer, winner = together[0], self._confident(together[1:])
             scores.append(None if timed_out else 1.0 if winner is not None and answer == winner else 0.0)
         return Detailed(scores)

@@ -27,10 +27,20 @@ class MajoritySpec(ScorerSpecBase):
     their prompt's group score 1, others 0; without a confident majority all score 0."""
 
     type: Literal["majority"] = Field(description="Scorer family: majority vote over extracted answers.")
-    extract: str = Field(
+    extract: str | None = Field(
+        default=None,
         description=(
             "Regular expression that finds the answer in a completion. The answer is group 1 if the "
-            "expression has a group, else the whole match; the last match in the completion is used."
+            "expression has a group, else the whole match; the last match in the completion is used. "
+            "Required with `match: exact`; with `match: math`, unset lets math-verify find the answer "
+            "(the last \\boxed{} or LaTeX expression)."
+        ),
+    )
+    match: Literal["exact", "math"] = Field(
+        default="exact",
+        description=(
+            "How answers are compared. exact: as strings (after `normalize`); math: as mathematical "
+            "expressions with math-verify (1/2, 0.5 and \\frac12 are one answer)."
         ),
     )
     min_agreement: float = Field(
@@ -52,8 +62,41 @@ class MajoritySpec(ScorerSpecBase):
 
     @field_validator("extract")
     @classmethod
-    def _check_extract(cls, value: str) -> str:
-        return check_regex(value, "extract")
+    def _check_extract(cls, value: str | None) -> str | None:
+        return None if value is None else check_regex(value, "extract")
+
+    @model_validator(mode="after")
+    def _extract_for_exact(self) -> MajoritySpec:
+        if self.extract is None and self.match == "exact":
+            raise ValueError("majority scorer: set `extract` (or use `match: math`)")
+        return self
+
+
+class UserCodeFields(CamelModel):
+    """How a user function is called: the fields python and dotted-path scorers share."""
+
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Keyword arguments: passed to the function on every call (they win over data columns), or, with "
+            "`factory: true`, to the factory once."
+        ),
+    )
+    factory: bool = Field(
+        default=False,
+        description=(
+            "The function is a factory (as TRL's get_soft_overlong_punishment): it is called once with `args` "
+            "and what it returns is the reward function."
+        ),
+    )
+    convention: Literal["trl", "verl"] = Field(
+        default="trl",
+        description=(
+            "trl: fn(prompts, completions, completion_ids, **columns) -> list, called as TRL's GRPOTrainer "
+            "calls it; verl: compute_score(data_source, solution_str, ground_truth, extra_info) -> float or "
+            "{score: ...}, called once per completion with the record's fields."
+        ),
+    )
 
 
 class RegexSpec(ScorerSpecBase):
@@ -176,7 +219,7 @@ class JsonSpec(ScorerSpecBase):
         return value
 
 
-class PythonSpec(ScorerSpecBase):
+class PythonSpec(UserCodeFields, ScorerSpecBase):
     """User code: a TRL-style reward function `fn(prompts, completions, **kwargs) -> list[float | None]`
     from a .py file (`path`) or an importable module (`module`)."""
 
@@ -196,10 +239,6 @@ class PythonSpec(ScorerSpecBase):
     function: str = Field(
         pattern=rf"^{IDENTIFIER}$",
         description="Name of the function in the file or module.",
-    )
-    args: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Keyword arguments passed to the function on every call (they win over data columns).",
     )
 
     @model_validator(mode="after")
@@ -330,7 +369,7 @@ class PythonTestsSpec(ScorerSpecBase):
         return None if value is None else check_regex(value, "extract")
 
 
-class CustomSpec(ScorerSpecBase):
+class CustomSpec(UserCodeFields, ScorerSpecBase):
     """A TRL-style reward function named by its import path in `type`, e.g. `my_pkg.rewards:accuracy`."""
 
     type: str = Field(
@@ -339,10 +378,6 @@ class CustomSpec(ScorerSpecBase):
             "Import path of a TRL-style reward function: 'package.module:function' or "
             "'package.module.function'."
         ),
-    )
-    args: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Keyword arguments passed to the function on every call (they win over data columns).",
     )
 
     @model_validator(mode="before")

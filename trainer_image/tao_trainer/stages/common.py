@@ -28,12 +28,19 @@ class _NoBar:
 
 
 def progress_bar(total: int, desc: str) -> Any:
-    """tqdm on a terminal; nothing in pods and CI, whose logs a bar would flood."""
-    if not sys.stderr.isatty():
+    """tqdm on a terminal; nothing in pods and CI, whose logs a bar would flood. `tao run` sends a stage's
+    stderr to a log file and hands it the terminal as TAO_PROGRESS_FD, for this bar alone."""
+    stream: Any = sys.stderr
+    if fd := os.environ.get("TAO_PROGRESS_FD"):
+        try:
+            stream = os.fdopen(int(fd), "w", closefd=False)
+        except (OSError, ValueError):
+            return _NoBar()
+    if not stream.isatty():
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="prompt", leave=False)
+    return tqdm(total=total, desc=desc, unit="prompt", leave=False, file=stream)
 
 
 def split_shards(items: Sequence[Any], shards: int) -> list[list[Any]]:
@@ -106,3 +113,24 @@ def candidate_source(gen: GenerationSpec, model_uri: str) -> tuple[str, str | No
     if gen.teacher is not None:
         return gen.teacher.uri, gen.teacher.revision
     return model_uri, None
+
+
+def trl_prompt_kwargs(
+    scorers: Sequence[Any],
+    records: Sequence[dict[str, Any]],
+    system_prompt: str | None,
+    tokenizer: Any,
+    per_record: Sequence[int] | None = None,
+) -> dict[str, list[Any]]:
+    """`{TRL_PROMPT: ...}` for the candidates of `records` (`per_record[i]` each, one when None) when a scorer is
+    user code, so that it is called with the prompts and completion ids GRPO would give it; else `{}`.
+    `tokenizer` may be a function that loads it (only called when needed)."""
+    from tao_trainer.scorers import FunctionScorer
+    from tao_trainer.scorers.function import TRL_PROMPT, TrlPrompt
+
+    if not any(isinstance(s, FunctionScorer) for s in scorers):
+        return {}
+    tok = tokenizer() if callable(tokenizer) and not hasattr(tokenizer, "apply_chat_template") else tokenizer
+    views = [TrlPrompt(p.messages if p.chat else p.text, tok) for p in prepare(tok, records, system_prompt)]
+    counts = per_record if per_record is not None else [1] * len(records)
+    return {TRL_PROMPT: [v for v, n in zip(views, counts, strict=True) for _ in range(n)]}

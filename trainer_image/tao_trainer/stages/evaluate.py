@@ -23,7 +23,7 @@ from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
 from tao_trainer.promotion import Guard, Health, decide, mean
 from tao_trainer.spec import MetricSpec
-from tao_trainer.stages.common import log, open_generator, render
+from tao_trainer.stages.common import log, open_generator, render, trl_prompt_kwargs
 from tao_trainer.stages.score import flatten
 
 
@@ -204,6 +204,12 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     references = [a + b for a, b in zip(champ_refs, chall_refs, strict=True)]
 
     prompts_, _, kwargs = flatten([{**rec, "candidates": [""]} for rec in held])
+    kwargs |= trl_prompt_kwargs(
+        [*scorers, *guard_scorers],
+        held,
+        spec.generation.system_prompt,
+        lambda: models.load_tokenizer(models.resolve(champion_uri)),
+    )
     sides = {"champion": champ_greedy, "challenger": chall_greedy}
     scores = score_sides(scorers, prompts_, sides, references, kwargs)
     metrics: dict[str, float | None] = {}

@@ -27,7 +27,7 @@ from tao_trainer import prompts, storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
-from tao_trainer.stages.common import candidate_source, log, open_generator, render
+from tao_trainer.stages.common import candidate_source, log, open_generator, render, trl_prompt_kwargs
 from tao_trainer.stages.score import flatten, score_rows
 
 # Scores closer than this are the same score (sums of float weights).
@@ -166,8 +166,9 @@ def greedy_agreement(
 
 
 def run_preflight(cfg: StageConfig) -> StageResult:
-    from tao_trainer.scorers import MajorityScorer, build_scorer, score_all
+    from tao_trainer.scorers import FunctionScorer, MajorityScorer, build_scorer, score_all
     from tao_trainer.scorers.combine import stats_counts
+    from tao_trainer.scorers.signatures import user_code_failure
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     loaded = prompts.load_prompts(spec.prompts.uri, spec.prompts.field, spec.prompts.max_line_bytes)
@@ -181,6 +182,12 @@ def run_preflight(cfg: StageConfig) -> StageResult:
         for rec in sample_prompts(pool or loaded.records, spec.preflight.prompts)
     ]
     scorers = [build_scorer(s) for s in spec.scoring.scorers]
+    columns = sorted({key for rec in chosen for key in rec["fields"]})
+    for (
+        scorer
+    ) in scorers:  # before any generation: a signature that cannot take TRL's call fails here, by name
+        if isinstance(scorer, FunctionScorer):
+            scorer.check(columns)
     gen_spec = spec.generation
     source, revision = candidate_source(gen_spec, cfg.model_uri)
     log(f"preflight: {len(chosen)} prompts x {gen_spec.candidates} candidates from {source}")
@@ -192,12 +199,22 @@ def run_preflight(cfg: StageConfig) -> StageResult:
     greedy: list[str] = []
     if any(isinstance(s, MajorityScorer) for s in scorers):
         greedy = [g[0] for g in generator.generate(rendered, Sampling.greedy(gen_spec, seed))]
+    tokenizer = generator.tokenizer
     del generator  # a reward model or a local judge may need the memory
     gc.collect()
 
     records = [{**rec, "candidates": cands} for rec, cands in zip(chosen, sampled, strict=True)]
     prompts_, completions, kwargs = flatten(records)
-    batch = score_all(scorers, prompts_, completions, **kwargs)
+    kwargs |= trl_prompt_kwargs(
+        scorers, records, gen_spec.system_prompt, tokenizer, [len(c) for c in sampled]
+    )
+    try:
+        batch = score_all(scorers, prompts_, completions, **kwargs)
+    except Exception as exc:
+        failure = user_code_failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
     report = analyse(
         [len(c) for c in sampled],
         batch.total,

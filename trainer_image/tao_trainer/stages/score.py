@@ -11,7 +11,7 @@ from typing import Any
 from tao_trainer import storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
-from tao_trainer.stages.common import my_shards
+from tao_trainer.stages.common import candidate_source, my_shards, trl_prompt_kwargs
 
 
 def flatten(records: Sequence[dict[str, Any]]) -> tuple[list[Any], list[str], dict[str, list[Any]]]:
@@ -73,15 +73,36 @@ def score_rows(records: Sequence[dict[str, Any]], batch: Any) -> list[dict[str, 
 
 def run_score(cfg: StageConfig) -> StageResult:
     from tao_trainer.scorers import build_scorer, score_all, stats_counts
+    from tao_trainer.scorers.signatures import user_code_failure
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     scorers = [build_scorer(s) for s in spec.scoring.scorers]
+    tokenizer: Any = None
+
+    def load_tokenizer() -> Any:  # user reward code gets completion ids and chat-shaped prompts, as in GRPO
+        nonlocal tokenizer
+        if tokenizer is None:
+            from tao_trainer import models
+
+            tokenizer = models.load_tokenizer(
+                models.resolve(*candidate_source(spec.generation, cfg.model_uri))
+            )
+        return tokenizer
+
     shards = my_shards(cfg)
     todo = [i for i in shards if not storage.exists(lay.shard("scores", r, i))]
     for i in todo:
         records = storage.read_jsonl(lay.shard("candidates", r, i))
         prompts_, completions, kwargs = flatten(records)
-        batch = score_all(scorers, prompts_, completions, **kwargs)
+        counts = [len(rec["candidates"]) for rec in records]
+        kwargs |= trl_prompt_kwargs(scorers, records, spec.generation.system_prompt, load_tokenizer, counts)
+        try:
+            batch = score_all(scorers, prompts_, completions, **kwargs)
+        except Exception as exc:
+            failure = user_code_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
         storage.write_jsonl(lay.shard("scores", r, i), score_rows(records, batch))
     totals = [
         s for i in shards for row in storage.read_jsonl(lay.shard("scores", r, i)) for s in row["scores"]
