@@ -34,6 +34,7 @@ _GENERATE = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # the listen backlog: socketserver's 5 resets a burst of concurrent clients
 
     def __init__(
         self,
@@ -51,6 +52,10 @@ class Server(ThreadingHTTPServer):
         self.api_key = api_key
         self.log_requests = log_requests
         self.created = int(time.time())
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client gone is no server error
+            super().handle_error(request, client_address)
 
     def model_cards(self) -> list[dict[str, Any]]:
         """The base model, then each LoRA adapter with the base as its parent, as vLLM lists them."""
