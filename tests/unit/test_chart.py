@@ -592,7 +592,19 @@ def test_helm_template_service_monitor_scrapes_the_operators_metrics_port(
 
 
 def test_helm_template_service_monitor_needs_metrics_enabled(helm: str, tmp_path: Path) -> None:
-    override = {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}
+    # Asking for a ServiceMonitor with metrics off fails with a message instead of dropping it silently.
+    values_file = tmp_path / "monitor.yaml"
+    values_file.write_text(
+        yaml.safe_dump({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
+    )
+    out = subprocess.run(
+        [helm, "template", "tao", str(CHART), "-f", str(values_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode != 0 and "metrics.serviceMonitor.enabled needs metrics.enabled: true" in out.stderr
+    override = {"metrics": {"enabled": False}}
     by_kind = kinds(helm_template(helm, override, tmp_path))
     assert "ServiceMonitor" not in by_kind and "Service" not in by_kind
     (deployment,) = by_kind["Deployment"]
