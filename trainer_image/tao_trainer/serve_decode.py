@@ -110,6 +110,7 @@ def decode(backend: TransformersBackend, jobs: list[Job]) -> int:
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     past: Any = None
+    cache_arg = _cache_arg(backend.model)
     steps = 0
     with torch.inference_mode(), backend.forward_context(jobs[0].adapter):
         while True:
@@ -117,11 +118,11 @@ def decode(backend: TransformersBackend, jobs: list[Job]) -> int:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=past,
                 use_cache=True,
+                **({cache_arg: past} if past is not None else {}),
             )
             steps += 1
-            past = out.past_key_values
+            past = getattr(out, cache_arg)
             logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
             chosen = []
             for r, row in enumerate(rows):
@@ -142,6 +143,15 @@ def decode(backend: TransformersBackend, jobs: list[Job]) -> int:
             ids = torch.tensor(chosen, device=device).unsqueeze(-1)
             mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
             positions = positions[:, -1:] + 1
+
+
+def _cache_arg(model: Any) -> str:
+    """The KV cache's name in forward's arguments and outputs: `cache` (transformers >= 5.2x), else
+    `past_key_values`."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _sample(logprobs: Any, sampling: Sampling, generator: Any) -> int:
