@@ -69,3 +69,12 @@ def build_tiny_model(
     model.save_pretrained(out)
     hf_tok.save_pretrained(out)
     return out
+
+
+# A chat template that renders tools and tool calls (as Qwen's and Llama 3.1's do), for prompts from agent apps.
+TOOL_CHAT_TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t['function']['name'] }};{% endfor %}\n{% endif %}"
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] or '' }}"
+    "{% for c in m.get('tool_calls') or [] %}<call>{{ c['function']['name'] }}({{ c['function']['arguments'] }})"
+    "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)

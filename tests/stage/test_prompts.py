@@ -124,7 +124,7 @@ def test_malformed_lines_become_rejects_with_line_numbers_and_reasons(storage_ro
     assert by_line[5].reason == "field 'prompt' missing"
     assert "field 'prompt' must be" in by_line[6].reason and "int" in by_line[6].reason
     assert "empty string" in by_line[7].reason
-    assert "field 'prompt' must be a list of {role, content} objects" in by_line[8].reason
+    assert "field 'prompt' must be a list of OpenAI chat messages" in by_line[8].reason
     assert "empty list" in by_line[9].reason
     assert "null" in by_line[10].reason
     assert by_line[13].reason.startswith("line is not valid JSON")
@@ -136,7 +136,7 @@ def test_rejects_name_the_configured_field(tmp_path: Path) -> None:
     )
     (tmp_path / "d.jsonl").write_bytes(_jsonl([{"messages": [{"role": "user", "content": ["part"]}]}]))
     result = load_prompts(str(tmp_path / "d.jsonl"), field="messages")
-    assert "field 'messages' must be a list of {role, content} objects" in result.rejects[0].reason
+    assert "field 'messages' must be a list of OpenAI chat messages" in result.rejects[0].reason
     assert (
         load_prompts(str(tmp_path / "c.jsonl"), field="messages").rejects[0].reason
         == "field 'messages' missing"

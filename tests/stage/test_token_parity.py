@@ -164,3 +164,29 @@ def test_serve_and_capture_agree_with_the_loop(model_dir: Path, tokenizer: Any, 
     assert served["chat"] == expected_ids(tokenizer, chat)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     assert served["completions"] == bos + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_a_tool_chat_renders_with_its_tools_once_and_dpo_rows_carry_them(tmp_path: Path) -> None:
+    from tiny_model import TOOL_CHAT_TEMPLATE
+
+    tok = models.load_tokenizer(str(build_tiny_model(tmp_path / "m", chat_template=TOOL_CHAT_TEMPLATE)))
+    tools = [{"type": "function", "function": {"name": "add"}}]
+    chat = [
+        {"role": "user", "content": [{"type": "text", "text": "1+1?"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"function": {"name": "add", "arguments": "{}"}}],
+        },
+        {"role": "tool", "content": "2"},
+    ]
+    with_tools = models.prepare_prompt(tok, chat, None, tools=tools)
+    assert with_tools.text == "<tools>add;<user>1+1?<assistant><call>add({})<tool>2<assistant>"
+    assert with_tools.ids == list(tok(with_tools.text, add_special_tokens=False)["input_ids"])
+    assert models.prepare_prompt(tok, chat, None, tools=[]).text == with_tools.text.removeprefix(
+        "<tools>add;"
+    )
+    row = train._trl_prompt(with_tools)
+    assert row["tools"] == tools  # TRL's DPOTrainer renders a row's tools: the same text as generation
+    with pytest.raises(ValueError, match="tools"):
+        train.check_trl_prompt_ids(tok, row)  # GRPO would render without them

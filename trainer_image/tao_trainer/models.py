@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tao_trainer import storage
+from tao_trainer import openai_wire, storage
 
 # Written beside an unmerged LoRA adapter: the base it was trained on, as a URI, because the adapter's own
 # `base_model_name_or_path` is a local path that is meaningless in the next pod.
@@ -89,12 +89,24 @@ def _adapter_base(path: str) -> str | None:
 
 
 def prompt_messages(prompt: str | list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
-    """A prompt as chat messages: a text prompt is one user message; the system prompt goes first, once.
+    """A prompt as chat messages: a text prompt is one user message; the system prompt goes first, once. Content
+    parts become their text (joined as `tao serve` and vLLM join them for a template that takes a string); tool
+    calls and tool turns stay as they are.
 
     >>> prompt_messages("2+2?", "Be brief.")
     [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': '2+2?'}]
+    >>> prompt_messages([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}], None)
+    [{'role': 'user', 'content': 'a\\nb'}]
     """
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = [
+            {**m, "content": openai_wire.content_text(m["content"])}
+            if isinstance(m.get("content"), list)
+            else m
+            for m in prompt
+        ]
     if system_prompt and not any(m.get("role") == "system" for m in messages):
         messages = [{"role": "system", "content": system_prompt}, *messages]
     return messages
@@ -111,16 +123,24 @@ class PreparedPrompt:
         bool  # rendered with the chat template (TRL then gets the messages, and tokenizes them the same way)
     )
     messages: list[dict[str, Any]]  # the chat messages (system prompt included) the prompt stands for
+    tools: list[dict[str, Any]] | None = None  # the tool list the chat template rendered
 
 
 def prepare_prompt(
-    tokenizer: Any, prompt: str | list[dict[str, Any]], system_prompt: str | None, *, raw: bool = False
+    tokenizer: Any,
+    prompt: str | list[dict[str, Any]],
+    system_prompt: str | None,
+    *,
+    raw: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> PreparedPrompt:
     """Render and tokenize a prompt for a model: the one place that decides which tokens a model sees.
 
     - With a chat template (and not `raw`): the template renders the messages with a generation prompt, and the
       text is tokenized without adding special tokens: the template writes them itself (BOS included), as
-      `apply_chat_template(tokenize=True)`, vLLM's chat endpoint and TRL do.
+      `apply_chat_template(tokenize=True)`, vLLM's chat endpoint and TRL do. `tools` (a record's tool list,
+      OpenAI's `[{"type": "function", "function": {...}}]`) goes to the template as `tools=`, as vLLM and TRL pass
+      it; an empty list counts as none.
     - Without one (base models), or `raw` (a prompt that reached the model as plain text, e.g. captured from
       /v1/completions): the text as is (messages joined by newlines, the system prompt on the first line), with
       the special tokens the tokenizer adds in front (BOS for Llama- and Mistral-style tokenizers), as a server
@@ -129,13 +149,15 @@ def prepare_prompt(
     """
     messages = prompt_messages(prompt, system_prompt)
     if getattr(tokenizer, "chat_template", None) and not raw:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools or None, tokenize=False, add_generation_prompt=True
+        )
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        return PreparedPrompt(text=text, ids=ids, chat=True, messages=messages)
+        return PreparedPrompt(text=text, ids=ids, chat=True, messages=messages, tools=tools or None)
     if isinstance(prompt, str):
         text = f"{system_prompt}\n{prompt}" if system_prompt else prompt
     else:
-        text = "\n".join(str(m.get("content", "")) for m in messages)
+        text = "\n".join(openai_wire.content_text(m.get("content")) for m in messages)
     return PreparedPrompt(text=text, ids=leading_special_ids(tokenizer, text), chat=False, messages=messages)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "is_plain_message",
     "is_text_part",
     "parse_messages",
+    "prompt_message_problem",
     "text_or_none",
     "type_name",
 ]
@@ -139,6 +140,46 @@ def parse_messages(value: Any, roles: tuple[str, ...] = ROLES) -> list[dict[str,
             raise WireError(f"{where}.role must be one of {', '.join(roles)}, got {role!r}")
         out.append({"role": role, "content": content_text(message.get("content"), f"{where}.content")})
     return out
+
+
+def prompt_message_problem(message: Any) -> str | None:
+    """Why one message cannot be part of a stored chat prompt, or None: a role of ``ROLES``; content a string,
+    null (an assistant turn that only calls tools) or a list of text parts; an assistant's ``tool_calls`` a
+    list of ``{"type": "function", "function": {"name", "arguments"}}``; a tool turn's ``tool_call_id`` a string.
+
+    >>> prompt_message_problem({"role": "assistant", "content": None, "tool_calls": [
+    ...     {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]}) is None
+    True
+    >>> prompt_message_problem({"role": "tool", "tool_call_id": "c1", "content": "2"}) is None
+    True
+    >>> prompt_message_problem({"role": "user", "content": None})
+    'a user message needs content'
+    """
+    if not isinstance(message, Mapping):
+        return f"a message must be an object, got {type_name(message)}"
+    role = message.get("role")
+    if role not in ROLES:
+        return f"role must be one of {', '.join(ROLES)}, got {role!r}"
+    content = message.get("content")
+    calls = message.get("tool_calls")
+    try:
+        content_text(content)
+    except WireError as exc:
+        return str(exc)
+    if content is None and not (role == "assistant" and calls):
+        return f"a {role} message needs content"
+    if calls is not None:
+        if role != "assistant" or not isinstance(calls, list):
+            return "tool_calls must be a list, on an assistant message"
+        for call in calls:
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+                return "each tool call needs a function with a string name"
+            if not isinstance(function.get("arguments", ""), str | Mapping):
+                return "a tool call's arguments must be a JSON string or an object"
+    if role == "tool" and not isinstance(message.get("tool_call_id", ""), str):
+        return "tool_call_id must be a string"
+    return None
 
 
 def is_plain_message(message: Any) -> bool:

@@ -2,7 +2,8 @@
 
 A source is one file or a directory prefix (file:// or s3://) of ``*.jsonl``, ``*.json`` (JSON lines),
 ``*.jsonl.gz`` and ``*.parquet`` files. Each record holds a prompt under ``field``: a non-empty string
-or OpenAI-style messages. Bad records are never dropped silently: each becomes a ``Reject`` naming its
+or OpenAI chat messages (text content or text parts, assistant ``tool_calls``, ``tool`` turns); a ``tools``
+field beside it is the tool list the chat template renders. Bad records are never dropped silently: each becomes a ``Reject`` naming its
 source, line and reason, so a stage can report them and decide whether too many went bad. That holds for
 hostile lines too: a line over ``max_line_bytes`` (skipped without being held in memory), nesting too deep
 to parse, a lone surrogate (valid JSON, not valid Unicode text), or anything else that fails on one row
@@ -82,11 +83,12 @@ def _prompt_problem(value: Any, field: str) -> str | None:
         if not value:
             return f"field {field!r} is an empty list; it must be {allowed}"
         for index, message in enumerate(value):
-            # Flat messages only: the capture proxy flattens content parts before it stores a prompt.
-            if not openai_wire.is_plain_message(message):
+            # OpenAI chat messages: text content or text parts, assistant tool calls, tool results.
+            problem = openai_wire.prompt_message_problem(message)
+            if problem is not None:
                 return (
-                    f"field {field!r} must be a list of {{role, content}} objects with string values; "
-                    f"item {index} is {_short(message)}"
+                    f"field {field!r} must be a list of OpenAI chat messages; item {index} ({_short(message)}): "
+                    f"{problem}"
                 )
         return None
     if value is None:

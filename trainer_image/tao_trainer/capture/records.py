@@ -9,8 +9,17 @@ other key as the record's ``fields``::
 A chat made of a single user message becomes that message's text (the same id as the same prompt in a
 prompt file); a chat with a system prompt or several turns keeps its ``[{role, content}]`` list, which the
 loop renders with the model's chat template. Content parts are flattened by ``openai_wire`` exactly as
-``tao serve`` flattens them. Requests the loop cannot use are skipped and counted: token-id prompts,
-non-text content parts, tool calls, a conversation that ends with an assistant turn.
+``tao serve`` flattens them. Tool-using chats are kept whole: assistant ``tool_calls`` and ``tool`` turns stay in
+the messages, and the request's ``tools`` becomes the record's ``tools`` field (what the chat template renders).
+Requests the loop cannot use are skipped and counted: token-id prompts, non-text content parts, a conversation
+that ends with an assistant turn.
+
+>>> records, _ = records_from_request("chat", {"tools": [{"type": "function", "function": {"name": "add"}}],
+...     "messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": None, "tool_calls": [
+...     {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]},
+...     {"role": "tool", "tool_call_id": "c1", "content": "2"}]})
+>>> [m["role"] for m in records[0]["prompt"]], records[0]["tools"][0]["function"]["name"]
+(['user', 'assistant', 'tool'], 'add')
 
 >>> records, skipped = records_from_request("chat", {"model": "m", "messages": [
 ...     {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]})
@@ -45,26 +54,35 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _chat_prompt(messages: Any) -> str | list[dict[str, str]] | None:
+_TOOL_CALL_KEYS = ("id", "type", "function")
+
+
+def _chat_prompt(messages: Any) -> str | list[dict[str, Any]] | None:
     """The loop's prompt for a chat request, or None when the loop could not use it."""
     if not isinstance(messages, list) or not messages:
         return None
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     for message in messages:
-        if not isinstance(message, dict) or message.get("tool_calls") or message.get("function_call"):
+        if not isinstance(message, dict) or message.get("function_call"):
+            return None  # the deprecated single function_call: no template renders it
+        if openai_wire.prompt_message_problem(message) is not None:
             return None
-        role = message.get("role")
-        if role not in openai_wire.PROMPT_ROLES:
-            return None  # tool results and unknown roles have no place in a text prompt
+        role, calls = message["role"], message.get("tool_calls")
         # Text parts are joined as `tao serve` and vLLM join them: the stored prompt is the served one.
         text = openai_wire.text_or_none(message.get("content"))
-        if text is None:
+        if text is None and not calls:
             return None
-        out.append({"role": role, "content": text})
-    if out[-1]["role"] != "user" or not out[-1]["content"].strip():
-        return None  # the loop renders prompts with a generation prompt after the last (user) turn
+        kept: dict[str, Any] = {"role": role, "content": text}
+        if calls:
+            kept["tool_calls"] = [{k: c[k] for k in _TOOL_CALL_KEYS if k in c} for c in calls]
+        if role == "tool" and isinstance(message.get("tool_call_id"), str):
+            kept["tool_call_id"] = message["tool_call_id"]
+        out.append(kept)
+    last = out[-1]
+    if last["role"] not in ("user", "tool") or not (last["content"] or "").strip():
+        return None  # the loop renders prompts with a generation prompt after the last user (or tool) turn
     if len(out) == 1:
-        return out[0]["content"]
+        return str(out[0]["content"])
     return out
 
 
@@ -74,7 +92,7 @@ def records_from_request(endpoint: str, payload: Any) -> tuple[list[Record], int
         raise ValueError("request body is not a JSON object")
     if endpoint == "chat":
         prompt = _chat_prompt(payload.get("messages"))
-        found: list[str | list[dict[str, str]] | None] = [prompt]
+        found: list[str | list[dict[str, Any]] | None] = [prompt]
     else:
         raw: Any = payload.get("prompt")
         # A list is a batch of prompts (strings, or token-id lists the loop cannot use) unless it is
@@ -89,6 +107,9 @@ def records_from_request(endpoint: str, payload: Any) -> tuple[list[Record], int
         if prompt is None:
             continue
         record: Record = {"prompt": prompt, "endpoint": endpoint}
+        tools = payload.get("tools") if endpoint == "chat" else None
+        if isinstance(tools, list) and tools and all(isinstance(t, dict) for t in tools):
+            record["tools"] = tools
         if model is not None:
             record["model"] = model
         record["capturedAt"] = now

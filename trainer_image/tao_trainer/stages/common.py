@@ -88,7 +88,7 @@ RAW_TEXT_ENDPOINT = "completions"
 
 def prepare(tokenizer: Any, records: Sequence[dict[str, Any]], system_prompt: str | None) -> list[Any]:
     """Each record's prompt as the model reads it (`models.prepare_prompt`: the tokens generation, training and
-    evaluation all use). A record the capture proxy took from /v1/completions is rendered as the plain text the
+    evaluation all use), with the record's `tools` field for the chat template. A record the capture proxy took from /v1/completions is rendered as the plain text the
     server received, whatever the model's chat template."""
     from tao_trainer import models
 
@@ -98,6 +98,7 @@ def prepare(tokenizer: Any, records: Sequence[dict[str, Any]], system_prompt: st
             rec["prompt"],
             system_prompt,
             raw=(rec.get("fields") or {}).get("endpoint") == RAW_TEXT_ENDPOINT,
+            tools=(rec.get("fields") or {}).get("tools"),
         )
         for rec in records
     ]
