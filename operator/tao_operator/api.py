@@ -478,10 +478,14 @@ def resolve_local_paths(job: TAOJob, base_dir: Path) -> TAOJob:
 
 
 def load_taojob_file(path: str) -> TAOJob:
+    """The TAOJob in a manifest file; ``-`` reads standard input (its relative paths resolve against the
+    working directory)."""
+    source = "<stdin>" if path == "-" else path
     docs, problems = manifest_input.read_manifest(path)  # size, UTF-8, no aliases, bounded nesting
     if problems:
-        raise SpecError(problems, path)
+        raise SpecError(problems, source)
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(jobs) != 1:
-        raise SpecError([f"expected exactly one document of kind {KIND}, found {len(jobs)}"], path)
-    return resolve_local_paths(parse_taojob(jobs[0], path), Path(path).resolve().parent)
+        raise SpecError([f"expected exactly one document of kind {KIND}, found {len(jobs)}"], source)
+    base = Path.cwd() if path == "-" else Path(path).resolve().parent
+    return resolve_local_paths(parse_taojob(jobs[0], source), base)

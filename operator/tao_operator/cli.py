@@ -3,17 +3,64 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
-from tao_operator.api import SpecError, load_taojob_file
+from tao_operator.api import SpecError, TAOJob, load_taojob_file
+from tao_operator.exits import Exit
 from tao_operator.report import describe_champion, format_preflight, format_table
 from tao_trainer.layout import RunLayout
 
+EXIT_CODES = """exit codes:
+  0    done
+  1    the run failed (a stage's error says why; completed stages are kept: run the same command to continue)
+  2    usage: bad arguments, a missing or invalid manifest
+  3    no signal: the scorer preflight found nothing to learn from (see `tao preflight FILE`)
+  4    storage: unreachable endpoint, missing bucket, missing or refused credentials
+  130  interrupted (the same command continues)
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tao-operator")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _json(doc: dict[str, Any]) -> None:
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def _fail(args: argparse.Namespace, code: Exit, message: str, **extra: Any) -> int:
+    """An `error:` line on stderr; with `-o json`, the same as a JSON object on stdout."""
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "output", "text") == "json":
+        _json({"ok": False, "exitCode": int(code), "error": message, **extra})
+    return int(code)
+
+
+def _load(args: argparse.Namespace) -> TAOJob:
+    try:
+        return load_taojob_file(args.file)
+    except FileNotFoundError as e:
+        raise SpecError([f"no such file: {e.filename}"], args.file) from e
+    except IsADirectoryError as e:
+        raise SpecError([f"a directory, not a manifest file: {e.filename}"], args.file) from e
+
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    job = load_taojob_file(args.file)
+    job = _load(args)
+    warnings = job.spec.evaluation.warnings()
+    if args.output == "json":
+        name, namespace = job.metadata.name, job.metadata.namespace
+        _json({"ok": True, "exitCode": 0, "name": name, "namespace": namespace, "warnings": warnings})
+        return 0
     print(f"{args.file}: valid TAOJob {job.metadata.namespace}/{job.metadata.name}")
-    for warning in job.spec.evaluation.warnings():
+    for warning in warnings:
         print(f"warning: {warning}")
     return 0
 
@@ -21,58 +68,76 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tao_operator import local
 
-    job = load_taojob_file(args.file)
+    job = _load(args)
     for warning in job.spec.evaluation.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     if args.rounds is not None:
         if job.spec.continuous is not None:
-            print(
-                "error: --rounds is for a fixed number of rounds; this TAOJob is continuous: use --cycles",
-                file=sys.stderr,
+            return _fail(
+                args,
+                Exit.USAGE,
+                "--rounds is for a fixed number of rounds; this TAOJob is continuous: use --cycles",
             )
-            return 2
         job.spec.rounds = args.rounds
     if args.cycles is not None:
         if job.spec.continuous is None:
-            print(
-                "error: --cycles needs spec.continuous (interval, minNewPrompts); use --rounds otherwise",
-                file=sys.stderr,
+            return _fail(
+                args,
+                Exit.USAGE,
+                "--cycles needs spec.continuous (interval, minNewPrompts); use --rounds otherwise",
             )
-            return 2
         job.spec.continuous.max_rounds = args.cycles
     elif job.spec.continuous is not None and job.spec.continuous.max_rounds is None:
         print(
             "continuous: runs until interrupted (Ctrl-C; the same command continues); --cycles N stops after N rounds",
             file=sys.stderr,
         )
+    json_out = args.output == "json"
+
+    def echo(line: str) -> None:
+        print(line, file=sys.stderr if json_out else sys.stdout, flush=True)
+
     try:
-        report = local.run_local(job, fresh=args.fresh)
+        report = local.run_local(job, fresh=args.fresh, echo=echo, verbose=args.verbose)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command to continue from the last complete stage", file=sys.stderr)
-        return 130
+        return int(Exit.INTERRUPTED)
     except local.RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(args, e.code, str(e))
+    report_uri = RunLayout(report["runUri"]).report
+    if json_out:
+        _json({"ok": True, "exitCode": 0, "reportUri": report_uri, "report": report})
+        return 0
     print()
     print(format_table(report))
     print()
     print(describe_champion(report))
-    print(f"report: {RunLayout(report['runUri']).report}")
+    print(f"report: {report_uri}")
     return 0
 
 
 def _cmd_preflight(args: argparse.Namespace) -> int:
     from tao_operator import local
 
-    job = load_taojob_file(args.file)
+    job = _load(args)
     if args.prompts is not None:
         job.spec.preflight.prompts = args.prompts
-    result, report = local.preflight_local(job)
+    try:
+        with local.storage_errors():
+            result, report = local.preflight_local(job, verbose=args.verbose)
+    except local.RunError as e:
+        return _fail(args, e.code, str(e))
+    except KeyboardInterrupt:
+        return int(Exit.INTERRUPTED)
     if report is None:
-        print(f"error: preflight failed: {result.message}", file=sys.stderr)
-        return 1
-    print(format_preflight(report))
-    return 0 if report["signal"] else 2
+        code = local.failure(result, None).code
+        return _fail(args, code, f"preflight failed: {result.message}")
+    code = Exit.OK if report["signal"] else Exit.NO_SIGNAL
+    if args.output == "json":
+        _json({"ok": code == Exit.OK, "exitCode": int(code), "signal": report["signal"], "report": report})
+    else:
+        print(format_preflight(report))
+    return int(code)
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
@@ -137,17 +202,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         default_max_tokens=args.max_tokens,
         quiet=args.quiet,
+        enable_lora=args.enable_lora,
+        lora_modules=args.lora_modules,
+        max_lora_rank=args.max_lora_rank,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="tao", description="Tune an LLM on its own unlabeled prompts (TAO)."
+        prog="tao",
+        description="Tune an LLM on its own unlabeled prompts (TAO).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a TAOJob on this machine, stage by stage (resumable)")
-    run.add_argument("file", help="TAOJob manifest (YAML)")
+    def outputs(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-o",
+            "--output",
+            choices=["text", "json"],
+            default="text",
+            help="json: one JSON object on stdout (progress lines go to stderr)",
+        )
+
+    run = sub.add_parser(
+        "run",
+        help="run a TAOJob on this machine, stage by stage (resumable)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("file", help="TAOJob manifest (YAML; - reads standard input)")
+    outputs(run)
+    run.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show the stages' own output (library warnings, progress bars); default: tao-run.log in the run directory",
+    )
     run.add_argument(
         "--fresh", action="store_true", help="delete this job's earlier run artifacts and start over"
     )
@@ -161,14 +256,17 @@ def main(argv: list[str] | None = None) -> int:
 
     preflight = sub.add_parser(
         "preflight",
-        help="generate and score a sample of prompts: can the scorers tell candidates apart? (exit 2: no signal)",
+        help="generate and score a sample of prompts: can the scorers tell candidates apart? (exit 3: no signal)",
     )
-    preflight.add_argument("file", help="TAOJob manifest (YAML)")
+    preflight.add_argument("file", help="TAOJob manifest (YAML; - reads standard input)")
     preflight.add_argument("--prompts", type=int, help="override spec.preflight.prompts (the sample size)")
+    preflight.add_argument("--verbose", "-v", action="store_true", help="show the stage's own output")
+    outputs(preflight)
     preflight.set_defaults(func=_cmd_preflight)
 
     validate = sub.add_parser("validate", help="check a TAOJob manifest and name every invalid field")
-    validate.add_argument("file")
+    validate.add_argument("file", help="TAOJob manifest (YAML; - reads standard input)")
+    outputs(validate)
     validate.set_defaults(func=_cmd_validate)
 
     crd = sub.add_parser("crd", help="print the TAOJob CRD generated from the API models")
@@ -202,14 +300,30 @@ def main(argv: list[str] | None = None) -> int:
         "--max-tokens", type=int, default=256, help="completion length when a request sets none"
     )
     serve.add_argument("--quiet", action="store_true", help="do not log requests to stderr")
+    serve.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters (as vLLM's flag)")
+    serve.add_argument(
+        "--lora-modules",
+        nargs="+",
+        action="extend",
+        metavar="NAME=PATH",
+        help="LoRA adapters, each served under its NAME (repeatable; JSON {name, path} too, as vLLM)",
+    )
+    serve.add_argument("--max-lora-rank", type=int, default=16, help="refuse adapters of a higher rank")
+    serve.add_argument("--max-batch", type=int, default=32, help="choices decoded together at most")
+    serve.add_argument("--max-queue", type=int, default=256, help="requests waiting at most; more get a 429")
     serve.set_defaults(func=_cmd_serve)
 
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except (SpecError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        code: int = args.func(args)
+    except SpecError as e:
+        return _fail(
+            args,
+            Exit.USAGE,
+            f"{e}\nFix the fields named above (`tao validate FILE` checks a manifest).",
+            problems=e.problems,
+        )
+    return code
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ __all__ = ["CRD_NAME", "CRDRenderError", "diff_against", "render_crd", "render_c
 
 SINGULAR = "taojob"
 SHORT_NAMES = ["tao"]
+# `kubectl get ml` / `kubectl get tao` list TAOJobs with the other resources of these categories.
+CATEGORIES = ["ml", "tao"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 HEADER = (
@@ -154,6 +156,23 @@ def _printer_columns(schema: Schema) -> list[Schema]:
         columns.append(
             {"name": name, "type": node["type"], "jsonPath": json_path, "description": description}
         )
+    # The Ready condition (`kubectl get taojobs -o wide`): a filter path, so not walked through the schema.
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    columns += [
+        {
+            "name": "Ready",
+            "type": "string",
+            "jsonPath": f"{ready}.status",
+            "description": "The Ready condition.",
+        },
+        {
+            "name": "Message",
+            "type": "string",
+            "jsonPath": f"{ready}.message",
+            "description": "What the Ready condition says (what runs, or why the job stopped).",
+            "priority": 1,
+        },
+    ]
     columns.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})
     return columns
 
@@ -176,6 +195,7 @@ def render_crd() -> dict[str, Any]:
                 "plural": PLURAL,
                 "singular": SINGULAR,
                 "shortNames": SHORT_NAMES,
+                "categories": CATEGORIES,
             },
             "scope": "Namespaced",
             "versions": [

@@ -13,11 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlparse
 
 from tao_operator.api import TAOJob
 from tao_operator.edits import refused_edits, spec_digest
+from tao_operator.exits import Exit
 from tao_operator.plan import Failed, Finished, Results, RunStage, build_report, champion, next_action
 from tao_operator.report import summarize
 from tao_trainer import storage
@@ -29,7 +32,88 @@ Printer = Callable[[str], None]
 
 
 class RunError(RuntimeError):
-    """A run that cannot go on; the message says what failed and what to do."""
+    """A run that cannot go on; the message says what failed and what to do, `code` is the exit code."""
+
+    def __init__(self, message: str, code: Exit = Exit.RUN_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# How a failed stage's message starts ("Name: detail") when storage or credentials failed it.
+STORAGE_ERRORS = (
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "CredentialRetrievalError",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "ProxyConnectionError",
+    "ClientError",
+    "NoSuchBucket",
+    "S3UploadFailedError",
+)
+STORAGE_HINT = (
+    "check storage.uri (the bucket must exist), storage.endpointUrl and pathStyle for S3-compatible servers "
+    "(MinIO), and the credentials boto3 reads (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+)
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """An exception from boto3/botocore: the bucket, the endpoint or the credentials, not the job."""
+    return type(exc).__module__.split(".")[0] in ("botocore", "boto3", "s3transfer")
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """Turn storage exceptions of this process into a RunError with exit code 4 and what to check."""
+    try:
+        yield
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        raise RunError(f"storage: {type(e).__name__}: {e}\n{STORAGE_HINT}", Exit.STORAGE) from e
+
+
+def failure(result: StageResult, log_path: str | None) -> RunError:
+    """The RunError for a failed stage: no signal (3), storage (4), or any other failure (1)."""
+    details = f"\nThe stage's log: {log_path}" if log_path else ""
+    if result.stage == "preflight" and result.metrics.get("signal") == 0.0:
+        return RunError(
+            f"{result.message}\nRun `tao preflight FILE` to see what each scorer contributes.", Exit.NO_SIGNAL
+        )
+    if result.message.startswith(tuple(f"{name}:" for name in STORAGE_ERRORS)):
+        return RunError(
+            f"round {result.round} stage {result.stage}: storage: {result.message}\n{STORAGE_HINT}{details}",
+            Exit.STORAGE,
+        )
+    return RunError(
+        f"round {result.round} stage {result.stage} failed: {result.message}\n"
+        f"Completed stages and shards are kept: fix the cause and run the same command to continue.{details}"
+    )
+
+
+def log_path(layout: RunLayout, name: str) -> Path:
+    """Where stage processes' own output goes: `tao-run.log` in the run directory (file://), or in the
+    temporary directory for a run on S3."""
+    if layout.root.startswith("file://"):
+        return Path(unquote(urlparse(layout.root).path)) / "tao-run.log"
+    return Path(tempfile.gettempdir()) / f"tao-run-{name}.log"
+
+
+def stage_env(spec: LoopSpec, quiet: bool) -> dict[str, str]:
+    """A stage process's environment: this one's, the job's storage settings (for anything the stage starts),
+    and, when quiet, no third-party progress bars (they would only fill the log)."""
+    env = dict(os.environ)
+    s = spec.storage
+    if s.endpoint_url:
+        env["TAO_S3_ENDPOINT_URL"] = s.endpoint_url
+    if s.region:
+        env["TAO_S3_REGION"] = s.region
+    if s.path_style:
+        env["TAO_S3_PATH_STYLE"] = "1"
+    if quiet:
+        env |= {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    return env
 
 
 def observe(spec: LoopSpec, layout: RunLayout) -> Results:
@@ -78,27 +162,42 @@ def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
     storage.write_json(layout.spec_snapshot, _identity(spec))
 
 
-def run_stage(action: RunStage, job: TAOJob, layout: RunLayout) -> StageResult:
-    """Run one stage as a subprocess (the same CLI a pod runs) and return its result."""
+def run_stage(action: RunStage, job: TAOJob, layout: RunLayout, log: IO[str] | None = None) -> StageResult:
+    """Run one stage as a subprocess (the same CLI a pod runs) and return its result.
+
+    With `log`, the stage's stderr (its log lines, library warnings and progress bars) goes there, and only
+    the stage's own progress bar reaches this terminal (through TAO_PROGRESS_FD); without, stderr is shared.
+    """
     cfg = StageConfig(
         stage=action.stage, round=action.round, run_uri=layout.root, model_uri=action.model_uri, spec=job.spec
     )
-    config_uri = layout.config(action.round, action.stage)
-    storage.write_text(config_uri, cfg.model_dump_json(by_alias=True, indent=2))
+    text = cfg.model_dump_json(by_alias=True, indent=2)
+    storage.write_text(layout.config(action.round, action.stage), text)  # the record of what ran
     with tempfile.TemporaryDirectory(prefix="tao-stage-") as tmp:
         result_path = os.path.join(tmp, "result.json")
-        cmd = [
-            sys.executable,
-            "-m",
-            "tao_trainer.cli",
-            action.stage,
-            "--config",
-            config_uri,
-            "--result",
-            result_path,
-        ]
+        # The stage reads its config from a local file: it cannot reach s3:// before it has read the storage
+        # settings (endpoint, path style) that the config holds.
+        config_path = os.path.join(tmp, "config.json")
+        with open(config_path, "w", encoding="utf-8") as f:
+            f.write(text)
+        cmd = [sys.executable, "-m", "tao_trainer.cli", action.stage, "--config", config_path]
+        cmd += ["--result", result_path]
+        env = stage_env(job.spec, quiet=log is not None)
+        progress_fd: list[int] = []
+        if log is not None:
+            log.write(f"--- round {action.round} {action.stage} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+            log.flush()
+            if sys.stderr.isatty():
+                progress_fd.append(os.dup(sys.stderr.fileno()))
+                env["TAO_PROGRESS_FD"] = str(progress_fd[0])
         # stdout carries the result JSON (read from the file instead); logs and progress bars go to stderr.
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
+        try:
+            proc = subprocess.run(
+                cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, pass_fds=progress_fd, check=False
+            )
+        finally:
+            for fd in progress_fd:
+                os.close(fd)
         if not os.path.exists(result_path):
             return StageResult(
                 stage=action.stage,
@@ -110,7 +209,7 @@ def run_stage(action: RunStage, job: TAOJob, layout: RunLayout) -> StageResult:
             return StageResult.model_validate_json(f.read())
 
 
-def preflight_local(job: TAOJob) -> tuple[StageResult, dict[str, Any] | None]:
+def preflight_local(job: TAOJob, *, verbose: bool = False) -> tuple[StageResult, dict[str, Any] | None]:
     """`tao preflight`: the scorer preflight alone, in a scratch directory (the run's artifacts are untouched,
     so the user can iterate on scorers); returns its result and report (None if the stage crashed)."""
     spec = job.spec
@@ -118,20 +217,46 @@ def preflight_local(job: TAOJob) -> tuple[StageResult, dict[str, Any] | None]:
     storage.configure(s)
     with tempfile.TemporaryDirectory(prefix="tao-preflight-") as tmp:
         layout = RunLayout(storage.normalize(tmp))
-        result = run_stage(RunStage(1, "preflight", spec.model.uri), job, layout)
+        with open(os.path.join(tmp, "stage.log"), "w", encoding="utf-8") as log:
+            result = run_stage(
+                RunStage(1, "preflight", spec.model.uri), job, layout, None if verbose else log
+            )
+        if not result.ok and not verbose:
+            result.message += "\n" + _tail(os.path.join(tmp, "stage.log"))
         report_uri = layout.preflight_report(1)
         report = storage.read_json(report_uri) if storage.exists(report_uri) else None
     return result, report
 
 
-def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dict[str, Any]:
-    """Run the TAOJob to the end on this machine; return the report (also written to storage)."""
+def _tail(path: str, lines: int = 20) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "".join(f.readlines()[-lines:]).rstrip()
+
+
+def run_local(
+    job: TAOJob, *, fresh: bool = False, echo: Printer = print, verbose: bool = False
+) -> dict[str, Any]:
+    """Run the TAOJob to the end on this machine; return the report (also written to storage).
+
+    Stage processes write their own output (library warnings, third-party progress bars, tracebacks) to
+    `log_path` unless `verbose`; `echo` gets one line per stage. Raises RunError with the exit code."""
     spec = job.spec
-    s = spec.storage
-    storage.configure(s)
+    storage.configure(spec.storage)
     layout = job.run_layout()
-    check_snapshot(spec, layout, fresh)
+    with storage_errors():
+        check_snapshot(spec, layout, fresh)
+    path = None if verbose else log_path(layout, job.metadata.name)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     echo(f"run {job.metadata.name}: artifacts in {layout.root}")
+    with open(path or os.devnull, "a", encoding="utf-8") as log, storage_errors():
+        return _run_rounds(job, layout, echo, None if verbose else log, str(path) if path else None)
+
+
+def _run_rounds(
+    job: TAOJob, layout: RunLayout, echo: Printer, log: IO[str] | None, log_name: str | None
+) -> dict[str, Any]:
+    spec = job.spec
     while True:
         results = observe(spec, layout)
         action = next_action(spec, layout, results)
@@ -145,12 +270,9 @@ def run_local(job: TAOJob, *, fresh: bool = False, echo: Printer = print) -> dic
             of = f"/{spec.last_round()}" if spec.last_round() is not None else ""
             echo(f"round {action.round}{of}: starting from {action.model_uri}")
         started = time.monotonic()
-        result = run_stage(action, job, layout)
+        result = run_stage(action, job, layout, log)
         if not result.ok:
-            raise RunError(
-                f"round {action.round} stage {action.stage} failed: {result.message}\n"
-                f"Completed stages and shards are kept: fix the cause and run the same command to continue."
-            )
+            raise failure(result, log_name)
         storage.write_text(layout.result(action.round, action.stage), result.model_dump_json(by_alias=True))
         echo(f"  {action.stage:<9} {time.monotonic() - started:6.1f}s  {summarize(result)}")
         if action.stage == "evaluate":

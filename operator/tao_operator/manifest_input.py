@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from typing import Any
 
 import yaml
@@ -76,9 +77,13 @@ def parse_yaml(text: str) -> tuple[list[Any], list[str]]:
 
 
 def read_manifest(path: str) -> tuple[list[Any], list[str]]:
-    """The YAML documents of a manifest file, or the problems that keep it from being read."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_MANIFEST_BYTES + 1)
+    """The YAML documents of a manifest file (``-``: standard input), or the problems that keep it from being
+    read."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+    else:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
     if len(data) > MAX_MANIFEST_BYTES:
         return [], [f"file is larger than {MAX_MANIFEST_BYTES >> 20} MiB; a TAOJob manifest is a few KiB"]
     try:

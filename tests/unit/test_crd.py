@@ -283,6 +283,7 @@ def test_names_scope_and_subresources() -> None:
         "listKind": "TAOJobList",
         "plural": "taojobs",
         "singular": "taojob",
+        "categories": ["ml", "tao"],
         "shortNames": ["tao"],
     }
     (version,) = spec["versions"]
@@ -782,7 +783,10 @@ def test_invalid_manifest_fails_schema_and_model(change: Any) -> None:
 def test_printer_columns_point_at_status_fields() -> None:
     (version,) = render_crd()["spec"]["versions"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Round", "Score", "Served", "Age"]
+    assert list(columns) == ["Phase", "Round", "Score", "Served", "Ready", "Message", "Age"]
+    assert columns["Message"]["priority"] == 1 and "priority" not in columns["Ready"]
+    assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert render_crd()["spec"]["names"]["categories"] == ["ml", "tao"]
     assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     assert columns["Served"]["description"] == "Round served."
     expected = {"Phase": "string", "Round": "integer", "Score": "number", "Served": "integer"}

@@ -90,6 +90,19 @@ def stored_result(cfg: StageConfig) -> StageResult | None:
     return result if result.ok and (result.stage, result.round) == (cfg.stage, cfg.round) else None
 
 
+def track(cfg: StageConfig, result: StageResult) -> None:
+    """The round's gate figures and verdict to the experiment tracker; a tracker that fails costs a warning,
+    never the stage (the result is stored already)."""
+    if result.stage != "evaluate" or "mlflow" not in (cfg.spec.training.report_to or []):
+        return
+    from tao_trainer import tracking
+
+    try:
+        tracking.log_gate(cfg, result)
+    except Exception as e:  # noqa: BLE001 - tracking is a side channel
+        print(f"warning: logging the gate to MLflow failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+
 def download(argv: list[str]) -> int:
     """`tao-stage download --uri URI --to DIR`: fetch a model for serving (the init container's job)."""
     parser = argparse.ArgumentParser(
@@ -120,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         return capture_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tao-stage", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=ALL_STAGES)
-    parser.add_argument("--config", required=True, help="StageConfig JSON: a path, file:// or s3:// URI")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="StageConfig JSON: a local path (what pods and `tao run` pass), file:// or s3:// URI (an s3:// "
+        "config on an S3-compatible server needs TAO_S3_ENDPOINT_URL: its own endpoint is inside it)",
+    )
     parser.add_argument(
         "--result", default=os.environ.get("TAO_RESULT_PATH"), help="where to write the StageResult"
     )
@@ -135,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     stored: StageResult | None = None
     try:
         cfg = StageConfig.model_validate_json(storage.read_text(args.config))
+        # The job's storage settings (endpoint, region, path style) before any other storage call.
+        storage.configure(cfg.spec.storage)
         if cfg.stage != args.stage:
             raise ValueError(f"--config is for stage {cfg.stage!r}, not {args.stage!r}")
-        s = cfg.spec.storage
-        storage.configure(s)
         # A new attempt of a stage whose result was lost (its pods collected before the operator read them)
         # re-reports the stored result at once instead of recomputing it.
         stored = stored_result(cfg)
@@ -149,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             result.duration_seconds = round(time.monotonic() - started, 2)
             if result.ok and int(os.environ.get("RANK", "0")) == 0:
                 storage.write_text(stored_result_uri(cfg), result.model_dump_json(by_alias=True))
+                track(cfg, result)
         code = 0 if result.ok else 1
     except Exception as e:  # noqa: BLE001 - every failure must become a reported result
         traceback.print_exc(file=sys.stderr)

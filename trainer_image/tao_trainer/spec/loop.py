@@ -210,6 +210,14 @@ class TrainingSpec(CamelModel):
     sft: SftSpec = Field(default_factory=SftSpec)
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     grpo: GrpoSpec = Field(default_factory=GrpoSpec)
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] | None = Field(
+        default=None,
+        max_length=3,
+        description="Experiment trackers that get the training metrics (TRL's report_to): tensorboard (event "
+        "files under each round's train/tensorboard in the run's storage), mlflow (MLFLOW_TRACKING_URI and "
+        "MLFLOW_EXPERIMENT_NAME from the environment; each round's gate figures and verdict join the round's "
+        "run), wandb (WANDB_* variables). Default: tensorboard when it is installed; [] for none.",
+    )
 
 
 class MetricSpec(CamelModel):

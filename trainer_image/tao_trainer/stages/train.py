@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tao_trainer import models, storage
+from tao_trainer import models, storage, tracking
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec, TrainingSpec
@@ -116,7 +116,8 @@ def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
 
 def _trl_prompt(prepared: Any) -> dict[str, Any]:
     """The prompt as TRL takes it (messages for a chat template, else text) and the ids it must come to."""
-    return {"prompt": prepared.messages if prepared.chat else prepared.text, "prompt_ids": prepared.ids}
+    row = {"prompt": prepared.messages if prepared.chat else prepared.text, "prompt_ids": prepared.ids}
+    return row | ({"tools": prepared.tools} if prepared.tools else {})  # DPO renders a row's tools as we do
 
 
 def sft_tokens(row: dict[str, Any], tokenizer: Any) -> dict[str, list[int]]:
@@ -136,6 +137,11 @@ def check_trl_prompt_ids(tokenizer: Any, row: dict[str, Any]) -> None:
     (EOS) to every text would make GRPO sample from prompts that end in it. Chat prompts are tokenized by the chat
     template without added special tokens, as generation does.
     """
+    if row.get("tools"):
+        raise ValueError(
+            "training.method grpo: prompts carry `tools`, and TRL's GRPOTrainer renders every prompt without a "
+            "record's tools, so it would train on other tokens than generation saw; use sft or dpo"
+        )
     if isinstance(row["prompt"], str):
         trl_ids = list(tokenizer(text=row["prompt"])["input_ids"])
         if trl_ids != row["prompt_ids"]:
@@ -158,7 +164,7 @@ def _common_args(t: TrainingSpec, out: str) -> dict[str, Any]:
         "seed": t.seed,
         "logging_steps": 10,
         "save_strategy": "no",
-        "report_to": [],
+        "report_to": [],  # set by tracking.trainer_args
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "bf16": models.device() == "cuda",
@@ -190,6 +196,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
 
     spec, t = cfg.spec, cfg.spec.training
     peft_config = _peft_config(spec)
+    common = _common_args(t, out) | tracking.trainer_args(cfg, Path(out).parent)
     if t.method == "sft":
         dataset = Dataset.from_list([sft_tokens(row, tokenizer) for row in rows])
     else:
@@ -199,7 +206,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     if t.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        sft_args = SFTConfig(**_common_args(t, out), max_length=t.max_length, completion_only_loss=True)
+        sft_args = SFTConfig(**common, max_length=t.max_length, completion_only_loss=True)
         return SFTTrainer(
             model=model_path,
             args=sft_args,
@@ -210,7 +217,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     if t.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        dpo_args = DPOConfig(**_common_args(t, out), max_length=t.max_length, beta=t.dpo.beta)
+        dpo_args = DPOConfig(**common, max_length=t.max_length, beta=t.dpo.beta)
         # A model path, not an in-memory model: TRL then loads the frozen reference from the same path.
         return DPOTrainer(
             model=model_path,
@@ -228,7 +235,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     # GRPO needs every batch of generations to hold whole groups of `candidates` completions.
     batch = max(t.batch_size // gen.candidates, 1) * gen.candidates
     grpo_args = GRPOConfig(
-        **(_common_args(t, out) | {"per_device_train_batch_size": batch}),
+        **(common | {"per_device_train_batch_size": batch}),
         num_generations=gen.candidates,
         max_completion_length=gen.max_new_tokens,
         temperature=max(gen.temperature, 1e-3),
@@ -290,6 +297,10 @@ def run_train(cfg: StageConfig) -> StageResult:
         local = Path(tmp) / "model"
         models.save_model(model, tokenizer, local, base_uri=base_uri)
         storage.upload_dir(local, model_uri)
+        tensorboard = tracking.keep_tensorboard(cfg, Path(tmp))
+    tracked = {"tensorboard": tensorboard} if tensorboard else {}
+    if run_id := tracking.mlflow_run_id(spec.training):
+        tracked["mlflowRunId"] = run_id
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     metrics = {
@@ -305,7 +316,7 @@ def run_train(cfg: StageConfig) -> StageResult:
         round=r,
         counts={"examples": len(rows), "candidates": n_candidates, "steps": int(trainer.state.global_step)},
         metrics=metrics,
-        outputs={"model": model_uri, "dataset": f"{lay.train_dir(r)}/dataset.jsonl"},
+        outputs={"model": model_uri, "dataset": f"{lay.train_dir(r)}/dataset.jsonl"} | tracked,
     )
     storage.write_text(done, result.model_dump_json(by_alias=True))
     return result
