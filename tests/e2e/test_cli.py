@@ -36,7 +36,7 @@ def manifest(tmp: Path, model: Path, **spec: Any) -> dict[str, Any]:
         "generation": {"candidates": 2, "maxNewTokens": 4, "batchSize": 16},
         "scoring": {"scorers": [{"type": "majority", "extract": r"(\d)"}]},
         "training": {"method": "sft", "learningRate": 1e-3, "batchSize": 8, "sft": {"minScore": 0.0}},
-        "evaluation": {"maxPrompts": 4, "minImprovement": -10.0},
+        "evaluation": {"maxPrompts": 4, "minImprovement": -10.0, "alarms": False},
     } | spec
     return {"apiVersion": "tao.dev/v1alpha1", "kind": "TAOJob", "metadata": {"name": "cli"}, "spec": body}
 

@@ -33,7 +33,7 @@ def test_two_cycles_second_waits_for_new_prompts_and_trains_on_them(tmp_path: Pa
         "generation": {"candidates": 2, "maxNewTokens": 4, "batchSize": 16},
         "scoring": {"scorers": [{"type": "regex", "pattern": r"\d", "mode": "search"}]},
         "training": {"learningRate": 1e-3, "batchSize": 8, "sft": {"minScore": 0.0, "topK": 1}},
-        "evaluation": {"maxPrompts": 4, "minImprovement": -10.0},
+        "evaluation": {"maxPrompts": 4, "minImprovement": -10.0, "alarms": False},
         "preflight": {"enabled": False},
     }
     job = tmp_path / "taojob.yaml"

@@ -31,7 +31,7 @@ def write_job(tmp: Path, model: Path, scorers: list[dict[str, Any]], **spec: Any
         "generation": {"candidates": 4, "maxNewTokens": 8, "batchSize": 16},
         "scoring": {"scorers": scorers},
         "training": {"learningRate": 1e-3, "batchSize": 8, "sft": {"minScore": 0.0, "topK": 1}},
-        "evaluation": {"maxPrompts": 4, "minImprovement": -10.0},
+        "evaluation": {"maxPrompts": 4, "minImprovement": -10.0, "alarms": False},
         "preflight": {"prompts": 6},
     } | spec
     path = tmp / "taojob.yaml"

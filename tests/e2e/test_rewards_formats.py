@@ -99,7 +99,7 @@ def write_job(tmp: Path, model: Path, records: list[dict[str, Any]], scorers: li
         "generation": {"candidates": 4, "maxNewTokens": 8, "batchSize": 16},
         "scoring": {"scorers": scorers},
         "training": {"learningRate": 1e-3, "batchSize": 8, "sft": {"minScore": 0.0, "topK": 1}},
-        "evaluation": {"maxPrompts": 4, "minImprovement": -10.0},
+        "evaluation": {"maxPrompts": 4, "minImprovement": -10.0, "alarms": False},
         "preflight": {"prompts": 4},
     }
     doc = {"apiVersion": "tao.dev/v1alpha1", "kind": "TAOJob", "metadata": {"name": "fmt"}, "spec": body}

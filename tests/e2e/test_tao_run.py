@@ -51,6 +51,7 @@ def write_job(tmp: Path, model: Path, n_prompts: int = 40, **spec_overrides: Any
         "evaluation": {
             "maxPrompts": 8,
             "minImprovement": -10.0,
+            "alarms": False,  # forced promotions of a random tiny model; the gate's alarms have tests of their own
             "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\S+)"}],
         },
     }
@@ -80,7 +81,8 @@ def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "default" / "tiny" / "local"
     report = json.loads((run_dir / "report.json").read_text())
-    assert set(report["base"]) == {"score", "accuracy"}
+    # The base's held-out score and label metric, beside the gate's per-model figures (diversity, support, length).
+    assert {"score", "accuracy"} <= set(report["base"])
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     for row in report["rounds"]:
         assert row["prompts"] > 0 and row["candidates"] == 4 * row["prompts"] and "accuracy" in row

@@ -137,6 +137,7 @@ def test_tao_run_scores_with_sql_and_judge_and_leaves_the_database_alone(
     spec["preflight"]["stopOnNoSignal"] = False  # a briefly trained base may fail every query of 4 prompts
     spec["evaluation"]["maxPrompts"] = 6
     spec["evaluation"]["minImprovement"] = -10.0  # promotion is not the point here
+    spec["evaluation"]["alarms"] = False
     spec["training"]["sft"]["minScore"] = 0.0  # train on whatever ran, however few
     sql, judge = spec["scoring"]["scorers"]
     assert (sql["type"], judge["type"]) == ("sql", "judge")

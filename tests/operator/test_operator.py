@@ -89,7 +89,7 @@ def manifest(tmp: Path, model: Path, name: str = "arith", **spec: Any) -> dict[s
         "generation": {"candidates": 4, "maxNewTokens": 6, "shards": 2, "batchSize": 16},
         # A random tiny model never writes ';123': keep one candidate per prompt so that training runs.
         "training": {"learningRate": 1e-3, "batchSize": 8, "sft": {"minScore": 0.0, "topK": 1}},
-        "evaluation": {"maxPrompts": 6, "minImprovement": -10.0},
+        "evaluation": {"maxPrompts": 6, "minImprovement": -10.0, "alarms": False},
         "pods": {"default": {"backoffLimit": 0}},
         # The preflight has its own test below; the random tiny model gives the vote nothing to agree on.
         "preflight": {"enabled": False},
