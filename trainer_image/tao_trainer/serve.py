@@ -197,19 +197,23 @@ def serve_cli(
         print(f"tao serve: {exc}", file=sys.stderr)
         return 2
     models.cpu_threads()
-    handle = start_server(
-        model_uri,
-        host,
-        port,
-        served_model_name,
-        api_key=api_key,
-        default_max_tokens=default_max_tokens,
-        log_requests=not quiet,
-        lora_modules=modules,
-        max_lora_rank=max_lora_rank,
-        max_batch=max_batch,
-        max_queue=max_queue,
-    )
+    try:
+        handle = start_server(
+            model_uri,
+            host,
+            port,
+            served_model_name,
+            api_key=api_key,
+            default_max_tokens=default_max_tokens,
+            log_requests=not quiet,
+            lora_modules=modules,
+            max_lora_rank=max_lora_rank,
+            max_batch=max_batch,
+            max_queue=max_queue,
+        )
+    except ValueError as exc:  # an adapter refused: its rank, a missing adapter_config.json, a name twice
+        print(f"tao serve: {exc}", file=sys.stderr)
+        return 2
 
     def _terminate(*_: object) -> None:
         raise KeyboardInterrupt
