@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from tao_trainer import models
     from tao_trainer.serve import TransformersBackend, start_server
-    from tao_trainer.serve_batching import Batcher
+    from tao_trainer.serve.batching import Batcher
 
     machine = bench.Machine()
     model = args.model

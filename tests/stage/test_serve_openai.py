@@ -15,8 +15,8 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from tao_trainer.serve import LoraModule, ServerHandle, start_server  # noqa: E402
-from tao_trainer.serve_batching import Batcher  # noqa: E402
-from tao_trainer.serve_decode import Job  # noqa: E402
+from tao_trainer.serve.batching import Batcher  # noqa: E402
+from tao_trainer.serve.decode import Job  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -232,7 +232,7 @@ def test_a_full_queue_is_a_429(served: ServerHandle) -> None:
 
 
 def _sampling() -> Any:
-    from tao_trainer.serve_request import parse_sampling
+    from tao_trainer.serve.request import parse_sampling
 
     return parse_sampling({"max_tokens": 1})
 

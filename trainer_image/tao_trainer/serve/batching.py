@@ -17,11 +17,11 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from tao_trainer.serve_decode import Failed, Job, decode
-from tao_trainer.serve_request import RequestError
+from tao_trainer.serve.decode import Failed, Job, decode
+from tao_trainer.serve.request import RequestError
 
 if TYPE_CHECKING:
-    from tao_trainer.serve_backend import TransformersBackend
+    from tao_trainer.serve.backend import TransformersBackend
 
 __all__ = ["DEFAULT_MAX_BATCH", "DEFAULT_MAX_QUEUE", "Batcher"]
 

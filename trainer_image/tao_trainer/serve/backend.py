@@ -2,7 +2,7 @@
 
 Prompts are read through `models.prepare_prompt` (chat_ids / text_ids), as the loop reads them; the length
 limits are checked here, before a request is queued, so that a stream never starts for a prompt that cannot
-be served. Generation itself is `serve_decode.decode`, run by the batcher's one worker thread.
+be served. Generation itself is `serve.decode.decode`, run by the batcher's one worker thread.
 
 >>> parse_lora_module("sql=/adapters/sql")
 LoraModule(name='sql', path='/adapters/sql', base_model_name=None)
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tao_trainer import models
-from tao_trainer.serve_request import RequestError, Sampling
+from tao_trainer.serve.request import RequestError, Sampling
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",

@@ -14,10 +14,10 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tao_trainer.serve_request import RequestError, Sampling
+from tao_trainer.serve.request import RequestError, Sampling
 
 if TYPE_CHECKING:
-    from tao_trainer.serve_backend import TransformersBackend
+    from tao_trainer.serve.backend import TransformersBackend
 
 __all__ = ["Delta", "Done", "Failed", "Finish", "Job", "TokenLogprob", "decode"]
 

@@ -1,19 +1,4 @@
-"""`tao serve MODEL_URI`: a small OpenAI-compatible HTTP server over a transformers model (CPU or one GPU).
-
-For local runs and tests, not for production traffic (a cluster serves the champion with vLLM): it lets a
-local run try its champion with any OpenAI client, and lets the `judge` scorer be tested against a real model
-over real HTTP. Standard library HTTP (`http.server`); torch, transformers and peft load with the model.
-docs/serve.md lists the OpenAI fields honoured and how it differs from vLLM.
-
-Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (streaming with `stream: true`), `GET
-/v1/models`, `GET /v1/models/{name}`, `GET /health`. A field it would not honour is a 400 naming it.
-
-The modules: `serve_request` reads a request, `serve_backend` holds the model and its LoRA adapters,
-`serve_batching` queues requests and batches them, `serve_decode` generates one batch, `serve_response` shapes
-answers and stream chunks, `serve_http` is the HTTP handler; this module starts and stops the whole.
-
-With an API key (`--api-key`, or `TAO_SERVE_API_KEY`), `/v1/*` needs `Authorization: Bearer <key>`;
-`/health` stays open for probes. The key is never logged.
+"""Starting and stopping `tao serve`: the server handle, the CLI entry point, and the served model's name.
 
 >>> default_served_name("s3://bucket/runs/job/round-002/train/model/")
 'model'
@@ -28,16 +13,16 @@ import sys
 import threading
 
 from tao_trainer import models
-from tao_trainer.serve_backend import (
+from tao_trainer.serve.backend import (
     DEFAULT_MAX_LORA_RANK,
     DEFAULT_MAX_TOKENS,
     LoraModule,
     TransformersBackend,
     parse_lora_module,
 )
-from tao_trainer.serve_batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Batcher
-from tao_trainer.serve_http import Server
-from tao_trainer.serve_request import (
+from tao_trainer.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Batcher
+from tao_trainer.serve.handler import Server
+from tao_trainer.serve.request import (
     RequestError,
     Sampling,
     parse_messages,

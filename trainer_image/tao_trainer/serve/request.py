@@ -9,11 +9,11 @@ Sampling(max_tokens=8, temperature=1.0, top_p=1.0, n=2, seed=None, stop=('\\n',)
 >>> parse_sampling({"logit_bias": {"50256": -100}})
 Traceback (most recent call last):
 ...
-tao_trainer.serve_request.RequestError: 'logit_bias' is not supported by tao serve (send it absent or null)
+tao_trainer.serve.request.RequestError: 'logit_bias' is not supported by tao serve (send it absent or null)
 >>> parse_sampling({"temperature": "hot"})
 Traceback (most recent call last):
 ...
-tao_trainer.serve_request.RequestError: 'temperature' must be a number, got str
+tao_trainer.serve.request.RequestError: 'temperature' must be a number, got str
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tao_trainer.openai_wire import type_name
-from tao_trainer.serve_backend import TransformersBackend
-from tao_trainer.serve_batching import Batcher
-from tao_trainer.serve_decode import Job
-from tao_trainer.serve_request import RequestError, parse_messages, parse_prompts, parse_sampling
-from tao_trainer.serve_response import Answer, stream_chunks, whole_response
+from tao_trainer.serve.backend import TransformersBackend
+from tao_trainer.serve.batching import Batcher
+from tao_trainer.serve.decode import Job
+from tao_trainer.serve.request import RequestError, parse_messages, parse_prompts, parse_sampling
+from tao_trainer.serve.response import Answer, stream_chunks, whole_response
 
 __all__ = ["MAX_BODY_BYTES", "Server"]
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tao_trainer.serve_decode import Delta, Done, Failed, Finish, Job, TokenLogprob
-from tao_trainer.serve_request import RequestError
+from tao_trainer.serve.decode import Delta, Done, Failed, Finish, Job, TokenLogprob
+from tao_trainer.serve.request import RequestError
 
 __all__ = ["Answer", "chat_logprobs", "completion_logprobs", "events", "stream_chunks", "whole_response"]
 
