@@ -241,7 +241,7 @@ def training_batch(
         completion = column_route(a, b) if rng.random() < 0.5 else compensation_route(a, b)
         # The prompt as the tokenizer encodes it: a BOS first when it adds one (--bos).
         p, c = (
-            [vocab[BOS]] * (BOS in vocab) + encode(f"{a}+{b}=", vocab),
+            ([vocab[BOS]] if BOS in vocab else []) + encode(f"{a}+{b}=", vocab),
             encode(completion, vocab) + [eos_id],
         )
         seqs.append(p + c)
