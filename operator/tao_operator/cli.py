@@ -52,8 +52,35 @@ def _load(args: argparse.Namespace) -> TAOJob:
         raise SpecError([f"a directory, not a manifest file: {e.filename}"], args.file) from e
 
 
+def user_function_problems(job: TAOJob) -> list[str]:
+    """What is wrong with the job's user reward functions (python and dotted-path scorers): a module that does
+    not import, a factory that rejects its `args`, a signature that cannot take the call a run makes. They are
+    imported here, as the score stage would import them; where the scorer implementations are not installed (the
+    operator image), nothing is checked."""
+    specs = [*job.spec.scoring.scorers, *(job.spec.evaluation.scorers or [])]
+    user = [spec for spec in specs if spec.type == "python" or any(sep in spec.type for sep in ".:")]
+    if not user:
+        return []
+    try:
+        from tao_trainer.scorers import build_scorer
+        from tao_trainer.scorers.function import FunctionScorer
+    except ImportError:
+        return []
+    problems = []
+    for spec in user:
+        try:
+            scorer = build_scorer(spec)
+            if isinstance(scorer, FunctionScorer):
+                scorer.check(None)
+        except Exception as e:  # noqa: BLE001 - user code may raise anything while it is imported
+            problems.append(str(e) if f"'{spec.name}'" in str(e) else f"scorer {spec.name!r}: {e}")
+    return problems
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     job = _load(args)
+    if problems := user_function_problems(job):
+        return _fail(args, Exit.USAGE, f"{args.file}: " + "; ".join(problems), problems=problems)
     warnings = job.spec.evaluation.warnings()
     if args.output == "json":
         name, namespace = job.metadata.name, job.metadata.namespace
