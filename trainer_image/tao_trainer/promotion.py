@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 METHOD = "paired bootstrap (2000 resamples, percentile, seed 0) with a sign-test floor"
 RESAMPLES = 2000
 
-# Alarm thresholds, set from docs/benchmarks.md (gate table) with margin on both sides: see docs/gate.md.
-MIN_DIVERSITY_RATIO = 0.25  # challenger diversity / champion diversity below this: collapse
+# Alarm thresholds; the measurements behind them are in docs/gate.md. Three vote-trained rounds that really improved
+# (+22, +8 and +40 points of label accuracy on the arithmetic example) kept 0.43, 0.53 and 0.22 of their champion's
+# diversity; a challenger that gives one answer to every prompt keeps 0. A quarter of it vetoed the third of them.
+MIN_DIVERSITY_RATIO = 0.1  # challenger diversity / champion diversity below this: collapse
 MIN_CHAMPION_DIVERSITY = 0.05  # below this the champion itself is (near) deterministic: no ratio is read
 MAX_ABSTAIN_RISE = 0.05  # challenger's unscored share minus the champion's above this: abstentions
 
