@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tao_operator.exits import Exit
+
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -69,11 +71,11 @@ def test_tao_preflight_reports_a_signal_per_scorer(tmp_path: Path, tiny_model: P
     assert not (tmp_path / "runs").exists()  # a check, not a run: nothing written where the run will go
 
 
-def test_tao_preflight_exits_2_when_the_scorers_cannot_tell_candidates_apart(
+def test_tao_preflight_exits_3_when_the_scorers_cannot_tell_candidates_apart(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     proc = tao("preflight", str(write_job(tmp_path, tiny_model, [NEVER])), "--prompts", "3")
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == Exit.NO_SIGNAL == 3, proc.stderr
     assert "3 prompts, 12 candidates" in proc.stdout and "no signal" in proc.stdout
 
 
@@ -82,8 +84,12 @@ def test_tao_run_stops_on_no_signal_and_continues_once_the_scorers_are_fixed(
 ) -> None:
     job = write_job(tmp_path, tiny_model, [NEVER])
     proc = tao("run", str(job))
-    assert proc.returncode == 1
-    assert "preflight failed: no signal" in proc.stderr and "stopOnNoSignal" in proc.stderr
+    assert proc.returncode == Exit.NO_SIGNAL  # a scorer without signal, not a failed stage: scripts can tell
+    assert (
+        "error: no signal" in proc.stderr
+        and "stopOnNoSignal" in proc.stderr
+        and "tao preflight" in proc.stderr
+    )
     run = tmp_path / "runs/default/pre/local"
     report = json.loads((run / "round-001/preflight/report.json").read_text())
     assert report["signal"] is False and report["scorers"]["regex"]["meanScore"] == 0.0

@@ -96,7 +96,9 @@ def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Pa
 
     # The label field never reaches scoring, and no artifact but the held-out labels file holds a label.
     received = {tuple(json.loads(line)) for line in (tmp_path / "spy.log").read_text().splitlines()}
-    assert received == {("topic",)}
+    # The record's own field reaches the reward function beside what TRL passes (completion_ids, trainer_state,
+    # log hooks); the label field never does.
+    assert received and all("topic" in kwargs and "answer" not in kwargs for kwargs in received)
     holders = sorted(
         str(p.relative_to(run_dir))
         for p in run_dir.rglob("*")

@@ -287,7 +287,9 @@ def test_network_is_unreachable(listener: socket.socket, isolate_network: bool) 
                 outcomes.append(type(exc).__name__)
     """
     tests = "def test_reached():\n    assert 'connected' in outcomes, outcomes\n"
-    result = run(candidate, tests, isolate_network=isolate_network)
+    # A generous limit: on a loaded machine five refused attempts and the interpreter's start can pass 5 s, and a
+    # run cut by its time limit would report no outcome to read here.
+    result = run(candidate, tests, isolate_network=isolate_network, timeout_seconds=30)
     assert result.score == 0.0 and result.outcomes[0].error and "connected" not in result.outcomes[0].error
     assert {"socket.getaddrinfo", "socket.connect", "socket.sendto", "socket.bind"} <= set(result.blocked)
     assert result.network_isolated is isolate_network
