@@ -308,7 +308,8 @@ def _alarms(
         ]
         sup_bound = paired_bound(champion, kept, confidence)
         unsupported = sum(1 for x, y in zip(challenger, kept, strict=True) if x != y)
-        if sup_bound.lower is None or sup_bound.lower < min_improvement:
+        # Fires only when there are such wins: without them it would repeat the statistical verdict.
+        if unsupported and (sup_bound.lower is None or sup_bound.lower < min_improvement):
             fired.append(
                 (
                     "unsupported-wins",
