@@ -500,7 +500,7 @@ def test_multi_gpu_training_runs_torchrun_with_shared_memory() -> None:
         "/etc/tao/config.json",
     ]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod(manifest)["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod(manifest)["volumes"]
     one = build(taojob(pods={"train": {"gpus": 1}}), "train")
     assert container(one)["command"][0] == "tao-stage"
     assert all(v["name"] != "dshm" for v in pod(one)["volumes"])
@@ -710,6 +710,54 @@ def test_the_model_is_downloaded_by_an_init_container() -> None:
     bare_init = pod(serving_deployment(taojob(), "s3://m", 1, DEFAULTS))["initContainers"][0]
     assert bare_init["image"] == DEFAULTS.trainer_image
     assert not any(k.startswith("TAO_S3_") for k in env_of(bare_init))
+
+
+@pytest.mark.parametrize("case", [c for c, _ in MANIFESTS if not c.startswith(("configmap", "service"))])
+def test_every_empty_dir_has_a_size_limit(case: str) -> None:
+    volumes = [v for v in pod(dict(MANIFESTS)[case])["volumes"] if "emptyDir" in v]
+    assert volumes
+    for v in volumes:
+        assert v["emptyDir"]["sizeLimit"], v
+
+
+def test_size_limits_come_from_the_operator_defaults() -> None:
+    limits = OperatorDefaults(tmp_size_limit="5Gi", models_size_limit="300Gi", shm_size_limit="2Gi")
+    job = taojob(pods={"train": {"gpus": 2}})
+    train = {
+        v["name"]: v["emptyDir"]
+        for v in pod(build(job, "train", defaults=limits))["volumes"]
+        if "emptyDir" in v
+    }
+    assert train == {"tmp": {"sizeLimit": "5Gi"}, "dshm": {"medium": "Memory", "sizeLimit": "2Gi"}}
+    dep = serving_deployment(job, "s3://m", 1, limits)
+    serving = {v["name"]: v["emptyDir"] for v in pod(dep)["volumes"]}
+    assert serving == {
+        "models": {"sizeLimit": "300Gi"},
+        "tmp": {"sizeLimit": "5Gi"},
+        "dshm": {"medium": "Memory", "sizeLimit": "2Gi"},
+    }
+    with pytest.raises(ValueError):
+        OperatorDefaults(tmp_size_limit="lots")
+
+
+def test_the_base_model_is_downloaded_at_its_revision() -> None:
+    job = taojob(model={"uri": "hf://org/base", "revision": "abc123"})
+    base = pod(serving_deployment(job, "hf://org/base", 0, DEFAULTS))["initContainers"][0]["command"]
+    assert base == [
+        "tao-stage",
+        "download",
+        "--uri",
+        "hf://org/base",
+        "--to",
+        "/models/model",
+        "--revision",
+        "abc123",
+    ]
+    # A round's model in storage has no hub revision.
+    trained = pod(serving_deployment(job, "s3://runs/tao/round-001/train/model", 1, DEFAULTS))
+    assert "--revision" not in trained["initContainers"][0]["command"]
+    unpinned = pod(serving_deployment(taojob(model={"uri": "hf://org/base"}), "hf://org/base", 0, DEFAULTS))
+    assert "--revision" not in unpinned["initContainers"][0]["command"]
 
 
 def test_served_model_name_and_images_can_be_set() -> None:

@@ -6,7 +6,7 @@ import copy
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tao_operator.api import (
     API_VERSION,
@@ -42,6 +42,8 @@ HEALTH_PATH = "/health"
 UID = 1000
 
 COMPONENT_SERVING = "serving"
+# A Kubernetes quantity without a sign (sizeLimit of an emptyDir).
+QUANTITY_PATTERN = r"^(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$"
 
 
 class OperatorDefaults(BaseModel):
@@ -57,6 +59,24 @@ class OperatorDefaults(BaseModel):
     # (kubeflow/trainer#3737); the TAOJob's deletion garbage-collects its children anyway.
     ttl_seconds_after_finished: int | None = None
     backoff_limit: int = 2
+    # sizeLimit of every emptyDir (Kubernetes quantities): past it the kubelet evicts the pod, so one job cannot
+    # fill a node's disk (or, for the memory-backed /dev/shm, its memory). /tmp holds homes, caches and hub
+    # downloads of the stage and serving pods; models holds the served model; shm is /dev/shm.
+    tmp_size_limit: str = Field(default="64Gi", pattern=QUANTITY_PATTERN)
+    models_size_limit: str = Field(default="200Gi", pattern=QUANTITY_PATTERN)
+    shm_size_limit: str = Field(default="16Gi", pattern=QUANTITY_PATTERN)
+    # The optional allow-list (tao_operator.allowlist): image prefixes and service accounts a TAOJob may ask
+    # for; empty allows any. The operator's own defaults are always allowed.
+    allowed_image_prefixes: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()
+
+    @field_validator("allowed_image_prefixes", "allowed_service_accounts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # From the environment (TAO_ALLOWED_IMAGE_PREFIXES=a,b): a comma-separated list; blanks dropped.
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
 
 
 def child_name(job_name: str, round_: int, stage: str, attempt: int = 1) -> str:
@@ -236,8 +256,13 @@ def pod_placement(settings: PodSettings) -> dict[str, Any]:
     return out
 
 
-def dshm_volume() -> dict[str, Any]:
+def dshm_volume(defaults: OperatorDefaults) -> dict[str, Any]:
     # The container runtime's /dev/shm is 64 MiB; NCCL (multi-GPU training) and vLLM's worker processes
     # exchange tensors through shared memory and fail or crawl with that. Memory-backed: counts against the
-    # pod's memory limit, only for what is used.
-    return {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+    # pod's memory limit, only for what is used; the sizeLimit is also the tmpfs's size.
+    return {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": defaults.shm_size_limit}}
+
+
+def tmp_volume(defaults: OperatorDefaults) -> dict[str, Any]:
+    # The root filesystem is read-only: homes, caches and hub downloads go here, up to the limit.
+    return {"name": "tmp", "emptyDir": {"sizeLimit": defaults.tmp_size_limit}}

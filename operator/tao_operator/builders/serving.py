@@ -28,6 +28,7 @@ from tao_operator.builders.common import (
     pod_security_context,
     secret_env_from,
     serving_name,
+    tmp_volume,
     with_extra_labels,
 )
 
@@ -44,6 +45,16 @@ def _storage_env(job: TAOJob) -> list[tuple[str, str]]:
     if s.path_style:
         env.append(("TAO_S3_PATH_STYLE", "1"))
     return env
+
+
+def _download_command(job: TAOJob, model_uri: str) -> list[str]:
+    """`tao-stage download`, pinned to `model.revision` when the served model is the base model from the hub
+    (a round's model in storage has no revision; a hub download without one takes whatever main is now)."""
+    command = ["tao-stage", "download", "--uri", model_uri, "--to", SERVED_MODEL_DIR]
+    model = job.spec.model
+    if model.revision and model_uri == model.uri:
+        command += ["--revision", model.revision]
+    return command
 
 
 def _serving_selector(job: TAOJob) -> dict[str, str]:
@@ -77,7 +88,7 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
         # The trainer image the stages use, so a mirrored registry set in spec.pods.default applies here too.
         "image": job.spec.pods.default.image or defaults.trainer_image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "command": ["tao-stage", "download", "--uri", model_uri, "--to", SERVED_MODEL_DIR],
+        "command": _download_command(job, model_uri),
         "env": env_vars([*home_env, ("TAO_CACHE_DIR", "/tmp/cache"), *_storage_env(job)], None, frozenset()),
     }
     if env_from := secret_env_from(job):
@@ -165,9 +176,9 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
         "initContainers": [download],
         "containers": [server, _capture_container(job, defaults)] if capture.enabled else [server],
         "volumes": [
-            {"name": "models", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
-            dshm_volume(),
+            {"name": "models", "emptyDir": {"sizeLimit": defaults.models_size_limit}},
+            tmp_volume(defaults),
+            dshm_volume(defaults),
         ],
     }
     return {

@@ -25,6 +25,7 @@ from tao_operator.builders.common import (
     pod_placement,
     pod_security_context,
     secret_env_from,
+    tmp_volume,
     with_extra_labels,
 )
 from tao_trainer.contract import StageConfig
@@ -125,11 +126,11 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": f"{name}-config"}},
-        {"name": "tmp", "emptyDir": {}},
+        tmp_volume(defaults),
     ]
     if gpus > 1:
         volume_mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-        volumes.append(dshm_volume())
+        volumes.append(dshm_volume(defaults))
     container |= {
         "volumeMounts": volume_mounts,
         "terminationMessagePath": RESULT_PATH,
