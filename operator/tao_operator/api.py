@@ -256,6 +256,7 @@ class Reason:
     DELETING: Final = "WaitingForDeletion"  # an old object of that name is being deleted
     API_ERROR: Final = "ApiError"
     EDIT_REFUSED: Final = "EditRefused"
+    NOT_ALLOWED: Final = "NotAllowed"  # an image or service account outside the operator's allow-list
     POD_STUCK: Final = "PodStuck"
     RESULT_MISSING: Final = "ResultMissing"  # a finished stage's pods were gone: a new attempt re-reports it
     DISABLED: Final = "Disabled"  # Serving=False: serving.enabled is false (or nothing to serve): scaled to 0
@@ -278,6 +279,7 @@ class EventReason:
     CONFLICT: Final = "Conflict"
     API_ERROR: Final = "ApiError"
     EDIT_REFUSED: Final = "EditRefused"
+    NOT_ALLOWED: Final = "NotAllowed"
     POD_STUCK: Final = "PodStuck"
     RESULT_MISSING: Final = "ResultMissing"
     RETRY: Final = "Retry"

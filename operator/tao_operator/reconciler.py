@@ -16,6 +16,7 @@ from typing import Any, cast
 import kopf
 
 from tao_operator import builders, metrics
+from tao_operator.allowlist import refusals
 from tao_operator.api import (
     ANNOTATION_RETRY,
     ConditionType,
@@ -175,6 +176,14 @@ class Reconciler:
         spec = job.spec.loop()
         layout = job.run_layout()
         status.run_uri = layout.root
+        if not_allowed := refusals(job, self.defaults):
+            # Checked before the run records its spec: fixing the TAOJob is then not an edit of a started run.
+            message = (
+                "; ".join(not_allowed) + ": not allowed by the operator's allow-list (nothing was created)"
+            )
+            p.problems.append((Reason.NOT_ALLOWED, message))
+            p.events.append(("Warning", EventReason.NOT_ALLOWED, message))
+            return
         digest = spec_digest(job.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True))
         if not status.spec_digest:
             status.spec_digest = digest  # the run starts: what it may not lose from now on

@@ -167,6 +167,10 @@ def test_values_validate_against_schema() -> None:
         pytest.param({"metrics": {"port": 70000}}, id="port-out-of-range"),
         pytest.param({"metrics": {"serviceMonitor": {"interval": "often"}}}, id="bad-duration"),
         pytest.param({"imagePullSecrets": [{"name": "a", "key": "b"}]}, id="bad-pull-secret"),
+        pytest.param({"operator": {"sizeLimits": {"tmp": "lots"}}}, id="bad-size-limit"),
+        pytest.param({"operator": {"sizeLimits": {"disk": "1Gi"}}}, id="unknown-size-limit"),
+        pytest.param({"operator": {"allowList": {"imagePrefixes": ["a/,b/"]}}}, id="comma-in-image-prefix"),
+        pytest.param({"operator": {"allowList": {"serviceAccounts": ["Admin"]}}}, id="bad-service-account"),
     ],
 )
 def test_schema_rejects_a_bad_value(override: Values) -> None:
@@ -198,6 +202,18 @@ def test_schema_rejects_a_bad_value(override: Values) -> None:
                 }
             },
             id="servicemonitor",
+        ),
+        pytest.param(
+            {
+                "operator": {
+                    "sizeLimits": {"tmp": "500Gi", "models": "1Ti", "shm": "512Mi"},
+                    "allowList": {
+                        "imagePrefixes": ["registry.example.com/ml/"],
+                        "serviceAccounts": ["tao-runner"],
+                    },
+                }
+            },
+            id="size-limits-and-allow-list",
         ),
     ],
 )
@@ -294,6 +310,15 @@ def test_default_images_are_the_operators_defaults() -> None:
     assert v["trainer"]["pullPolicy"] == defaults.image_pull_policy
     assert values()["operator"]["backoffLimit"] == defaults.backoff_limit
     assert values()["operator"]["ttlSecondsAfterFinished"] == defaults.ttl_seconds_after_finished
+    limits = values()["operator"]["sizeLimits"]
+    assert (limits["tmp"], limits["models"], limits["shm"]) == (
+        defaults.tmp_size_limit,
+        defaults.models_size_limit,
+        defaults.shm_size_limit,
+    )
+    allow = values()["operator"]["allowList"]
+    assert tuple(allow["imagePrefixes"]) == defaults.allowed_image_prefixes == ()
+    assert tuple(allow["serviceAccounts"]) == defaults.allowed_service_accounts == ()
 
 
 def test_the_chart_sets_every_operator_setting_and_only_ones_the_operator_reads() -> None:
