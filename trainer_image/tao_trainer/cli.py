@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tao_trainer import storage
+from tao_trainer import hub, storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import ALL_STAGES
@@ -110,12 +110,13 @@ def download(argv: list[str]) -> int:
     )
     parser.add_argument("--uri", required=True, help="file:// or s3:// model directory, or hf://org/name")
     parser.add_argument("--to", required=True, help="local directory")
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit) of an hf:// model")
     args = parser.parse_args(argv)
     if args.uri.startswith("hf://"):
-        # Clusters with hub access: the same snapshot `from_pretrained` would fetch.
+        # Clusters with hub access: the same snapshot `from_pretrained` would fetch, at the pinned revision.
         from huggingface_hub import snapshot_download
 
-        snapshot_download(repo_id=args.uri.removeprefix("hf://"), local_dir=args.to)
+        snapshot_download(repo_id=args.uri.removeprefix("hf://"), revision=args.revision, local_dir=args.to)
     else:
         storage.download_dir(args.uri, Path(args.to))
     print(f"downloaded {args.uri} to {args.to}", file=sys.stderr)
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = StageConfig.model_validate_json(storage.read_text(args.config))
         # The job's storage settings (endpoint, region, path style) before any other storage call.
         storage.configure(cfg.spec.storage)
+        # Every hub download of the model or the teacher, wherever a stage resolves it, at its revision.
+        hub.pin_revisions(cfg.spec)
         if cfg.stage != args.stage:
             raise ValueError(f"--config is for stage {cfg.stage!r}, not {args.stage!r}")
         # A new attempt of a stage whose result was lost (its pods collected before the operator read them)

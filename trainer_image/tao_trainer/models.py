@@ -28,8 +28,11 @@ def resolve(uri: str, revision: str | None = None) -> str:
     'Qwen/Qwen3-0.6B'
     """
     if uri.startswith("hf://"):
-        # Hub ids are for clusters with hub access; offline machines fail inside from_pretrained, clearly.
-        return uri.removeprefix("hf://")
+        # Hub ids are for clusters with hub access; offline machines fail inside from_pretrained, clearly. A
+        # pinned revision (`revision`, or the spec's model/teacher revision) is fetched at it: tao_trainer.hub.
+        from tao_trainer import hub
+
+        return hub.hub_path(uri, revision)
     if uri.startswith("s3://"):
         return str(storage.local_dir(uri))
     path = uri.removeprefix("file://")
