@@ -123,6 +123,14 @@ def download(argv: list[str]) -> int:
     return 0
 
 
+def gguf_env(cfg: StageConfig) -> None:
+    """Where a .gguf model (`model.uri`, a teacher's) is converted, and to which dtype: `<run>/models/` for a run
+    on local storage (every stage of the run then finds the same folder), the local cache otherwise."""
+    os.environ.setdefault("TAO_GGUF_DTYPE", cfg.spec.model.gguf_dtype)
+    if cfg.run_uri.startswith("file://") and "TAO_MODELS_DIR" not in os.environ:
+        os.environ["TAO_MODELS_DIR"] = storage.join(cfg.run_uri, "models").removeprefix("file://")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["download"]:
@@ -158,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         storage.configure(cfg.spec.storage)
         # Every hub download of the model or the teacher, wherever a stage resolves it, at its revision.
         hub.pin_revisions(cfg.spec)
+        gguf_env(cfg)
         if cfg.stage != args.stage:
             raise ValueError(f"--config is for stage {cfg.stage!r}, not {args.stage!r}")
         # A new attempt of a stage whose result was lost (its pods collected before the operator read them)

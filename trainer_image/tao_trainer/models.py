@@ -20,13 +20,18 @@ ADAPTER_BASE_FILE = "tao_base_model.json"
 
 
 def resolve(uri: str, revision: str | None = None) -> str:
-    """A model URI -> something `from_pretrained` accepts: a local directory, or a hub id for hf://.
+    """A model URI -> something `from_pretrained` accepts: a local directory, or a hub id for hf://. A `.gguf`
+    file becomes the HF folder converted from it, once (`gguf_models.resolve_gguf`).
 
     >>> resolve("file:///tmp")
     '/tmp'
     >>> resolve("hf://Qwen/Qwen3-0.6B")
     'Qwen/Qwen3-0.6B'
     """
+    from tao_trainer import gguf_models
+
+    if gguf_models.is_gguf(uri):
+        return gguf_models.resolve_gguf(uri)
     if uri.startswith("hf://"):
         # Hub ids are for clusters with hub access; offline machines fail inside from_pretrained, clearly. A
         # pinned revision (`revision`, or the spec's model/teacher revision) is fetched at it: tao_trainer.hub.

@@ -28,9 +28,15 @@ class ModelSpec(CamelModel):
 
     uri: str = Field(
         description="file:///path or s3://bucket/prefix of an HF-format model directory (weights, config, "
-        "tokenizer); hf://org/name for clusters with hub access (never fetched in tests)."
+        "tokenizer); hf://org/name for clusters with hub access (never fetched in tests); or a file:// or "
+        "s3:// .gguf file, converted once into an HF folder (see ggufDtype)."
     )
     revision: str | None = Field(default=None, description="Hub revision, for hf:// only.")
+    gguf_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16",
+        description="For a uri naming a .gguf file: the dtype of the HF folder it is converted into, once, "
+        "under <run>/models/ (bfloat16 halves the size of float32; CPU stages compute in float32 either way).",
+    )
 
     @field_validator("uri")
     @classmethod
