@@ -476,6 +476,9 @@ def resolve_local_paths(job: TAOJob, base_dir: Path) -> TAOJob:
             value = getattr(scorer, field)
             if isinstance(value, str) and not Path(value).is_absolute():
                 setattr(scorer, field, fix(value))
+    for metric in spec.evaluation.metrics:  # a python reporting metric's code file
+        if metric.path is not None and not Path(metric.path).is_absolute():
+            metric.path = str((base_dir / metric.path).resolve())
     return job
 
 

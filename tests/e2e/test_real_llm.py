@@ -36,6 +36,11 @@ SCORER = '''
 def short(prompts, completions, **kwargs):
     """Prefers shorter answers: always some spread between two candidates."""
     return [1.0 / (1.0 + len(c)) for c in completions]
+
+
+def saw_label(completions, labels, **kwargs):
+    """A python reporting metric: 1 for every answer whose prompt carried its label field."""
+    return [1.0 if row.get("answer", "").startswith("A") else 0.0 for row in labels]
 '''
 
 
@@ -73,7 +78,15 @@ def write_job(tmp: Path, gguf: Path) -> Path:
             "sft": {"minScore": 0.0, "topK": 1},
             "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"], "merge": False},
         },
-        "evaluation": {"maxPrompts": 2, "minImprovement": -10.0, "alarms": False},
+        "evaluation": {
+            "maxPrompts": 2,
+            "minImprovement": -10.0,
+            "alarms": False,
+            "metrics": [
+                {"name": "json", "type": "json_equal", "field": "answer"},
+                {"name": "labeled", "type": "python", "path": "short.py", "function": "saw_label"},
+            ],
+        },
     }
     job = {"apiVersion": "tao.dev/v1alpha1", "kind": "TAOJob", "metadata": {"name": "smol"}, "spec": spec}
     path = tmp / "taojob.yaml"
@@ -112,8 +125,17 @@ def test_smollm2_gguf_runs_one_round(tmp_path: Path) -> None:
     steps = json.loads((run_dir / "round-001/train/metrics.json").read_text())["logHistory"][-1]["step"]
     assert steps == 1
     report = json.loads((run_dir / "report.json").read_text())
-    # Evaluated: the adapter loaded over the converted base.
+    # Evaluated: the adapter loaded over the converted base; both label metrics reported, marked as label-based.
     assert [r["round"] for r in report["rounds"]] == [1]
+    (row,) = report["rounds"]
+    assert row["labeled"] == 1.0 and row["json"] == 0.0  # labels "A0".. are no JSON: nothing equals them
+    eval_report = json.loads((run_dir / "round-001/eval/report.json").read_text())
+    assert eval_report["labelMetrics"]["json"] == {
+        "type": "json_equal",
+        "field": "answer",
+        "usesLabels": True,
+        "gates": False,
+    }
 
     # The prompt ids generation used (stages.common.render -> models.prepare_prompt), which training read too:
     # ChatML's own tokens, the system prompt once, nothing the tokenizer adds on top of what the template writes.

@@ -178,7 +178,12 @@ def test_evaluate_compares_champion_and_challenger_and_reports_label_metrics_apa
         assert 0.0 <= res.metrics[f"{side}.score"] <= 2.0
         assert 0.0 <= res.metrics[f"{side}.accuracy"] <= 1.0
     report = storage.read_json(RunLayout(config(workspace, "evaluate").run_uri).eval_report(1))
-    assert report["labelMetrics"]["accuracy"] == {"field": "answer", "usesLabels": True, "gates": False}
+    assert report["labelMetrics"]["accuracy"] == {
+        "type": "exact_match",
+        "field": "answer",
+        "usesLabels": True,
+        "gates": False,
+    }
     assert report["referenceSamples"] == 8  # majority judges greedy answers against 4 samples of each model
     assert report["verdict"] == res.message
 

@@ -231,14 +231,46 @@ class MetricSpec(CamelModel):
     guard (a small labeled canary set that may veto a promotion, never cause one)."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Key in reports (e.g. accuracy).")
-    type: Literal["exact_match"] = Field(
-        default="exact_match", description="exact_match: extracted == label."
+    type: Literal["exact_match", "json_equal", "python"] = Field(
+        default="exact_match",
+        description="exact_match: extracted == label. json_equal: the answer's JSON value (the extracted text, "
+        "else the whole answer, else its first JSON object or array) equals the label's (a JSON string is "
+        "parsed; an object or list is taken as is). python: `function(completions, labels, **args)` returns one "
+        "value per answer (None counts as 0); `labels` holds each prompt's label fields as a dict.",
     )
-    field: str = Field(description="The label field of the prompt record holding the reference.")
+    field: str | None = Field(
+        default=None,
+        description="The label field of the prompt record holding the reference (required but for python).",
+    )
     extract: str | None = Field(
         default=None,
         description="Regex applied to the answer (group 1 if any, last match); default: the whole stripped text.",
     )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        description="python: a .py file holding the function (relative to the manifest).",
+    )
+    module: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", description="python: an importable module."
+    )
+    function: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_]\w*$", description="python: the function's name in path or module."
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="python: keyword arguments on every call.")
+
+    @model_validator(mode="after")
+    def _kind(self) -> MetricSpec:
+        if self.type == "python":
+            if self.function is None or (self.path is None) == (self.module is None):
+                raise ValueError(
+                    f"metric {self.name!r}: type python needs function and one of path or module"
+                )
+        elif self.field is None:
+            raise ValueError(f"metric {self.name!r}: type {self.type} needs field (the label field)")
+        elif self.path or self.module or self.function or self.args:
+            raise ValueError(f"metric {self.name!r}: path, module, function and args are for type python")
+        return self
 
     @field_validator("extract")
     @classmethod
@@ -405,7 +437,13 @@ class LoopSpec(CamelModel):
     def _metric_fields_are_labels(self) -> LoopSpec:
         # A metric reads a label; a label must be declared so that it is stripped from the loop's data.
         for i, metric in enumerate(self.evaluation.metrics):
-            if metric.field not in self.prompts.label_fields:
+            if metric.field is None:  # python: reads the declared label fields, and only those
+                if not self.prompts.label_fields:
+                    raise ValueError(
+                        f"evaluation.metrics[{i}] ({metric.type}) reads label fields: list them in "
+                        "prompts.labelFields so that the loop never sees them"
+                    )
+            elif metric.field not in self.prompts.label_fields:
                 raise ValueError(
                     f"evaluation.metrics[{i}].field {metric.field!r} must be listed in prompts.labelFields "
                     f"(now {self.prompts.label_fields}) so that the loop never sees it"

@@ -15,6 +15,7 @@ supported by the *champion's* samples.
 from __future__ import annotations
 
 import gc
+import json
 from typing import Any
 
 from tao_trainer import models, storage
@@ -49,18 +50,81 @@ def extract_answer(text: str, pattern: str | None) -> str | None:
     return str(found or "").strip()
 
 
-def metric_values(metric: MetricSpec, answers: list[str], labels: list[Any]) -> list[float]:
-    """Per-answer values of a reporting metric (exact match against the label field).
+def metric_values(
+    metric: MetricSpec, answers: list[str], labels: list[Any], rows: list[dict[str, Any]] | None = None
+) -> list[float]:
+    """Per-answer values of a reporting metric: `labels` holds each prompt's `metric.field`, `rows` all its label
+    fields (for a python metric).
 
     >>> m = MetricSpec(name="accuracy", field="answer", extract=r";(\\d+)$")
     >>> metric_values(m, ["..;12", "..;13", "junk"], ["12", 12, "12"])
     [1.0, 0.0, 0.0]
+    >>> j = MetricSpec(name="fields", type="json_equal", field="answer")
+    >>> metric_values(j, ['Here: {"a": 1, "b": [2]} done', '{"a": 2}', "no json"], ['{"b": [2], "a": 1}', {"a": 2}, "{}"])
+    [1.0, 1.0, 0.0]
     """
+    if metric.type == "python":
+        return python_metric(metric, answers, rows if rows is not None else [{} for _ in answers])
     out = []
     for answer, label in zip(answers, labels, strict=True):
-        got = extract_answer(answer, metric.extract)
-        out.append(1.0 if got is not None and label is not None and got == str(label).strip() else 0.0)
+        if label is None:
+            out.append(0.0)
+        elif metric.type == "json_equal":
+            got = json_value(extract_answer(answer, metric.extract) if metric.extract else answer)
+            want = json_value(label) if isinstance(label, str) else label
+            out.append(1.0 if got is not _NO_JSON and want is not _NO_JSON and got == want else 0.0)
+        else:
+            got = extract_answer(answer, metric.extract)
+            out.append(1.0 if got is not None and got == str(label).strip() else 0.0)
     return out
+
+
+_NO_JSON = object()
+
+
+def json_value(text: str | None) -> Any:
+    """The JSON value a text holds: the whole (stripped, without a Markdown code fence), else its first object
+    or array; `_NO_JSON` when there is none.
+
+    >>> json_value('```json\\n{"a": 1}\\n```'), json_value('x [1, 2] y {"b": 2}'), json_value("none") is _NO_JSON
+    ({'a': 1}, [1, 2], True)
+    """
+    if text is None:
+        return _NO_JSON
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0].strip()
+    try:
+        return json.loads(body)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(body):
+        if ch in "{[":
+            try:
+                return decoder.raw_decode(body, i)[0]
+            except ValueError:
+                continue
+    return _NO_JSON
+
+
+def python_metric(metric: MetricSpec, answers: list[str], rows: list[dict[str, Any]]) -> list[float]:
+    """A user function's values: `function(completions, labels, **args)`, one float (or None: 0) per answer."""
+    from tao_trainer.scorers.function import load_function
+    from tao_trainer.spec import PythonSpec
+
+    code = PythonSpec(
+        type="python",
+        name=metric.name,
+        path=metric.path,
+        module=metric.module,
+        function=metric.function or "",
+    )
+    values = list(load_function(code)(completions=answers, labels=rows, **metric.args))
+    if len(values) != len(answers):
+        raise ValueError(f"metric {metric.name!r}: {len(values)} values for {len(answers)} answers")
+    return [0.0 if v is None else float(v) for v in values]
 
 
 def diversity(samples: list[str], pattern: str | None) -> float | None:
@@ -218,12 +282,19 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     for side, answers in sides.items():
         metrics[f"{side}.score"] = mean(scores[side].total)
         for m in spec.evaluation.metrics:
-            vals = metric_values(m, answers, [labels.get(rec["id"], {}).get(m.field) for rec in held])
+            rows = [{k: v for k, v in labels.get(rec["id"], {}).items() if k != "id"} for rec in held]
+            vals = metric_values(m, answers, [row.get(m.field or "") for row in rows], rows)
             per_metric.setdefault(side, {})[m.name] = vals
             metrics[f"{side}.{m.name}"] = mean(list(vals))
     for m in spec.evaluation.metrics:
         if m.gate:  # a labeled canary: only the prompts that carry the label count
-            has = [labels.get(rec["id"], {}).get(m.field) is not None for rec in held]
+            # A python metric (no single field) counts a prompt that carries any label field.
+            has = [
+                labels.get(rec["id"], {}).get(m.field) is not None
+                if m.field
+                else any(v is not None for k, v in labels.get(rec["id"], {}).items() if k != "id")
+                for rec in held
+            ]
             champ_v, chall_v = (
                 [v if h else None for v, h in zip(per_metric[side][m.name], has, strict=True)]
                 for side in ("champion", "challenger")
@@ -282,7 +353,8 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         "metrics": metrics,
         "gateScorers": [s.name for s in scorers],
         "labelMetrics": {
-            m.name: {"field": m.field, "usesLabels": True, "gates": m.gate} for m in spec.evaluation.metrics
+            m.name: {"type": m.type, "field": m.field, "usesLabels": True, "gates": m.gate}
+            for m in spec.evaluation.metrics
         },
         "promoted": verdict.promoted,
         "verdict": verdict.message,
