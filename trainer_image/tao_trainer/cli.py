@@ -127,6 +127,9 @@ def gguf_env(cfg: StageConfig) -> None:
     """Where a .gguf model (`model.uri`, a teacher's) is converted, and to which dtype: `<run>/models/` for a run
     on local storage (every stage of the run then finds the same folder), the local cache otherwise."""
     os.environ.setdefault("TAO_GGUF_DTYPE", cfg.spec.model.gguf_dtype)
+    teacher = cfg.spec.generation.teacher
+    if teacher is not None:  # the teacher's own dtype, by its URI
+        os.environ.setdefault("TAO_GGUF_DTYPES", json.dumps({teacher.uri: teacher.gguf_dtype}))
     if cfg.run_uri.startswith("file://") and "TAO_MODELS_DIR" not in os.environ:
         os.environ["TAO_MODELS_DIR"] = storage.join(cfg.run_uri, "models").removeprefix("file://")
 

@@ -7,7 +7,7 @@ under a temporary name and renamed into place, so concurrent stages never load a
 
 Where the folder goes: `$TAO_MODELS_DIR` (set by the stage entrypoint to `<run>/models` for a run on local
 storage), else `$TAO_CACHE_DIR/models`, else `~/.cache/tao/models`. The dtype: `$TAO_GGUF_DTYPE` (set from
-`model.ggufDtype`), else bfloat16, which halves the size; loading upcasts to float32 on CPU.
+`model.ggufDtype`; `$TAO_GGUF_DTYPES`, a JSON map, gives a teacher's own by URI), else bfloat16, which halves the size; loading upcasts to float32 on CPU.
 
 torch, transformers and gguf are imported inside functions: the operator never imports this module's deps.
 """
@@ -15,6 +15,7 @@ torch, transformers and gguf are imported inside functions: the operator never i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -71,7 +72,8 @@ def local_gguf(uri: str) -> Path:
 
 def resolve_gguf(uri: str, dtype: str | None = None, root: Path | None = None) -> str:
     """The HF folder converted from the GGUF at `uri` (converting it if it is not there yet)."""
-    dtype = dtype or os.environ.get("TAO_GGUF_DTYPE") or DEFAULT_DTYPE
+    per_uri = json.loads(os.environ.get("TAO_GGUF_DTYPES") or "{}")  # e.g. a teacher's own ggufDtype
+    dtype = dtype or per_uri.get(uri) or os.environ.get("TAO_GGUF_DTYPE") or DEFAULT_DTYPE
     if dtype not in DTYPES:
         raise ValueError(f"GGUF dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     src = local_gguf(uri)
