@@ -314,7 +314,8 @@ class EvaluationSpec(CamelModel):
     answer_extract: str | None = Field(
         default=None,
         description="Regex for the final answer used by the alarms (group 1 if any, last match); default: the "
-        "extract of the first majority gate scorer, else the whole stripped text.",
+        "extract of the first majority gate scorer. Without either, the unsupported-wins alarm is off (whole "
+        "free-form answers are not compared) and diversity counts distinct whole answers.",
     )
     guards: ScorerSpecList | None = Field(
         default=None,

@@ -317,7 +317,9 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         spec.evaluation.min_improvement,
         confidence=spec.evaluation.confidence,
         alarms=spec.evaluation.alarms,
-        supported=supported if n_refs else None,
+        # Support compares final answers: with no answer regex (free-form JSON or prose), a challenger that learned
+        # a new format never repeats the champion's texts verbatim, and every win would read as unsupported.
+        supported=supported if n_refs and pattern is not None else None,
         champion_health=champ_health,
         challenger_health=chall_health,
         guards=guards,
