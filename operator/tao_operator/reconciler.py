@@ -23,15 +23,13 @@ from tao_operator.api import (
     EventReason,
     Reason,
     SpecError,
-    StageStatus,
-    TAOJob,
     TAOJobStatus,
     parse_taojob,
 )
-from tao_operator.children import Foreign
 from tao_operator.cluster import ApiError, Cluster
 from tao_operator.edits import refused_edits, spec_digest
 from tao_operator.plan import Failed, Finished, RunStage, next_action
+from tao_operator.reconcile_pass import Event, Pass, new_attempt
 from tao_operator.rollout import Rollout
 from tao_operator.stage_step import StageStep
 from tao_operator.status import (
@@ -41,12 +39,8 @@ from tao_operator.status import (
     merge_patch,
     own_status,
     results_from_status,
-    round_status,
     set_condition,
 )
-
-Event = tuple[str, str, str]  # (type, reason, message)
-Problem = tuple[str, str]  # (reason, message) for the Degraded condition
 
 # Each reconcile records at most one finished stage per loop turn; this bounds a single pass.
 MAX_STEPS_PER_PASS = 32
@@ -61,25 +55,6 @@ def utcnow() -> str:
 def kopf_event(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
     # The raw object as read from the API: kopf reads only its apiVersion, kind and metadata.
     kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message[:1000])
-
-
-class Pass:
-    """What one reconcile pass collects: events to post and problems for the Degraded condition."""
-
-    def __init__(self, job: TAOJob, status: TAOJobStatus, now: str) -> None:
-        self.job, self.status, self.now = job, status, now
-        self.events: list[Event] = []
-        self.problems: list[Problem] = []
-        self.generation = job.metadata.generation
-
-    def conflict(self, f: Foreign) -> None:
-        reason = Reason.DELETING if f.deleting else Reason.CONFLICT
-        self.problems.append((reason, f.message()))
-        if not f.deleting:
-            self.events.append(("Warning", EventReason.CONFLICT, f.message()))
-
-    def ready(self, state: bool, reason: str, message: str) -> None:
-        set_condition(self.status, ConditionType.READY, state, reason, message, self.generation, self.now)
 
 
 class Reconciler:
@@ -258,13 +233,4 @@ class Reconciler:
             self.post_event(body, kind, reason, message)
 
 
-def new_attempt(job: TAOJob, round_: int, st: StageStatus) -> None:
-    """Record a stage's next attempt: a Job of a new name, created on the next step (started_at unset)."""
-    st.attempt += 1
-    st.state = "Running"
-    st.job = builders.child_name(job.metadata.name, round_, st.stage, st.attempt)
-    st.started_at = st.finished_at = None
-    st.message = ""
-
-
-__all__ = ["Reconciler", "new_attempt", "round_status"]
+__all__ = ["Reconciler"]

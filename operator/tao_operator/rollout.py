@@ -6,18 +6,16 @@ read from the live objects.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tao_operator import builders
 from tao_operator.api import ConditionType, EventReason, Reason, ServingStatus
 from tao_operator.children import drifted, foreign, with_template_hash
 from tao_operator.cluster import ApiError, Cluster
 from tao_operator.plan import Serve, UnknownPinnedRound, champion, rounds_seen, what_to_serve
+from tao_operator.reconcile_pass import Pass
 from tao_operator.status import champion_status, deployment_available, results_from_status, served_uri
 from tao_trainer.layout import RunLayout
-
-if TYPE_CHECKING:
-    from tao_operator.reconciler import Pass
 
 
 class Rollout:

@@ -7,7 +7,7 @@ re-reports the result the stage stored (`results/<stage>.json`) without recomput
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tao_operator import builders, metrics
 from tao_operator.api import (
@@ -22,6 +22,7 @@ from tao_operator.api import (
 from tao_operator.children import foreign, pod_selector, pods_of, stuck_pod
 from tao_operator.cluster import ApiError, Cluster
 from tao_operator.plan import RunStage
+from tao_operator.reconcile_pass import Pass, new_attempt
 from tao_operator.status import (
     STAGE_PHASE,
     job_outcome,
@@ -33,9 +34,6 @@ from tao_operator.status import (
     stage_status,
 )
 from tao_trainer.contract import StageConfig
-
-if TYPE_CHECKING:
-    from tao_operator.reconciler import Pass
 
 # A lost result is re-reported by a new attempt; more lost in a row than this says something else is wrong.
 MAX_ATTEMPTS = 6
@@ -125,7 +123,6 @@ class StageStep:
         return True
 
     def _lost(self, action: RunStage, st: StageStatus, why: str) -> bool:
-        from tao_operator.reconciler import new_attempt
 
         new_attempt(self.p.job, action.round, st)
         message = (
