@@ -11,8 +11,9 @@ appears in the prompt's sentence (case-insensitively; a number as its digits); 0
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from tao_trainer.scorers.json_check import parse_json
 
 KEYS = ("name", "age", "city")
 
@@ -26,15 +27,9 @@ def _text(value: Any) -> str:
 
 
 def first_object(text: str) -> dict[str, Any] | None:
-    decoder = json.JSONDecoder()
-    for i, ch in enumerate(text):
-        if ch == "{":
-            try:
-                value = decoder.raw_decode(text, i)[0]
-            except ValueError:
-                continue
-            return value if isinstance(value, dict) else None
-    return None
+    """The first {...} object of a text, read by the `json` scorer's own parser (`extract: first_object`)."""
+    found, value = parse_json(text, extract="first_object")
+    return value if found and isinstance(value, dict) else None
 
 
 def grounded(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:

@@ -12,18 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tao_trainer.scorers.json_check import parse_json
+
 
 def first_object(text: str) -> dict[str, Any] | None:
-    """The first {...} object of a text (as grounding.py and the json scorer's first_object read it)."""
-    decoder = json.JSONDecoder()
-    for i, ch in enumerate(text):
-        if ch == "{":
-            try:
-                value = decoder.raw_decode(text, i)[0]
-            except ValueError:
-                continue
-            return value if isinstance(value, dict) else None
-    return None
+    """The first {...} object of a text, read by the `json` scorer's own parser (`extract: first_object`)."""
+    found, value = parse_json(text, extract="first_object")
+    return value if found and isinstance(value, dict) else None
 
 
 def _same(obj: dict[str, Any] | None, want: dict[str, Any]) -> bool:
