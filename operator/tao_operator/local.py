@@ -213,8 +213,7 @@ def preflight_local(job: TAOJob, *, verbose: bool = False) -> tuple[StageResult,
     """`tao preflight`: the scorer preflight alone, in a scratch directory (the run's artifacts are untouched,
     so the user can iterate on scorers); returns its result and report (None if the stage crashed)."""
     spec = job.spec
-    s = spec.storage
-    storage.configure(s)
+    storage.configure(spec.storage)
     with tempfile.TemporaryDirectory(prefix="tao-preflight-") as tmp:
         layout = RunLayout(storage.normalize(tmp))
         with open(os.path.join(tmp, "stage.log"), "w", encoding="utf-8") as log:
