@@ -7,12 +7,21 @@ The loop settings themselves live in `tao_trainer.spec` because every stage read
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tao_operator import manifest_input
-from tao_operator.gate_status import RoundGate
+from tao_operator.api_status import PHASES as PHASES
+from tao_operator.api_status import ChampionStatus as ChampionStatus
+from tao_operator.api_status import Condition as Condition
+from tao_operator.api_status import Phase as Phase
+from tao_operator.api_status import PreflightStatus as PreflightStatus
+from tao_operator.api_status import RoundSpec as RoundSpec
+from tao_operator.api_status import RoundStatus as RoundStatus
+from tao_operator.api_status import ServingStatus as ServingStatus
+from tao_operator.api_status import StageStatus as StageStatus
+from tao_operator.api_status import TAOJobStatus
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import SCORER_UNION_TAGS, CamelModel, LoopSpec
 from tao_trainer.spec.base import STORAGE_SCHEMES, check_scheme
@@ -206,28 +215,16 @@ class TAOJobSpec(LoopSpec):
 
 
 # What may change mid-run, for both executors (`tao run`, the operator; see edits.py): any other edit of a started
-# run is refused with a condition naming the fields. `evaluation` and `scoring` apply to stages created later.
+# run is refused with a condition naming the fields. `evaluation` and `scoring` apply from the next round.
 _MUTABLE = "rounds suspend serving historyLimit continuous.maxRounds pods credentials evaluation scoring"
 MUTABLE_MID_RUN: Final = tuple(_MUTABLE.split())
+# Of those, what a round reads from its start to its end: an edit applies from the next round not yet started.
+# Each round records these sections when its first stage starts and every stage of it runs on that record
+# (edits.round_snapshot), so that a round's candidates are scored, trained on and gated under one spec.
+ROUND_SNAPSHOT: Final = ("evaluation", "scoring")
 
 
-# --------------------------------------------------------------------------------------------- status
-
-Phase = Literal[
-    "Pending",
-    "Preflight",
-    "Watching",
-    "Generating",
-    "Scoring",
-    "Training",
-    "Evaluating",
-    "RollingOut",
-    "Succeeded",
-    "Failed",
-    "Suspended",
-]
-"""A TAOJob's phase: derived from its Ready condition (`status.derive_phase`), for printer columns and metrics."""
-PHASES: tuple[Phase, ...] = get_args(Phase)
+# ------------------------------------------------------------------- status vocabulary (models: api_status.py)
 
 
 class ConditionType:
@@ -295,101 +292,11 @@ ANNOTATION_SUSPENDED_BY_OPERATOR: Final = f"{GROUP}/suspended-by-operator"
 ANNOTATION_RETRY: Final = f"{GROUP}/retry"  # a number: raised past status.retry, failed stages run again
 ANNOTATION_TEMPLATE_HASH: Final = f"{GROUP}/template-hash"  # serving objects: the desired manifest's hash
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_JOB_UID: Final = "kueue.x-k8s.io/job-uid"  # set by Kueue on the Workload it makes for a Job
 # Set by Kubernetes' Job controller.
 LABEL_JOB_NAME: Final = "job-name"
 LABEL_CONTROLLER_UID: Final = "batch.kubernetes.io/controller-uid"
 ANNOTATION_COMPLETION_INDEX: Final = "batch.kubernetes.io/job-completion-index"
-
-
-class Condition(CamelModel):
-    """Shaped like metav1.Condition."""
-
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
-
-
-class StageStatus(CamelModel):
-    stage: str
-    state: Literal["Running", "Succeeded", "Failed"]
-    job: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    message: str = ""
-    attempt: int = Field(default=1, ge=1, description="A retry or a lost result adds an attempt.")
-
-
-class RoundStatus(CamelModel):
-    """One round's history, copied from its stage results."""
-
-    round: int
-    prompts: int | None = None
-    candidates: int | None = None
-    mean_score: float | None = None
-    train_examples: int | None = None
-    train_loss: float | None = None
-    champion: dict[str, float | None] | None = Field(
-        default=None, description="Held-out values of the champion."
-    )
-    challenger: dict[str, float | None] | None = Field(
-        default=None, description="Held-out values of the new model."
-    )
-    promoted: bool | None = None
-    verdict: str | None = None
-    gate: RoundGate | None = Field(
-        default=None, description="The promotion gate's figures (report.json: all)."
-    )
-    model_uri: str | None = None
-    stages: list[StageStatus] = Field(default_factory=list)
-
-
-class PreflightStatus(CamelModel):
-    """The scorer preflight's summary (the whole report is in storage, beside round 1)."""
-
-    signal: bool = Field(description="Whether the scorers told the sampled candidates apart.")
-    informative_share: float | None = Field(
-        default=None, description="Share of sampled prompts whose candidates got different scores."
-    )
-    mean_spread: float | None = Field(default=None, description="Mean (max - min) score within a prompt.")
-    unscored_share: float | None = Field(default=None, description="Share of candidates no scorer judged.")
-    verdict: str = ""
-    report: str | None = Field(default=None, description="URI of the full report.")
-
-
-class ChampionStatus(CamelModel):
-    round: int = Field(description="0: the base model.")
-    uri: str
-    score: float | None = None
-
-
-class ServingStatus(CamelModel):
-    round: int
-    model_uri: str
-    url: str
-    deployment: str
-    ready: bool = False
-
-
-class TAOJobStatus(CamelModel):
-    phase: Phase = "Pending"
-    round: int = 0
-    observed_generation: int | None = None
-    run_uri: str | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    rounds: list[RoundStatus] = Field(default_factory=list)
-    pruned_rounds: int = Field(
-        default=0,
-        description="Rounds 1..prunedRounds, all complete, are no longer listed (see spec.historyLimit).",
-    )
-    preflight: PreflightStatus | None = None
-    champion: ChampionStatus | None = None
-    serving: ServingStatus | None = None
-    message: str | None = None
-    retry: int = Field(default=0, ge=0, description="The last tao.dev/retry annotation value acted on.")
-    spec_digest: dict[str, str] = Field(default_factory=dict, description="The immutable fields' digests.")
 
 
 class TAOJob(CamelModel):

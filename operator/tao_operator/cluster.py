@@ -26,6 +26,9 @@ RESOURCES = {
     "pods": ("/api/v1", "pods"),
     "deployments": ("/apis/apps/v1", "deployments"),
     "services": ("/api/v1", "services"),
+    # Kueue's Workloads, to stop a queued stage Job the way Kueue keeps stopped. v1beta1 is served by every
+    # Kueue release with `spec.active` (0.6 on; deprecated beside v1beta2 since 0.15, same fields used here).
+    "workloads": ("/apis/kueue.x-k8s.io/v1beta1", "workloads"),
 }
 KIND_TO_RESOURCE = {
     "Job": "jobs",

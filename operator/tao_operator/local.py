@@ -8,6 +8,7 @@ A failed stage is not recorded as done, so fixing the cause and re-running retri
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 from tao_operator.api import TAOJob
-from tao_operator.edits import refused_edits, spec_digest
+from tao_operator.edits import WAITING_STAGES, on_snapshot, refused_edits, round_snapshot, spec_digest
 from tao_operator.exits import Exit
 from tao_operator.plan import Failed, Finished, Results, RunStage, build_report, champion, next_action
 from tao_operator.report import summarize
@@ -153,6 +154,7 @@ def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
             # has just fixed the scorers): start over under the new spec, without asking for --fresh.
             for key in results:
                 storage.delete(layout.result(*key))
+            storage.delete(round_spec_uri(layout, 1))
         elif changed:
             raise RunError(
                 f"the run at {layout.root} was started with a different spec (changed: "
@@ -162,14 +164,43 @@ def check_snapshot(spec: LoopSpec, layout: RunLayout, fresh: bool) -> None:
     storage.write_json(layout.spec_snapshot, _identity(spec))
 
 
-def run_stage(action: RunStage, job: TAOJob, layout: RunLayout, log: IO[str] | None = None) -> StageResult:
-    """Run one stage as a subprocess (the same CLI a pod runs) and return its result.
+def round_spec_uri(layout: RunLayout, round_: int) -> str:
+    """Where `tao run` records the sections a round runs on (the operator: `status.rounds[].spec`)."""
+    return f"{layout.round_dir(round_)}/spec.json"
+
+
+def round_spec(spec: LoopSpec, layout: RunLayout, round_: int, stage: str) -> LoopSpec:
+    """The spec a round's stages run on: `evaluation` and `scoring` as recorded when its first stage started
+    (recorded now if not yet), so that an edit between two runs of `tao run` applies from the next round."""
+    if stage in WAITING_STAGES:
+        return spec
+    uri = round_spec_uri(layout, round_)
+    if storage.exists(uri):
+        return on_snapshot(spec, json.dumps(storage.read_json(uri)["values"]))
+    digest, values = round_snapshot(spec)
+    storage.write_json(uri, {"digest": digest, "values": json.loads(values)})
+    return spec
+
+
+def run_stage(
+    action: RunStage,
+    job: TAOJob,
+    layout: RunLayout,
+    log: IO[str] | None = None,
+    spec: LoopSpec | None = None,
+) -> StageResult:
+    """Run one stage as a subprocess (the same CLI a pod runs) and return its result; `spec`: the round's
+    (`round_spec`), default the TAOJob's.
 
     With `log`, the stage's stderr (its log lines, library warnings and progress bars) goes there, and only
     the stage's own progress bar reaches this terminal (through TAO_PROGRESS_FD); without, stderr is shared.
     """
     cfg = StageConfig(
-        stage=action.stage, round=action.round, run_uri=layout.root, model_uri=action.model_uri, spec=job.spec
+        stage=action.stage,
+        round=action.round,
+        run_uri=layout.root,
+        model_uri=action.model_uri,
+        spec=spec or job.spec,
     )
     text = cfg.model_dump_json(by_alias=True, indent=2)
     storage.write_text(layout.config(action.round, action.stage), text)  # the record of what ran
@@ -269,8 +300,11 @@ def _run_rounds(
             of = f"/{spec.last_round()}" if spec.last_round() is not None else ""
             echo(f"round {action.round}{of}: starting from {action.model_uri}")
         started = time.monotonic()
-        result = run_stage(action, job, layout, log)
+        result = run_stage(action, job, layout, log, round_spec(spec, layout, action.round, action.stage))
         if not result.ok:
+            # Running again after a failure is a retry, which may follow a scorer's fix: the rest of the round
+            # then runs on evaluation and scoring as they are (the operator does the same on tao.dev/retry).
+            storage.delete(round_spec_uri(layout, action.round))
             raise failure(result, log_name)
         storage.write_text(layout.result(action.round, action.stage), result.model_dump_json(by_alias=True))
         echo(f"  {action.stage:<9} {time.monotonic() - started:6.1f}s  {summarize(result)}")

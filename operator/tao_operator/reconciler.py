@@ -211,10 +211,14 @@ class Reconciler:
         p.status.retry = want
         retried = []
         for rnd in p.status.rounds:
-            for st in rnd.stages:
-                if st.state == "Failed":
-                    new_attempt(p.job, rnd.round, st)
-                    retried.append(f"round {rnd.round} {st.stage} (attempt {st.attempt})")
+            failed = [st for st in rnd.stages if st.state == "Failed"]
+            if failed:
+                # A retry is the user going on after a fix, which may be a scorer's: the rest of the round
+                # runs on evaluation and scoring as they are now (recorded again at the next stage created).
+                rnd.spec = None
+            for st in failed:
+                new_attempt(p.job, rnd.round, st)
+                retried.append(f"round {rnd.round} {st.stage} (attempt {st.attempt})")
         p.status.message = None
         message = f"retry {want}: " + (", ".join(retried) or "nothing had failed")
         p.events.append(("Normal", EventReason.RETRY, message))

@@ -13,14 +13,18 @@ from tao_operator import builders, metrics
 from tao_operator.api import (
     ANNOTATION_COMPLETION_INDEX,
     ANNOTATION_SUSPENDED_BY_OPERATOR,
+    LABEL_KUEUE_JOB_UID,
     LABEL_KUEUE_QUEUE,
     ConditionType,
     EventReason,
     Reason,
+    RoundSpec,
+    RoundStatus,
     StageStatus,
 )
 from tao_operator.children import foreign, pod_selector, pods_of, stuck_pod
 from tao_operator.cluster import ApiError, Cluster
+from tao_operator.edits import WAITING_STAGES, on_snapshot, round_snapshot
 from tao_operator.plan import RunStage
 from tao_operator.reconcile_pass import Pass, new_attempt
 from tao_operator.status import (
@@ -34,6 +38,7 @@ from tao_operator.status import (
     stage_status,
 )
 from tao_trainer.contract import StageConfig
+from tao_trainer.spec import LoopSpec
 
 # A lost result is re-reported by a new attempt; more lost in a row than this says something else is wrong.
 MAX_ATTEMPTS = 6
@@ -118,6 +123,8 @@ class StageStep:
             )
         result = stage_result_from_pods(action, child, outcome, pods)
         record_result(status, result, p.now)
+        if result.ok and action.stage == "evaluate" and rnd.spec is not None:
+            rnd.spec.values = None  # the round is over: its digest says what it ran on
         prune_history(status, job.spec.history_limit)
         self._after(action, result)
         return True
@@ -140,7 +147,7 @@ class StageStep:
             round=action.round,
             run_uri=p.status.run_uri or "",
             model_uri=action.model_uri,
-            spec=job.spec.loop(),
+            spec=round_spec(job.spec.loop(), round_status(p.status, action.round), action.stage),
         )
         cm = builders.stage_configmap(job, cfg, attempt)
         if not await self.cluster.create(cm):
@@ -192,29 +199,50 @@ class StageStep:
     async def _sync_suspend(self, k8s_job: dict[str, Any], suspend: bool) -> None:
         """Suspend a running Job with the TAOJob, and resume only the Jobs this operator suspended.
 
-        A Job in a Kueue queue is Kueue's to suspend and unsuspend (it unsuspends an admitted Job it finds
-        suspended): such a Job is left running, and only new stages wait for `suspend: false`.
+        A Job in a Kueue queue is stopped through its Workload (`_sync_workloads`): Kueue unsuspends an admitted
+        Job it finds suspended, so a patch of `spec.suspend` would be undone.
         """
         meta = k8s_job["metadata"]
-        if (meta.get("labels") or {}).get(LABEL_KUEUE_QUEUE):
-            return
         ours = (meta.get("annotations") or {}).get(ANNOTATION_SUSPENDED_BY_OPERATOR) == "true"
         is_suspended = bool((k8s_job.get("spec") or {}).get("suspend"))
-        events = self.p.events
-        if suspend and not is_suspended:
-            patch = {
-                "metadata": {"annotations": {ANNOTATION_SUSPENDED_BY_OPERATOR: "true"}},
-                "spec": {"suspend": True},
-            }
-            await self.cluster.patch("jobs", meta["namespace"], meta["name"], patch)
-            events.append(("Normal", EventReason.JOB_SUSPENDED, f"Job {meta['name']}"))
-        elif not suspend and ours:
-            patch = {
-                "metadata": {"annotations": {ANNOTATION_SUSPENDED_BY_OPERATOR: None}},
-                "spec": {"suspend": False},
-            }
-            await self.cluster.patch("jobs", meta["namespace"], meta["name"], patch)
-            events.append(("Normal", EventReason.JOB_RESUMED, f"Job {meta['name']}"))
+        if (suspend and ours and is_suspended) or (not suspend and not ours) or not meta.get("uid"):
+            return  # as wanted (the common case: no read); or just created, handled on the next pass
+        if suspend and not ours and is_suspended and not _queued(meta):
+            return  # suspended by someone else (a queue manager): theirs to resume
+        ns, name = meta["namespace"], meta["name"]
+        mark = {"annotations": {ANNOTATION_SUSPENDED_BY_OPERATOR: "true" if suspend else None}}
+        workloads = await self._sync_workloads(k8s_job, suspend) if _queued(meta) else None
+        if workloads:
+            await self.cluster.patch("jobs", ns, name, {"metadata": mark})
+            what = (
+                f"Job {name} (Kueue Workload {', '.join(workloads)} {'deactivated' if suspend else 'active'})"
+            )
+        else:
+            await self.cluster.patch("jobs", ns, name, {"metadata": mark, "spec": {"suspend": suspend}})
+            what = f"Job {name}"
+        if suspend != ours:
+            self.p.events.append(
+                ("Normal", EventReason.JOB_SUSPENDED if suspend else EventReason.JOB_RESUMED, what)
+            )
+
+    async def _sync_workloads(self, k8s_job: dict[str, Any], suspend: bool) -> list[str] | None:
+        """Deactivate (or reactivate) the Kueue Workloads of a queued Job: Kueue then evicts it, suspends the Job
+        and releases its quota, and keeps it so until `spec.active` is true again, when it queues it for
+        admission and unsuspends it (Kueue's jobframework reconciler; `kubectl patch workload` does the same).
+        The Workload names, or None when Kueue is not installed or has made none for this Job yet."""
+        meta = k8s_job["metadata"]
+        selector = {LABEL_KUEUE_JOB_UID: str(meta["uid"])}
+        try:
+            found = await self.cluster.list("workloads", meta["namespace"], selector)
+        except ApiError as e:
+            if e.status == 404:  # no Kueue API here: the Job is an ordinary one
+                return None
+            raise
+        for wl in found:
+            if ((wl.get("spec") or {}).get("active", True) is not False) == suspend:
+                patch = {"spec": {"active": not suspend}}
+                await self.cluster.patch("workloads", meta["namespace"], wl["metadata"]["name"], patch)
+        return [wl["metadata"]["name"] for wl in found] or None
 
     async def stop_unplanned(self, last_round: int | None) -> None:
         """Suspend the running Jobs of rounds no longer planned (`rounds` lowered while one ran)."""
@@ -235,6 +263,22 @@ class StageStep:
                 ):
                     # Suspended, not deleted: raising spec.rounds again resumes it where it was.
                     await self._sync_suspend(live, True)
+
+
+def _queued(meta: dict[str, Any]) -> bool:
+    return bool((meta.get("labels") or {}).get(LABEL_KUEUE_QUEUE))
+
+
+def round_spec(spec: LoopSpec, rnd: RoundStatus, stage: str) -> LoopSpec:
+    """The spec a round's stages run on: `evaluation` and `scoring` as recorded when its first stage was
+    created (recorded now if not yet: this is its first stage, or a retry cleared the record)."""
+    if stage in WAITING_STAGES:
+        return spec
+    if rnd.spec is None or rnd.spec.values is None:
+        digest, values = round_snapshot(spec)
+        rnd.spec = RoundSpec(digest=digest, values=values)
+        return spec
+    return on_snapshot(spec, rnd.spec.values)
 
 
 def _failed(action: RunStage, message: str) -> Any:

@@ -2,116 +2,20 @@
 
 Every case ends correctly: a crash before and after each API call the operator makes, a 409, 422 and 500 on
 each write, and each scenario of issue 14 (stale children, lost results, serving drift, mid-run edits, errors
-in status, disruptions, Kueue, retries). Counts are summed in `test_fault_matrix` and listed in
-docs/kubernetes.md.
+in status, disruptions, retries; Kueue in test_kueue.py, per-round spec snapshots in test_snapshot.py). Counts
+are summed in `test_fault_matrix` and listed in docs/kubernetes.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
-from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
-from fake_cluster import Crash, FakeCluster, Fault, pod, settle, stage_result
+from fake_cluster import Fault, pod, settle, stage_result
+from taojob_rig import DEFAULTS, baseline, comparable, condition, drive, setup, state, taojob
 
-from tao_operator.builders import OperatorDefaults
-from tao_operator.cluster import ApiError
-from tao_operator.reconciler import Reconciler
 from tao_trainer.contract import StageResult
-
-DEFAULTS = OperatorDefaults(trainer_image="tao-trainer:test", serving_image="vllm:test")
-UID = "taojob-uid-1"
-
-
-def taojob(name: str = "arith", uid: str = UID, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": {"uri": "file:///base"},
-        "prompts": {"uri": "file:///p.jsonl"},
-        "storage": {"uri": "file:///store"},
-        "rounds": 2,
-        "preflight": {"enabled": False},
-        "scoring": {"scorers": [{"type": "regex", "pattern": ".+"}]},
-        "generation": {"shards": 2},
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "tao.dev/v1alpha1",
-        "kind": "TAOJob",
-        "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": 1},
-        "spec": body,
-    }
-
-
-def setup(doc: dict[str, Any] | None = None) -> tuple[FakeCluster, Reconciler, list[tuple[str, str, str]]]:
-    cluster = FakeCluster()
-    cluster.objects[("taojobs", "default", "arith")] = doc or taojob()
-    events: list[tuple[str, str, str]] = []
-    rec = Reconciler(
-        cluster, DEFAULTS, post_event=lambda _b, kind, reason, msg: events.append((kind, reason, msg))
-    )
-    return cluster, rec, events
-
-
-def state(cluster: FakeCluster, name: str = "arith") -> dict[str, Any]:
-    return cluster.objects[("taojobs", "default", name)].get("status") or {}
-
-
-def condition(cluster: FakeCluster, type_: str) -> dict[str, Any]:
-    return next((c for c in state(cluster).get("conditions", []) if c["type"] == type_), {})
-
-
-async def drive(cluster: FakeCluster, rec: Reconciler, passes: int = 60, **settle_kw: Any) -> str:
-    """Reconcile and let the control plane act, pass after pass, swallowing crashes (a restarted operator)
-    and errors (kopf's retry), until the TAOJob is finished and a further pass changes nothing."""
-    quiet = 0
-    for _ in range(passes):
-        before = copy.deepcopy(state(cluster))
-        try:
-            await rec.reconcile("default", "arith")
-        except (Crash, ApiError, kopf.TemporaryError):
-            quiet = 0
-            continue
-        settle(cluster, **settle_kw)
-        phase = state(cluster).get("phase")
-        quiet = quiet + 1 if state(cluster) == before and phase in ("Succeeded", "Failed") else 0
-        if quiet >= 2:
-            break
-    check_calls(cluster)
-    return str(state(cluster).get("phase"))
-
-
-API_CALLS = json.loads((Path(__file__).parent / "api_calls.json").read_text())
-GROUPS = {"jobs": "batch", "deployments": "apps", "taojobs": "tao.dev", "taojobs/status": "tao.dev"}
-
-
-def check_calls(cluster: FakeCluster) -> None:
-    """Every call made here is in api_calls.json, and so in the chart's RBAC (tests/unit/test_chart.py)."""
-    missing = {(v, GROUPS.get(r, ""), r) for v, r in cluster.log} - {tuple(c) for c in API_CALLS}
-    assert not missing, f"API calls not in api_calls.json: {sorted(missing)}"
-
-
-def comparable(status: dict[str, Any]) -> dict[str, Any]:
-    """Status without times (a faulty run takes more passes)."""
-    out = copy.deepcopy(status)
-    for c in out.get("conditions", []):
-        c.pop("lastTransitionTime", None)
-    out["conditions"] = sorted(out.get("conditions", []), key=lambda c: c["type"])
-    for r in out.get("rounds", []):
-        for s in r.get("stages", []):
-            s.pop("startedAt", None)
-            s.pop("finishedAt", None)
-    return out
-
-
-def baseline() -> tuple[FakeCluster, dict[str, Any]]:
-    cluster, rec, _ = setup()
-    assert asyncio.run(drive(cluster, rec)) == "Succeeded"
-    return cluster, comparable(state(cluster))
-
 
 WRITES = [
     ("create", "jobs"),
@@ -315,18 +219,7 @@ def test_serving_follows_every_edit_and_disabling_scales_to_zero() -> None:
     assert "serving" not in state(cluster) and condition(cluster, "Serving")["reason"] == "Disabled"
 
 
-# ------------------------------------------------------------------------------- 6, 7: Kueue, retry, locks
-
-
-def test_a_kueue_job_is_left_to_kueue_when_suspended() -> None:
-    cluster, rec, _ = setup(taojob(pods={"default": {"labels": {"kueue.x-k8s.io/queue-name": "gpu"}}}))
-    asyncio.run(rec.reconcile("default", "arith"))
-    cluster.objects[("taojobs", "default", "arith")]["spec"]["suspend"] = True
-    for _ in range(3):
-        asyncio.run(rec.reconcile("default", "arith"))
-        cluster.jobs()["arith-r1-prepare"]["spec"]["suspend"] = False  # Kueue unsuspends what it admitted
-    assert cluster.calls[("patch", "jobs")] == 0  # no fight
-    assert state(cluster)["phase"] == "Suspended"
+# ------------------------------------------------------------------------------- 6, 8: retry, locks, disruptions (7, Kueue: test_kueue.py)
 
 
 def test_a_failed_taojob_is_final_until_a_retry_is_asked_for() -> None:

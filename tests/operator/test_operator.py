@@ -126,6 +126,10 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(
 ) -> None:
     api: Api = k8s.api
     await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, rounds=2))
+    # Once round 1 is under way, raise the gate out of reach: round 1 runs on the spec it started with, the edit
+    # applies from round 2 (each round's evaluation and scoring are recorded when it starts).
+    await eventually(lambda: api.get("jobs", "arith-r1-prepare"))
+    await api.patch("taojobs", "arith", {"spec": {"evaluation": {"minImprovement": 10.0}}})
 
     # Round 1 passes the gate (minImprovement -10): its model is rolled out behind a Deployment + Service.
     await eventually(lambda: _round(api, 1, "promoted"), timeout=300)
@@ -135,8 +139,8 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(
     )
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
-    # Suspend, and raise the gate out of reach for round 2.
-    await api.patch("taojobs", "arith", {"spec": {"suspend": True, "evaluation": {"minImprovement": 10.0}}})
+    # Suspend while round 2 runs.
+    await api.patch("taojobs", "arith", {"spec": {"suspend": True}})
     await eventually(lambda: phase_is(api, "Suspended"))
     jobs_when_suspended = {j["metadata"]["name"] for j in await api.list("jobs")}
     await asyncio.sleep(2.5)  # longer than the operator's safety timer
@@ -156,6 +160,7 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(
     assert st["phase"] == "Succeeded", st.get("message")
     r1, r2 = st["rounds"]
     assert r1["promoted"] is True and r2["promoted"] is False
+    assert r1["spec"]["digest"] != r2["spec"]["digest"]
     assert "kept the champion" in r2["verdict"]
     for r in (r1, r2):
         assert r["prompts"] > 0 and r["candidates"] == 4 * r["prompts"] and r["trainExamples"] > 0
