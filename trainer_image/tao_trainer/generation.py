@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from tao_trainer import models
 from tao_trainer.spec import GenerationSpec
+from tao_trainer.spec.engine import EngineSpec, vllm_engine_kwargs
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,10 @@ class VllmGenerator:
     """vLLM offline engine: continuous batching on GPUs; same interface as the transformers backend. Prompts go in
     as token ids, so vLLM does no tokenization of its own (its defaults could add or omit a BOS)."""
 
-    def __init__(self, model_path: str, **engine_args: Any) -> None:
+    def __init__(self, model_path: str, engine: EngineSpec | None = None, gpus: int = 1) -> None:
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, **engine_args)
+        self.llm = LLM(**vllm_engine_kwargs(engine or EngineSpec(), model_path, gpus))
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(
@@ -145,12 +146,22 @@ def pick_backend(requested: str) -> str:
     return "transformers"
 
 
-def load_generator(model_path: str, backend: str, batch_size: int) -> Generator:
+def visible_gpus() -> int:
+    """CUDA devices this process may use (the pod's nvidia.com/gpu): vLLM's default tensor parallel size."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def load_generator(
+    model_path: str, backend: str, batch_size: int, engine: EngineSpec | None = None
+) -> Generator:
+    """A generator on `model_path`; `engine` configures vLLM (the transformers backend has no use for it)."""
     chosen = pick_backend(backend)
     if chosen == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError(
                 "generation.backend is 'vllm' but vllm is not installed (pip install 'tao-operator[vllm]' on a GPU machine)"
             )
-        return VllmGenerator(model_path)
+        return VllmGenerator(model_path, engine, gpus=visible_gpus())
     return TransformersGenerator(model_path, batch_size=batch_size)

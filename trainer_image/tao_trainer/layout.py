@@ -38,6 +38,15 @@ class RunLayout:
     def shard(self, kind: Literal["prompts", "candidates", "scores"], round_: int, shard: int) -> str:
         return f"{self.round_dir(round_)}/{kind}/shard-{shard:05d}.jsonl"
 
+    def shard_part(self, round_: int, shard: int, part: int) -> str:
+        """Part `part` of a candidates shard: written as generation goes, so that a restarted pod resumes from
+        its parts; the shard itself is written once, whole, from them (only a whole shard is complete).
+
+        >>> RunLayout("s3://b/r").shard_part(1, 3, 2)
+        's3://b/r/round-001/candidates/shard-00003.parts/part-00002.jsonl'
+        """
+        return f"{self.round_dir(round_)}/candidates/shard-{shard:05d}.parts/part-{part:05d}.jsonl"
+
     def rejects(self, round_: int) -> str:
         return f"{self.round_dir(round_)}/prompts/rejects.jsonl"
 

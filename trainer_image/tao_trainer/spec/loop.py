@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
+from tao_trainer.spec.engine import EngineSpec
 from tao_trainer.spec.scorers import ScorerSpecList
 
 Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
@@ -120,6 +121,10 @@ class StorageSpec(StorageOptions):
 class TeacherSpec(ModelSpec):
     """A larger model that writes the candidates instead of the model being tuned (curated distillation)."""
 
+    engine: EngineSpec | None = Field(
+        default=None, description="vLLM settings for the teacher (default: generation.engine)."
+    )
+
 
 class GenerationSpec(CamelModel):
     """Stage 1: many candidate responses per prompt."""
@@ -142,7 +147,17 @@ class GenerationSpec(CamelModel):
         default=32, ge=1, le=65536, description="Prompts per generation batch (transformers backend)."
     )
     shards: int = Field(default=1, ge=1, le=1000, description="Prompt shards (parallel pods on Kubernetes).")
+    part_size: int = Field(
+        default=256,
+        ge=1,
+        le=1_000_000,
+        description="Prompts per saved part of a shard: a restarted generate pod redoes at most one part.",
+    )
     seed: int = Field(default=0, description="Sampling seed; each round and shard derive their own from it.")
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec,
+        description="vLLM settings for the model (and for the teacher, unless it has its own).",
+    )
 
 
 class ScoringSpec(CamelModel):

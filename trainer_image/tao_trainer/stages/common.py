@@ -15,6 +15,7 @@ from typing import Any
 
 from tao_trainer.contract import StageConfig
 from tao_trainer.spec import GenerationSpec
+from tao_trainer.spec.engine import EngineSpec
 
 
 def log(message: str) -> None:
@@ -74,12 +75,17 @@ def my_shards(cfg: StageConfig) -> list[int]:
     return list(range(cfg.spec.generation.shards))
 
 
-def open_generator(gen: GenerationSpec, model_uri: str, revision: str | None = None) -> Any:
-    """A generation backend on `model_uri`, chosen and batched as `generation` says; torch uses every granted core."""
+def open_generator(
+    gen: GenerationSpec, model_uri: str, revision: str | None = None, engine: EngineSpec | None = None
+) -> Any:
+    """A generation backend on `model_uri`, chosen and batched as `generation` says, its vLLM engine set by
+    `engine` (default: generation.engine); torch uses every granted core."""
     from tao_trainer import generation, models
 
     models.cpu_threads()
-    return generation.load_generator(models.resolve(model_uri, revision), gen.backend, gen.batch_size)
+    return generation.load_generator(
+        models.resolve(model_uri, revision), gen.backend, gen.batch_size, engine or gen.engine
+    )
 
 
 # A prompt captured from /v1/completions reached the served model as plain text, not through its chat template.
@@ -114,6 +120,13 @@ def candidate_source(gen: GenerationSpec, model_uri: str) -> tuple[str, str | No
     if gen.teacher is not None:
         return gen.teacher.uri, gen.teacher.revision
     return model_uri, None
+
+
+def candidate_engine(gen: GenerationSpec) -> EngineSpec:
+    """The vLLM settings of the model that writes the candidates: the teacher's own, else generation.engine."""
+    if gen.teacher is not None and gen.teacher.engine is not None:
+        return gen.teacher.engine
+    return gen.engine
 
 
 def trl_prompt_kwargs(

@@ -14,7 +14,6 @@ supported by the *champion's* samples.
 
 from __future__ import annotations
 
-import gc
 import json
 from typing import Any
 
@@ -24,7 +23,8 @@ from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
 from tao_trainer.promotion import Guard, Health, decide, mean
 from tao_trainer.spec import MetricSpec
-from tao_trainer.stages.common import log, open_generator, render, trl_prompt_kwargs
+from tao_trainer.stages import model_worker
+from tao_trainer.stages.common import log, trl_prompt_kwargs
 from tao_trainer.stages.score import flatten
 
 
@@ -184,16 +184,15 @@ def answer_pattern(spec: Any, scorers: list[Any]) -> str | None:
 def _answers(
     model_uri: str, held: list[dict[str, Any]], cfg: StageConfig, references: int
 ) -> tuple[list[str], list[list[str]]]:
-    """Greedy answers (and `references` samples per prompt, if asked) of one model; frees it afterwards."""
+    """Greedy answers (and `references` samples per prompt, if asked) of one model, loaded alone: on vLLM in a
+    process of its own (model_worker), so that the champion's engine is gone before the challenger's starts."""
     gen_spec = cfg.spec.generation
-    generator = open_generator(gen_spec, model_uri)
-    rendered = render(generator, held, gen_spec.system_prompt)
-    greedy = [g[0] for g in generator.generate(rendered, Sampling.greedy(gen_spec, gen_spec.seed))]
-    refs: list[list[str]] = [[] for _ in rendered]
+    samplings = [Sampling.greedy(gen_spec, gen_spec.seed)]
     if references:
-        refs = generator.generate(rendered, Sampling.from_spec(gen_spec, gen_spec.seed + 7919, n=references))
-    del generator
-    gc.collect()
+        samplings.append(Sampling.from_spec(gen_spec, gen_spec.seed + 7919, n=references))
+    outputs = model_worker.sample(gen_spec, model_uri, held, samplings, engine=gen_spec.engine)
+    greedy = [g[0] for g in outputs[0]]
+    refs: list[list[str]] = outputs[1] if references else [[] for _ in held]
     return greedy, refs
 
 

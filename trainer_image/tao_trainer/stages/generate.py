@@ -1,16 +1,21 @@
 """Stage `generate`: prompt shards -> candidates, N per prompt, from the model (or the teacher).
 
-A shard is written once, whole; a stage run again skips the shards that already exist, so an interrupted
-generate resumes where it stopped.
+A shard's progress is saved as parts of `generation.partSize` prompts (`RunLayout.shard_part`), and the shard
+itself is written once, whole, from its parts; only a whole shard counts as complete. A stage run again skips
+the shards that exist and, within a shard, the parts that exist, so a preempted or evicted pod loses at most
+the part it was writing. Each part has its own seed: a part sampled again is sampled as it was the first time.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from tao_trainer import storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
 from tao_trainer.stages.common import (
+    candidate_engine,
     candidate_source,
     my_shards,
     open_generator,
@@ -20,26 +25,65 @@ from tao_trainer.stages.common import (
 )
 
 
+def part_seed(base: int, round_: int, shard: int, part: int) -> int:
+    """The sampling seed of one part: the shard's seed for part 0 (a one-part shard samples as it did before
+    parts existed), then one more per part. The transformers backend adds each batch's offset (below 1e6,
+    the largest partSize) times 1_000_003, so parts never share a batch seed.
+
+    >>> part_seed(0, 1, 0, 3) - part_seed(0, 1, 0, 0)
+    3
+    """
+    return shard_seed(base, round_, shard) + part
+
+
+def finished_part(uri: str, prompts: list[dict[str, Any]], candidates: int) -> list[dict[str, Any]] | None:
+    """The part at `uri` if it holds exactly these prompts with `candidates` each; else None (none yet, or one
+    left by a run with another partSize or candidates setting, which is sampled again)."""
+    if not storage.exists(uri):
+        return None
+    rows = storage.read_jsonl(uri)
+    same = len(rows) == len(prompts) and all(
+        {k: v for k, v in row.items() if k != "candidates"} == rec
+        and len(row.get("candidates", ())) == candidates
+        for row, rec in zip(rows, prompts, strict=True)
+    )
+    return rows if same else None
+
+
 def run_generate(cfg: StageConfig) -> StageResult:
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     gen_spec = spec.generation
     shards = my_shards(cfg)
     todo = [i for i in shards if not storage.exists(lay.shard("candidates", r, i))]
     source, revision = candidate_source(gen_spec, cfg.model_uri)
+    sampled = reused = 0
     if todo:
-        generator = open_generator(gen_spec, source, revision)
+        generator = None  # loaded on the first part to sample: a shard whose parts all exist needs no model
         shard_records = {i: storage.read_jsonl(lay.shard("prompts", r, i)) for i in todo}
         bar = progress_bar(sum(len(v) for v in shard_records.values()), f"round {r} generate")
         for i in todo:
-            records = shard_records[i]
-            sampling = Sampling.from_spec(gen_spec, seed=shard_seed(gen_spec.seed, r, i))
-            outs = generator.generate(
-                render(generator, records, gen_spec.system_prompt), sampling, progress=bar.update
-            )
-            storage.write_jsonl(
-                lay.shard("candidates", r, i),
-                ({**rec, "candidates": cands} for rec, cands in zip(records, outs, strict=True)),
-            )
+            records, size = shard_records[i], gen_spec.part_size
+            parts: list[list[dict[str, Any]]] = []
+            for p, start in enumerate(range(0, len(records), size)):
+                chunk, uri = records[start : start + size], lay.shard_part(r, i, p)
+                rows = finished_part(uri, chunk, gen_spec.candidates)
+                if rows is not None:
+                    reused += len(chunk)
+                    bar.update(len(chunk))
+                else:
+                    if generator is None:
+                        generator = open_generator(gen_spec, source, revision, candidate_engine(gen_spec))
+                    sampling = Sampling.from_spec(gen_spec, seed=part_seed(gen_spec.seed, r, i, p))
+                    outs = generator.generate(
+                        render(generator, chunk, gen_spec.system_prompt), sampling, progress=bar.update
+                    )
+                    rows = [{**rec, "candidates": cands} for rec, cands in zip(chunk, outs, strict=True)]
+                    storage.write_jsonl(uri, rows)
+                    sampled += len(chunk)
+                parts.append(rows)
+            storage.write_jsonl(lay.shard("candidates", r, i), (row for part in parts for row in part))
+            for p in range(len(parts)):  # the whole shard holds them all now
+                storage.delete(lay.shard_part(r, i, p))
         bar.close()
     n_prompts = sum(len(storage.read_jsonl(lay.shard("candidates", r, i))) for i in shards)
     return StageResult(
@@ -50,6 +94,8 @@ def run_generate(cfg: StageConfig) -> StageResult:
             "candidates": n_prompts * gen_spec.candidates,
             "shardsDone": len(todo),
             "shardsSkipped": len(shards) - len(todo),
+            "promptsSampled": sampled,
+            "promptsFromParts": reused,
         },
         outputs={"candidates": f"{lay.round_dir(r)}/candidates/", "generator": source},
     )

@@ -17,7 +17,6 @@ few prompts from the training pool, generates and scores them exactly as round 1
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,8 @@ from tao_trainer import prompts, storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
-from tao_trainer.stages.common import candidate_source, log, open_generator, render, trl_prompt_kwargs
+from tao_trainer.stages import model_worker
+from tao_trainer.stages.common import candidate_engine, candidate_source, log, trl_prompt_kwargs
 from tao_trainer.stages.score import flatten, score_rows
 
 # Scores closer than this are the same score (sums of float weights).
@@ -192,16 +192,19 @@ def run_preflight(cfg: StageConfig) -> StageResult:
     source, revision = candidate_source(gen_spec, cfg.model_uri)
     log(f"preflight: {len(chosen)} prompts x {gen_spec.candidates} candidates from {source}")
 
-    generator = open_generator(gen_spec, source, revision)
-    rendered = render(generator, chosen, gen_spec.system_prompt)
     seed = gen_spec.seed + 104729  # not round 1's seed: the sample is a check, not a preview of round 1
-    sampled = generator.generate(rendered, Sampling.from_spec(gen_spec, seed))
-    greedy: list[str] = []
+    samplings = [Sampling.from_spec(gen_spec, seed)]
     if any(isinstance(s, MajorityScorer) for s in scorers):
-        greedy = [g[0] for g in generator.generate(rendered, Sampling.greedy(gen_spec, seed))]
-    tokenizer = generator.tokenizer
-    del generator  # a reward model or a local judge may need the memory
-    gc.collect()
+        samplings.append(Sampling.greedy(gen_spec, seed))
+    # The model is gone before scoring (on vLLM with its process): a reward model or a local judge may need the memory.
+    outputs = model_worker.sample(gen_spec, source, chosen, samplings, revision, candidate_engine(gen_spec))
+    sampled = outputs[0]
+    greedy: list[str] = [g[0] for g in outputs[1]] if len(outputs) > 1 else []
+
+    def tokenizer() -> Any:
+        from tao_trainer import models
+
+        return models.load_tokenizer(models.resolve(source, revision))
 
     records = [{**rec, "candidates": cands} for rec, cands in zip(chosen, sampled, strict=True)]
     prompts_, completions, kwargs = flatten(records)

@@ -1,0 +1,128 @@
+"""generation.engine and teacher.engine: what a TAOJob's vLLM settings become as `vllm.LLM(...)` arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from tao_trainer.spec import GenerationSpec, LoopSpec
+from tao_trainer.spec.engine import OWN_ENGINE_ARGS, EngineSpec, vllm_engine_kwargs
+from tao_trainer.stages.common import candidate_engine
+
+
+def _loop(generation: dict[str, Any]) -> LoopSpec:
+    return LoopSpec.model_validate(
+        {
+            "model": {"uri": "s3://b/model"},
+            "prompts": {"uri": "s3://b/prompts.jsonl"},
+            "storage": {"uri": "s3://b/runs"},
+            "generation": generation,
+            "scoring": {"scorers": [{"type": "regex", "pattern": "x"}]},
+        }
+    )
+
+
+def test_defaults_use_every_gpu_of_the_pod_and_vllms_own_defaults() -> None:
+    kwargs = vllm_engine_kwargs(EngineSpec(), "/models/m", gpus=8)
+    assert kwargs == {
+        "model": "/models/m",
+        "tensor_parallel_size": 8,
+        "gpu_memory_utilization": 0.9,
+        "dtype": "auto",
+        "enforce_eager": False,
+    }
+    assert "max_model_len" not in kwargs  # vLLM then takes the model's own context length
+
+
+def test_a_process_that_sees_no_gpu_still_asks_for_one() -> None:
+    assert vllm_engine_kwargs(EngineSpec(), "/m", gpus=0)["tensor_parallel_size"] == 1
+
+
+def test_every_field_maps_to_vllms_argument_of_the_same_meaning() -> None:
+    engine = EngineSpec.model_validate(
+        {
+            "tensorParallelSize": 2,
+            "gpuMemoryUtilization": 0.55,
+            "maxModelLen": 4096,
+            "dtype": "bfloat16",
+            "enforceEager": True,
+            "extraArgs": {
+                "max_num_seqs": 64,
+                "enable_prefix_caching": True,
+                "quantization": "fp8",
+                "seed": None,
+            },
+        }
+    )
+    assert vllm_engine_kwargs(engine, "/m", gpus=8) == {
+        "model": "/m",
+        "tensor_parallel_size": 2,  # the spec's, not the pod's 8
+        "gpu_memory_utilization": 0.55,
+        "max_model_len": 4096,
+        "dtype": "bfloat16",
+        "enforce_eager": True,
+        "max_num_seqs": 64,
+        "enable_prefix_caching": True,
+        "quantization": "fp8",
+        "seed": None,
+    }
+
+
+@pytest.mark.parametrize("key", sorted(OWN_ENGINE_ARGS))
+def test_extra_args_cannot_set_what_the_project_sets(key: str) -> None:
+    with pytest.raises(ValidationError, match=f"'{key}' is set by the project; use "):
+        EngineSpec.model_validate({"extraArgs": {key: 1}})
+
+
+def test_a_camel_case_spelling_of_our_own_argument_names_the_field_to_use() -> None:
+    with pytest.raises(ValidationError, match="use engine.tensorParallelSize"):
+        EngineSpec.model_validate({"extraArgs": {"tensorParallelSize": 4}})
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"max-num-seqs": 4}, "not a vLLM argument name"),
+        ({"maxNumSeqs": 4}, "not a vLLM argument name"),
+        ({"hf_overrides": {"a": 1}}, "extraArgs.hf_overrides: a string, number, boolean or null, not dict"),
+        ({"lora_modules": ["a"]}, "not list"),
+    ],
+)
+def test_extra_args_are_vllm_names_with_json_scalar_values(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        EngineSpec.model_validate({"extraArgs": extra})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"gpuMemoryUtilization": 0},
+        {"gpuMemoryUtilization": 1.5},
+        {"tensorParallelSize": 0},
+        {"dtype": "int8"},
+    ],
+)
+def test_out_of_range_settings_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        EngineSpec.model_validate(bad)
+
+
+def test_the_teacher_has_its_own_engine_else_the_generation_one() -> None:
+    plain = _loop({"engine": {"maxModelLen": 2048}})
+    assert candidate_engine(plain.generation).max_model_len == 2048
+    shared = _loop({"engine": {"maxModelLen": 2048}, "teacher": {"uri": "s3://b/teacher"}})
+    assert candidate_engine(shared.generation).max_model_len == 2048
+    own = _loop(
+        {"engine": {"maxModelLen": 2048}, "teacher": {"uri": "s3://b/t", "engine": {"tensorParallelSize": 4}}}
+    )
+    teacher = candidate_engine(own.generation)
+    assert (teacher.tensor_parallel_size, teacher.max_model_len) == (4, None)
+    assert own.generation.engine.max_model_len == 2048  # the tuned model (evaluate) keeps generation.engine
+
+
+def test_engine_settings_survive_the_round_trip_through_a_stage_config() -> None:
+    gen = GenerationSpec.model_validate({"engine": {"enforceEager": True, "extraArgs": {"max_num_seqs": 8}}})
+    again = GenerationSpec.model_validate(gen.model_dump(mode="json", by_alias=True))
+    assert again.engine == gen.engine
