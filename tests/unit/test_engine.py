@@ -126,3 +126,55 @@ def test_engine_settings_survive_the_round_trip_through_a_stage_config() -> None
     gen = GenerationSpec.model_validate({"engine": {"enforceEager": True, "extraArgs": {"max_num_seqs": 8}}})
     again = GenerationSpec.model_validate(gen.model_dump(mode="json", by_alias=True))
     assert again.engine == gen.engine
+
+
+# ------------------------------------------------------------------------------- GRPO's colocated vLLM (TRL)
+
+
+@pytest.mark.parametrize(
+    ("mode", "usable", "use"),
+    [
+        ("auto", True, True),
+        ("auto", False, False),
+        ("on", True, True),
+        ("off", True, False),
+        ("off", False, False),
+    ],
+)
+def test_grpo_uses_vllm_colocated_when_asked_and_possible(mode: str, usable: bool, use: bool) -> None:
+    from tao_trainer.generation import grpo_vllm_args
+
+    args = grpo_vllm_args(mode, 0.25, EngineSpec(), usable=usable)
+    expected = {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.25} if use else {}
+    assert args == {"use_vllm": False} if not use else expected
+
+
+def test_grpo_vllm_on_without_vllm_or_gpu_is_an_error_not_a_silent_fallback() -> None:
+    from tao_trainer.generation import grpo_vllm_args
+
+    with pytest.raises(RuntimeError, match="training.grpo.vllm is 'on' but vllm cannot run here"):
+        grpo_vllm_args("on", 0.3, EngineSpec(), usable=False)
+
+
+def test_grpo_vllm_args_are_trl_grpo_config_fields(tmp_path: Any) -> None:
+    from trl import GRPOConfig
+
+    from tao_trainer.generation import grpo_vllm_args
+
+    loop = _loop({"engine": {"maxModelLen": 1024}})
+    grpo = loop.training.grpo
+    assert (grpo.vllm, grpo.vllm_gpu_memory_utilization) == ("auto", 0.3)
+    args = grpo_vllm_args(grpo.vllm, grpo.vllm_gpu_memory_utilization, loop.generation.engine, usable=True)
+    # As the train stage builds it on a CPU (bf16 off); TRL looks for vllm itself only when the trainer starts.
+    config = GRPOConfig(output_dir=str(tmp_path), bf16=False, **args)
+    assert (
+        config.use_vllm,
+        config.vllm_mode,
+        config.vllm_gpu_memory_utilization,
+        config.vllm_max_model_length,
+    ) == (
+        True,
+        "colocate",
+        0.3,
+        1024,
+    )

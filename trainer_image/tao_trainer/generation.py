@@ -137,13 +137,49 @@ class VllmGenerator:
         return out
 
 
+def vllm_usable() -> bool:
+    """vllm is installed and a GPU is present: what `auto` asks for before choosing vLLM."""
+    return importlib.util.find_spec("vllm") is not None and models.device() == "cuda"
+
+
 def pick_backend(requested: str) -> str:
     """`auto` means vLLM when it is installed and a GPU is present; else transformers."""
     if requested != "auto":
         return requested
-    if importlib.util.find_spec("vllm") is not None and models.device() == "cuda":
-        return "vllm"
-    return "transformers"
+    return "vllm" if vllm_usable() else "transformers"
+
+
+def grpo_vllm_args(
+    mode: str, memory_share: float, engine: EngineSpec, usable: bool | None = None
+) -> dict[str, Any]:
+    """TRL GRPOConfig's vLLM arguments for training.grpo.vllm (auto, on, off): TRL's colocate mode, a vLLM engine
+    inside each training process on that process's GPU, taking `memory_share` of it (the rest trains). `usable`:
+    whether vLLM can run here (default: `vllm_usable()`). generation.engine.maxModelLen bounds its context too.
+
+    >>> grpo_vllm_args("auto", 0.3, EngineSpec(), usable=False)
+    {'use_vllm': False}
+    >>> grpo_vllm_args("auto", 0.3, EngineSpec(maxModelLen=2048), usable=True)
+    {'use_vllm': True, 'vllm_mode': 'colocate', 'vllm_gpu_memory_utilization': 0.3, 'vllm_max_model_length': 2048}
+    """
+    if mode == "off":
+        return {"use_vllm": False}
+    if usable is None:
+        usable = vllm_usable()
+    if not usable:
+        if mode == "on":
+            raise RuntimeError(
+                "training.grpo.vllm is 'on' but vllm cannot run here (it needs vllm installed and a GPU: "
+                "pip install 'tao-operator[vllm]' on a GPU machine, or set it to auto)"
+            )
+        return {"use_vllm": False}
+    args: dict[str, Any] = {
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": memory_share,
+    }
+    if engine.max_model_len is not None:
+        args["vllm_max_model_length"] = engine.max_model_len
+    return args
 
 
 def visible_gpus() -> int:

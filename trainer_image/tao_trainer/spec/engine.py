@@ -87,6 +87,22 @@ class EngineSpec(CamelModel):
         return args
 
 
+class GrpoVllmSpec(CamelModel):
+    """training.grpo's vLLM settings (the rest of GrpoSpec is in spec.loop); `generation.grpo_vllm_args` maps them."""
+
+    vllm: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Sample GRPO's completions with vLLM inside each training process (TRL's colocate mode); "
+        "auto: when vllm is installed and a GPU is present.",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3,
+        gt=0.0,
+        lt=1.0,
+        description="Share of each GPU the colocated vLLM engine takes; training keeps the rest.",
+    )
+
+
 def vllm_engine_kwargs(engine: EngineSpec, model_path: str, gpus: int) -> dict[str, Any]:
     """Keyword arguments of `vllm.LLM` for `model_path` on a process that sees `gpus` GPUs.
 

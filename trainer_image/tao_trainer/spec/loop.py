@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
-from tao_trainer.spec.engine import EngineSpec
+from tao_trainer.spec.engine import EngineSpec, GrpoVllmSpec
 from tao_trainer.spec.scorers import ScorerSpecList
 
 Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
@@ -198,7 +198,7 @@ class DpoSpec(CamelModel):
     beta: float = Field(default=0.1, gt=0.0, description="DPO beta.")
 
 
-class GrpoSpec(CamelModel):
+class GrpoSpec(GrpoVllmSpec):
     beta: float = Field(default=0.0, ge=0.0, description="KL coefficient (0: no reference model).")
     num_iterations: int = Field(
         default=1, ge=1, le=100, description="Optimisation passes per generation batch."

@@ -228,6 +228,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         )
     from trl import GRPOConfig, GRPOTrainer
 
+    from tao_trainer.generation import grpo_vllm_args
     from tao_trainer.scorers import as_reward_funcs, build_scorer
 
     gen = spec.generation
@@ -243,7 +244,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         beta=t.grpo.beta,
         num_iterations=t.grpo.num_iterations,
         reward_weights=weights,
-        use_vllm=False,
+        **grpo_vllm_args(t.grpo.vllm, t.grpo.vllm_gpu_memory_utilization, gen.engine),
     )
     return GRPOTrainer(
         model=model_path,
