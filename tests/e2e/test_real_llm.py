@@ -110,8 +110,10 @@ def test_smollm2_gguf_runs_one_round(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "default" / "smol" / "local"
 
     # Converted once, into the run's storage, as a plain HF folder every stage loaded.
-    (converted,) = (run_dir / "models").iterdir()
+    (converted,) = (p for p in (run_dir / "models").iterdir() if p.is_dir())
     assert converted.name.startswith("SmolLM2-135M-Instruct.Q4_1-bfloat16-")
+    record = json.loads(converted.with_name(converted.name + ".source.json").read_text())
+    assert record["source"] == gguf.as_uri() and record["dtype"] == "bfloat16"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in converted.iterdir()}
     assert json.loads((converted / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
@@ -153,3 +155,76 @@ def test_smollm2_gguf_runs_one_round(tmp_path: Path) -> None:
     assert prepared.ids[: len(head)] == head and prepared.ids[1] != start
     assert prepared.ids.count(start) == 3 and prepared.ids.count(end) == 2  # system, user, assistant turn
     assert prepared.text.endswith("<|im_start|>assistant\n") and prepared.ids[-1] != end
+
+
+def test_on_s3_the_first_pod_converts_and_every_other_pod_and_the_serving_init_reuse_it(
+    tmp_path: Path, s3_admin: Any, s3_bucket: str
+) -> None:
+    """A cluster run: the GGUF and the run live in S3; each pod has its own empty cache. Only the first converts;
+    the serving init container (`tao-stage download` with the Deployment's arguments) copies the stored folder;
+    a new file at the same URI is converted anew."""
+    from tao_operator.api import TAOJob
+    from tao_operator.builders.common import SERVED_MODEL_DIR, OperatorDefaults
+    from tao_operator.builders.serving import serving_deployment
+
+    gguf = require_gguf()
+    s3_admin.upload_file(str(gguf), s3_bucket, "models/SmolLM2.gguf")
+    uri = f"s3://{s3_bucket}/models/SmolLM2.gguf"
+    store = f"s3://{s3_bucket}/runs/ns/smol/uid/models"
+    code = (
+        "import sys; from tao_trainer import gguf_models; "
+        "print(gguf_models.resolve_in_store(sys.argv[1], 'bfloat16', sys.argv[2]))"
+    )
+
+    def pod(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        # The environment now, which holds the S3 server's endpoint and credentials (ENV predates them).
+        env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env |= {"TAO_CACHE_DIR": str(tmp_path / name), "HOME": str(tmp_path / name)}
+        env.pop("TAO_MODELS_DIR", None)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    first = pod("generate-0", sys.executable, "-c", code, uri, store)
+    second = pod("generate-1", sys.executable, "-c", code, uri, store)
+    assert "converting" in first.stderr and "converting" not in second.stderr
+    stored = {key for key in _keys(s3_admin, s3_bucket, "runs/")}
+    (record_key,) = [k for k in stored if k.endswith(".source.json")]
+    folder_key = record_key.removesuffix(".source.json")
+    assert {f"{folder_key}/config.json", f"{folder_key}/model.safetensors"} <= stored
+    assert Path(second.stdout.strip(), "config.json").is_file()
+
+    # The serving init container, run with the exact command the Deployment carries.
+    job = TAOJob.model_validate(
+        {
+            "apiVersion": "tao.dev/v1alpha1",
+            "kind": "TAOJob",
+            "metadata": {"name": "smol", "namespace": "ns", "uid": "uid"},
+            "spec": {
+                "model": {"uri": uri},
+                "prompts": {"uri": f"s3://{s3_bucket}/p.jsonl"},
+                "storage": {"uri": f"s3://{s3_bucket}/runs"},
+                "scoring": {"scorers": [{"type": "regex", "pattern": "x"}]},
+            },
+        }
+    )
+    deployment = serving_deployment(job, uri, 0, OperatorDefaults())
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    command = [arg.replace(SERVED_MODEL_DIR, str(tmp_path / "served")) for arg in init["command"]]
+    assert command[:2] == ["tao-stage", "download"] and store in command
+    served = pod("serving", sys.executable, "-m", "tao_trainer.cli", *command[1:])
+    assert "converting" not in served.stderr
+    from tao_trainer import models
+
+    tok = models.load_tokenizer(str(tmp_path / "served"))
+    assert tok.convert_tokens_to_ids("<|im_start|>") != tok.unk_token_id
+
+    # A new file at the same URI (its version changed: here padding after the tensors): converted again.
+    s3_admin.put_object(Bucket=s3_bucket, Key="models/SmolLM2.gguf", Body=gguf.read_bytes() + bytes(64))
+    again = pod("generate-2", sys.executable, "-c", code, uri, store)
+    assert "converting" in again.stderr
+
+
+def _keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", ())]

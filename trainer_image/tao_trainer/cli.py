@@ -11,13 +11,14 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from tao_trainer import hub, storage
+from tao_trainer import gguf_models, hub, storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import ALL_STAGES
@@ -111,8 +112,23 @@ def download(argv: list[str]) -> int:
     parser.add_argument("--uri", required=True, help="file:// or s3:// model directory, or hf://org/name")
     parser.add_argument("--to", required=True, help="local directory")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) of an hf:// model")
+    parser.add_argument(
+        "--gguf-store",
+        help="for a .gguf --uri: the run's converted models (<run>/models), where the folder converted from it is "
+        "read, or stored after converting it here when no stage has yet",
+    )
+    parser.add_argument("--gguf-dtype", choices=gguf_models.DTYPES, help="for a .gguf --uri: model.ggufDtype")
     args = parser.parse_args(argv)
-    if args.uri.startswith("hf://"):
+    if gguf_models.is_gguf(args.uri):
+        if not args.gguf_store:
+            parser.error(
+                f"--uri {args.uri} is a .gguf file: --gguf-store must say where its conversion is kept"
+            )
+        folder = gguf_models.resolve_in_store(
+            args.uri, gguf_models.resolve_dtype(args.uri, args.gguf_dtype), args.gguf_store
+        )
+        shutil.copytree(folder, args.to, dirs_exist_ok=True)
+    elif args.uri.startswith("hf://"):
         # Clusters with hub access: the same snapshot `from_pretrained` would fetch, at the pinned revision.
         from huggingface_hub import snapshot_download
 
@@ -124,14 +140,13 @@ def download(argv: list[str]) -> int:
 
 
 def gguf_env(cfg: StageConfig) -> None:
-    """Where a .gguf model (`model.uri`, a teacher's) is converted, and to which dtype: `<run>/models/` for a run
-    on local storage (every stage of the run then finds the same folder), the local cache otherwise."""
+    """Where a .gguf model (`model.uri`, a teacher's) is converted, and to which dtype: once per run, into the
+    run's storage (`<run>/models/`), where every other stage and the serving init container find it."""
     os.environ.setdefault("TAO_GGUF_DTYPE", cfg.spec.model.gguf_dtype)
     teacher = cfg.spec.generation.teacher
     if teacher is not None:  # the teacher's own dtype, by its URI
         os.environ.setdefault("TAO_GGUF_DTYPES", json.dumps({teacher.uri: teacher.gguf_dtype}))
-    if cfg.run_uri.startswith("file://") and "TAO_MODELS_DIR" not in os.environ:
-        os.environ["TAO_MODELS_DIR"] = storage.join(cfg.run_uri, "models").removeprefix("file://")
+    os.environ.setdefault("TAO_GGUF_STORE", RunLayout(cfg.run_uri).converted_models)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,11 @@ to `save_pretrained` the result; a fresh model built from its config (without `q
 its state dict, saves as a normal folder. The conversion runs once per (file, dtype): the folder is written
 under a temporary name and renamed into place, so concurrent stages never load a half-written one.
 
-Where the folder goes: `$TAO_MODELS_DIR` (set by the stage entrypoint to `<run>/models` for a run on local
-storage), else `$TAO_CACHE_DIR/models`, else `~/.cache/tao/models`. The dtype: `$TAO_GGUF_DTYPE` (set from
+Where the folder goes: in a run (a stage pod, `tao run`, the serving init container), `$TAO_GGUF_STORE`, the
+run's `models/` in its storage (file:// or s3://): the first stage that needs the model converts it and stores
+the folder there with a record of the file's version beside it; every other stage and the serving init container
+then download that folder instead of converting again, and a changed file is converted anew. Outside a run:
+`$TAO_MODELS_DIR`, else `$TAO_CACHE_DIR/models`, else `~/.cache/tao/models`. The dtype: `$TAO_GGUF_DTYPE` (set from
 `model.ggufDtype`; `$TAO_GGUF_DTYPES`, a JSON map, gives a teacher's own by URI), else bfloat16, which halves the size; loading upcasts to float32 on CPU.
 
 torch, transformers and gguf are imported inside functions: the operator never imports this module's deps.
@@ -48,13 +51,26 @@ def folder_name(gguf_path: Path, dtype: str) -> str:
     return f"{gguf_path.stem}-{dtype}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def source_version(uri: str) -> str:
+    """The GGUF file's version tag (`size:etag` on S3, `size:mtime` on a file system): a new file converts anew."""
+    from tao_trainer import storage
+
+    if uri.startswith("hf://"):
+        raise ValueError(f"model {uri!r}: a GGUF must be a file (file:// or s3://), not a hub id")
+    versions = storage.list_versions(uri)
+    if len(versions) != 1:
+        raise FileNotFoundError(f"model {uri!r}: no such GGUF file")
+    return next(iter(versions.values()))
+
+
 def local_gguf(uri: str) -> Path:
-    """The .gguf file on local disk: file:// or a path as is; s3:// downloaded into the cache."""
+    """The .gguf file on local disk: file:// or a path as is; s3:// downloaded into the cache (per version)."""
     if uri.startswith("s3://"):
         from tao_trainer import storage
 
         name = uri.rpartition("/")[2]
-        target = models_root() / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
+        key = f"{uri}@{source_version(uri)}"
+        target = models_root() / "downloads" / hashlib.sha256(key.encode()).hexdigest()[:16] / name
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{name}.part")
@@ -70,17 +86,68 @@ def local_gguf(uri: str) -> Path:
     return path
 
 
-def resolve_gguf(uri: str, dtype: str | None = None, root: Path | None = None) -> str:
-    """The HF folder converted from the GGUF at `uri` (converting it if it is not there yet)."""
+def resolve_dtype(uri: str, dtype: str | None) -> str:
     per_uri = json.loads(os.environ.get("TAO_GGUF_DTYPES") or "{}")  # e.g. a teacher's own ggufDtype
     dtype = dtype or per_uri.get(uri) or os.environ.get("TAO_GGUF_DTYPE") or DEFAULT_DTYPE
     if dtype not in DTYPES:
         raise ValueError(f"GGUF dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def resolve_gguf(uri: str, dtype: str | None = None, root: Path | None = None) -> str:
+    """The HF folder converted from the GGUF at `uri` (converting it if it is not there yet): from the run's
+    store when `$TAO_GGUF_STORE` is set, else in the local models directory."""
+    dtype = resolve_dtype(uri, dtype)
+    if store := os.environ.get("TAO_GGUF_STORE"):
+        return resolve_in_store(uri, dtype, store)
     src = local_gguf(uri)
     target = (root or models_root()) / folder_name(src, dtype)
     if not (target / "config.json").is_file():
         convert(src, target, dtype)
     return str(target)
+
+
+def stored_folder(store_uri: str, uri: str, dtype: str) -> str:
+    """Where the run keeps the folder converted from `uri`: named by the URI (not a local path or mtime), so
+    that every pod finds the same one.
+
+    >>> stored_folder("s3://b/run/models", "s3://m/SmolLM2.Q4_1.gguf", "bfloat16")
+    's3://b/run/models/SmolLM2.Q4_1-bfloat16-72efe02cbfc9'
+    """
+    from tao_trainer.uris import join
+
+    stem = uri.rpartition("/")[2][: -len(".gguf")]
+    return join(store_uri, f"{stem}-{dtype}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}")
+
+
+def resolve_in_store(uri: str, dtype: str, store_uri: str) -> str:
+    """A local HF folder for the GGUF at `uri`, shared through the run's storage: the folder stored there when
+    its record (beside it, `<folder>.source.json`) names the file's current version; otherwise converted here
+    and stored, the record written last so that a reader never takes a half-uploaded folder."""
+    from tao_trainer import storage
+
+    folder = stored_folder(store_uri, uri, dtype)
+    record_uri = folder + ".source.json"
+    wanted = {"source": uri, "version": source_version(uri), "dtype": dtype}
+    try:
+        recorded = storage.read_json(record_uri)
+    except FileNotFoundError:
+        recorded = None
+    if recorded == wanted:
+        return str(storage.local_dir(folder))
+    name = folder.rpartition("/")[2]
+    local = models_root() / "converted" / name
+    scratch = models_root() / "converted" / f".{name}.{os.getpid()}.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    convert(local_gguf(uri), scratch, dtype)
+    storage.upload_dir(scratch, folder)
+    storage.write_json(record_uri, wanted)
+    if folder.startswith("file://"):
+        shutil.rmtree(scratch, ignore_errors=True)
+        return str(storage.local_dir(folder))
+    shutil.rmtree(local, ignore_errors=True)
+    scratch.rename(local)  # this pod's copy: no download of what it just converted
+    return str(local)
 
 
 def convert(src: Path, target: Path, dtype: str = DEFAULT_DTYPE) -> Path:

@@ -63,6 +63,12 @@ class RunLayout:
         """One line per evaluated round: the full history (status keeps only the latest rounds)."""
         return f"{self.root}/history.jsonl"
 
+    @property
+    def converted_models(self) -> str:
+        """Models converted for the run (a .gguf base or teacher as an HF folder): converted once, read by every
+        stage and by the serving init container."""
+        return f"{self.root}/models"
+
     def preflight_report(self, round_: int) -> str:
         return f"{self.round_dir(round_)}/preflight/report.json"
 

@@ -31,6 +31,7 @@ from tao_operator.builders.common import (
     tmp_volume,
     with_extra_labels,
 )
+from tao_trainer.gguf_models import is_gguf
 
 
 def _storage_env(job: TAOJob) -> list[tuple[str, str]]:
@@ -54,6 +55,8 @@ def _download_command(job: TAOJob, model_uri: str) -> list[str]:
     model = job.spec.model
     if model.revision and model_uri == model.uri:
         command += ["--revision", model.revision]
+    if is_gguf(model_uri):  # the base as a GGUF: the folder a stage converted (or convert it)
+        command += ["--gguf-store", job.run_layout().converted_models, "--gguf-dtype", model.gguf_dtype]
     return command
 
 
