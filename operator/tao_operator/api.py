@@ -86,6 +86,19 @@ class PodSettings(CamelModel):
         return manifest_input.check_resources(v)
 
 
+class TrainPodSettings(PodSettings):
+    """The train stage's pods, which alone may span several machines."""
+
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Machines the train stage spans: above 1, an Indexed Job of this many pods (each with `gpus` "
+        "GPUs) joined by torchrun's c10d rendezvous through a headless Service; every pod must be scheduled "
+        "at once.",
+    )
+
+
 class PodsSpec(CamelModel):
     """Per-stage pod settings; each stage's settings are merged over `default`. The preflight uses `generate`'s."""
 
@@ -97,7 +110,7 @@ class PodsSpec(CamelModel):
     prepare: PodSettings = Field(default_factory=PodSettings)
     generate: PodSettings = Field(default_factory=PodSettings)
     score: PodSettings = Field(default_factory=PodSettings)
-    train: PodSettings = Field(default_factory=PodSettings)
+    train: TrainPodSettings = Field(default_factory=TrainPodSettings)
     evaluate: PodSettings = Field(default_factory=PodSettings)
 
 

@@ -158,6 +158,13 @@ class StageStep:
             if live is not None and live.get("data") != cm["data"]:
                 # Ours, written by a pass that stopped before its Job: bring it to this pass's config.
                 await self.cluster.patch("configmaps", ns, cm["metadata"]["name"], {"data": cm["data"]})
+        for service in builders.stage_services(job, cfg, attempt):
+            # A multi-node train Job's headless Service: its pods find node 0 by name through it.
+            if not await self.cluster.create(service):
+                live = await self.cluster.get("services", ns, service["metadata"]["name"])
+                if f := foreign(live, uid):
+                    p.conflict(f)
+                    return None
         manifest = builders.stage_job(job, cfg, self.defaults, attempt)
         if await self.cluster.create(manifest):
             return manifest  # its uid is unknown until read back: pods are listed on the next pass

@@ -18,6 +18,7 @@ from tao_operator.builders.common import (
     owner_reference,
     serving_name,
 )
+from tao_operator.builders.multinode import stage_services
 from tao_operator.builders.serving import serving_deployment, serving_service, serving_url
 from tao_operator.builders.stage_jobs import stage_configmap, stage_job
 
@@ -35,4 +36,5 @@ __all__ = [
     "serving_url",
     "stage_configmap",
     "stage_job",
+    "stage_services",
 ]

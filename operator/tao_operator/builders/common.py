@@ -93,7 +93,8 @@ def child_name(job_name: str, round_: int, stage: str, attempt: int = 1) -> str:
     (True, True)
     """
     suffix = f"-r{round_}-{stage}" + (f"-a{attempt}" if attempt > 1 else "")
-    limit = INDEXED_NAME_MAX if stage in INDEXED_STAGES else DNS_LABEL_MAX
+    # train may be Indexed too (pods.train.nodes): its pods' hostnames are `<job>-<node>`.
+    limit = INDEXED_NAME_MAX if stage in INDEXED_STAGES or stage == "train" else DNS_LABEL_MAX
     name = f"{job_name}{suffix}"
     if len(name) <= limit:
         return name

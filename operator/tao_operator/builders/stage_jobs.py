@@ -7,6 +7,7 @@ from typing import Any
 from tao_operator.api import (
     TAOJob,
 )
+from tao_operator.builders import multinode
 from tao_operator.builders.common import (
     CONFIG_DIR,
     CONFIG_PATH,
@@ -44,8 +45,8 @@ def stage_configmap(job: TAOJob, config: StageConfig, attempt: int = 1) -> Manif
     }
 
 
-def _stage_command(stage: str, gpus: int) -> list[str]:
-    if stage == "train" and gpus > 1:
+def _stage_command(stage: str, gpus: int, launcher: bool) -> list[str]:
+    if stage == "train" and gpus > 1 and not launcher:
         # One training process per GPU (DDP through accelerate/TRL), rendezvous on the pod itself
         # (--standalone). The train stage must then save the model and write the result from rank 0 only.
         return [
@@ -109,11 +110,16 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
         fixed=frozenset({"TAO_RESULT_PATH"}),
     )
     env += scorer_key_env(job, stage, {e.get("name") for e in env})
+    # Several nodes or a sharding strategy: `tao-stage train` starts accelerate's launcher over this topology.
+    launcher = stage == "train" and multinode.uses_launcher(job)
+    if launcher:
+        env += multinode.topology_env(job, name, gpus)
+    multi_node = stage == "train" and multinode.train_nodes(job) > 1
     container: dict[str, Any] = {
         "name": "stage",
         "image": settings.image or defaults.trainer_image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "command": _stage_command(stage, gpus),
+        "command": _stage_command(stage, gpus, launcher),
         "env": env,
     }
     if env_from := secret_env_from(job):
@@ -151,7 +157,7 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
         **pod_placement(settings),
         "containers": [container],
         "volumes": volumes,
-    }
+    } | (multinode.multinode_pod_spec(name) if multi_node else {})
     template_meta: dict[str, Any] = {"labels": dict(labels)}
     if settings.annotations:
         template_meta["annotations"] = dict(settings.annotations)
@@ -179,6 +185,8 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
             raise ValueError(f"{stage} runs one pod per shard; its StageConfig must leave `shards` unset")
         shards = job.spec.generation.shards
         spec |= {"completionMode": "Indexed", "completions": shards, "parallelism": shards}
+    elif multi_node:
+        spec |= multinode.multinode_job_spec(job, name)
     else:
         spec |= {"completions": 1, "parallelism": 1}
     if settings.active_deadline_seconds is not None:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
 from tao_trainer.spec.engine import EngineSpec, GrpoVllmSpec
 from tao_trainer.spec.scorers import ScorerSpecList
+from tao_trainer.spec.training_scale import TrainingScale
 
 Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
 STAGES: tuple[Stage, ...] = ("prepare", "generate", "score", "train", "evaluate")
@@ -205,7 +206,7 @@ class GrpoSpec(GrpoVllmSpec):
     )
 
 
-class TrainingSpec(CamelModel):
+class TrainingSpec(TrainingScale):  # TrainingScale: strategy, gradient checkpointing, checkpoints
     """Stage 3: train toward the high-scoring candidates (TRL)."""
 
     method: Literal["sft", "dpo", "grpo"] = Field(

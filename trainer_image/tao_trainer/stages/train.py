@@ -9,6 +9,7 @@ The result is an HF-format model (or a LoRA adapter) under round-NNN/train/model
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -20,7 +21,10 @@ from tao_trainer import models, storage, tracking
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec, TrainingSpec
+from tao_trainer.spec.training_scale import use_gradient_checkpointing
+from tao_trainer.stages import train_checkpoints, train_distributed
 from tao_trainer.stages.common import log, my_shards, prepare
+from tao_trainer.train_launch import Topology, is_launched_worker, needs_launcher
 
 
 def scored_candidates(
@@ -152,7 +156,7 @@ def check_trl_prompt_ids(tokenizer: Any, row: dict[str, Any]) -> None:
             )
 
 
-def _common_args(t: TrainingSpec, out: str) -> dict[str, Any]:
+def _common_args(t: TrainingSpec, out: str, gradient_checkpointing: bool) -> dict[str, Any]:
     return {
         "output_dir": out,
         "learning_rate": t.learning_rate,
@@ -163,13 +167,16 @@ def _common_args(t: TrainingSpec, out: str) -> dict[str, Any]:
         "lr_scheduler_type": t.lr_scheduler,
         "seed": t.seed,
         "logging_steps": 10,
-        "save_strategy": "no",
+        **train_checkpoints.trainer_save_args(t.checkpoints),
         "report_to": [],  # set by tracking.trainer_args
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "bf16": models.device() == "cuda",
-        # TRL turns checkpointing on by default: it saves GPU memory and only costs time on a CPU.
-        "gradient_checkpointing": models.device() == "cuda",
+        # Without a GPU, accelerate forms the process group over gloo only when told it runs on the CPU.
+        "use_cpu": models.device() != "cuda",
+        # TRL would turn it on for every model; it costs time and is needed only where activations crowd out
+        # the weights (training.gradientCheckpointing, by default above 1B parameters).
+        "gradient_checkpointing": gradient_checkpointing,
     }
 
 
@@ -196,13 +203,17 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
 
     spec, t = cfg.spec, cfg.spec.training
     peft_config = _peft_config(spec)
-    common = _common_args(t, out) | tracking.trainer_args(cfg, Path(out).parent)
+    checkpointing = use_gradient_checkpointing(
+        t.gradient_checkpointing, train_distributed.parameter_count(model_path)
+    )
+    common = _common_args(t, out, checkpointing) | tracking.trainer_args(cfg, Path(out).parent)
     if t.method == "sft":
         dataset = Dataset.from_list([sft_tokens(row, tokenizer) for row in rows])
     else:
         if t.method == "grpo":
             check_trl_prompt_ids(tokenizer, rows[0])
         dataset = Dataset.from_list([{k: v for k, v in row.items() if k != "prompt_ids"} for row in rows])
+    callbacks = [train_checkpoints.checkpoint_callback(t.checkpoints, _checkpoints(cfg))]
     if t.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -213,6 +224,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
+            callbacks=callbacks,
         )
     if t.method == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -225,6 +237,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
+            callbacks=callbacks,
         )
     from trl import GRPOConfig, GRPOTrainer
 
@@ -253,7 +266,12 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=callbacks,
     )
+
+
+def _checkpoints(cfg: StageConfig) -> str:
+    return train_checkpoints.checkpoints_prefix(RunLayout(cfg.run_uri).train_dir(cfg.round))
 
 
 def run_train(cfg: StageConfig) -> StageResult:
@@ -263,6 +281,10 @@ def run_train(cfg: StageConfig) -> StageResult:
     if storage.exists(done):
         # Written only after the model was uploaded whole: training finished; a re-run only re-reports it.
         return StageResult.model_validate_json(storage.read_text(done))
+    topology = Topology.from_env(os.environ)
+    if needs_launcher(topology, spec.training.strategy) and not is_launched_worker():
+        # This pod's process starts the node's training processes (one per GPU) and reports for them.
+        return train_distributed.launch(cfg, topology)
 
     models.cpu_threads()
     model_path = models.resolve(cfg.model_uri)
@@ -279,24 +301,28 @@ def run_train(cfg: StageConfig) -> StageResult:
             f"({spec.training.sft.min_score}) / no pair reached training.dpo.minMargin; check the scorers "
             "(their per-scorer values are in the scores shards) or lower the threshold"
         )
-    storage.write_jsonl(f"{lay.train_dir(r)}/dataset.jsonl", rows)
+    if is_main_process():
+        storage.write_jsonl(f"{lay.train_dir(r)}/dataset.jsonl", rows)
     log(f"train: {spec.training.method} on {len(rows)} example(s) from {cfg.model_uri}")
 
-    with tempfile.TemporaryDirectory(prefix="tao-train-") as tmp:
+    with _workdir() as tmp:
         trainer = _trainer(cfg, model_path, tokenizer, rows, str(Path(tmp) / "trainer"))
-        output = trainer.train()
-        if not is_main_process():
-            # Under torchrun every rank trains; only rank 0 saves, uploads and reports.
-            return StageResult(stage="train", round=r, message="not the main process")
-        model = trainer.model
+        resume = _restore_checkpoint(cfg, Path(tmp) / "trainer")
+        resumed_from = int(trainer.state.global_step) if resume is None else _step_of(resume)
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         lora = spec.training.lora
-        base_uri = None
-        if lora is not None and lora.merge:
-            model = model.merge_and_unload()
-        elif lora is not None:
-            base_uri = cfg.model_uri
+        base_uri = cfg.model_uri if lora is not None and not lora.merge else None
         local = Path(tmp) / "model"
-        models.save_model(model, tokenizer, local, base_uri=base_uri)
+        if spec.training.strategy == "ddp":
+            if not is_main_process():
+                # Under torchrun every rank trains; only rank 0 saves, uploads and reports.
+                return StageResult(stage="train", round=r, message="not the main process")
+            model = trainer.model
+            if lora is not None and lora.merge:
+                model = model.merge_and_unload()
+            models.save_model(model, tokenizer, local, base_uri=base_uri)
+        elif not train_distributed.save_sharded(trainer, local, tokenizer, lora, model_path, base_uri):
+            return StageResult(stage="train", round=r, message="not the main process")
         storage.upload_dir(local, model_uri)
         tensorboard = tracking.keep_tensorboard(cfg, Path(tmp))
     tracked = {"tensorboard": tensorboard} if tensorboard else {}
@@ -312,15 +338,56 @@ def run_train(cfg: StageConfig) -> StageResult:
     storage.write_json(
         f"{lay.train_dir(r)}/metrics.json", {"metrics": metrics, "logHistory": trainer.state.log_history}
     )
+    steps = int(trainer.state.global_step)
     result = StageResult(
         stage="train",
         round=r,
-        counts={"examples": len(rows), "candidates": n_candidates, "steps": int(trainer.state.global_step)},
+        counts={
+            "examples": len(rows),
+            "candidates": n_candidates,
+            "steps": steps,
+            # Steps this process trained; the rest came from the checkpoint it resumed from.
+            "stepsRun": steps - resumed_from,
+            "resumedFromStep": resumed_from,
+            "processes": int(trainer.args.world_size),
+        },
         metrics=metrics,
         outputs={"model": model_uri, "dataset": f"{lay.train_dir(r)}/dataset.jsonl"} | tracked,
     )
     storage.write_text(done, result.model_dump_json(by_alias=True))
     return result
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[str]:
+    """The trainer's local folder: one that the node's processes share (the launcher's, or under plain
+    torchrun one named after its run id), else a temporary one."""
+    shared = os.environ.get(train_distributed.ENV_WORKDIR)
+    if shared is None and "TORCHELASTIC_RUN_ID" in os.environ:
+        shared = str(Path(tempfile.gettempdir()) / f"tao-train-{os.environ['TORCHELASTIC_RUN_ID']}")
+    if shared is not None:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        yield shared
+        return
+    with tempfile.TemporaryDirectory(prefix="tao-train-") as tmp:
+        yield tmp
+
+
+def _restore_checkpoint(cfg: StageConfig, output_dir: Path) -> Path | None:
+    """The newest complete checkpoint in storage, downloaded once per node (the trainer exists, so the
+    processes can wait for each other)."""
+    prefix = _checkpoints(cfg)
+    steps = train_checkpoints.complete_steps(prefix)
+    if not steps:
+        return None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        train_checkpoints.restore_newest(prefix, output_dir)
+    train_checkpoints.wait_for_all()
+    return output_dir / f"checkpoint-{steps[-1]}"
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("checkpoint-"))
 
 
 def is_main_process() -> bool:
