@@ -99,3 +99,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def gate_champion(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model fine-tuned (TRL SFT) on gate_models' task until it answers ~87% of it right: a champion
+    that genuinely worse challengers can be measured against (tests of the promotion gate)."""
+    from gate_models import fine_tune
+
+    return fine_tune(tiny_model, tmp_path_factory.mktemp("models") / "gate-champion", "right", epochs=6)

@@ -424,18 +424,32 @@ def decide(
     )
 
 
-def max_prompts_too_small(max_prompts: int, min_improvement: float, confidence: float) -> str | None:
-    """A warning when `max_prompts` held-out prompts can never give a bound that clears `min_improvement`.
+def max_prompts_too_small(
+    max_prompts: int, min_improvement: float, confidence: float, held_out: int | None = None
+) -> str | None:
+    """A warning when the held-out prompts the gate evaluates, `max_prompts` or fewer when the held-out split
+    (`held_out` prompts, where known) is smaller, can never give a bound that clears `min_improvement`.
 
     >>> max_prompts_too_small(4, 0.01, 0.95)
     'evaluation.maxPrompts 4 is below 5, the fewest differing prompts with which a bound at confidence 0.95 can show any improvement: the gate will never promote'
     >>> max_prompts_too_small(200, 0.01, 0.95) is None, max_prompts_too_small(4, -10, 0.95) is None
     (True, True)
+    >>> max_prompts_too_small(200, 0.01, 0.95, held_out=3)[:72]
+    'the held-out split has 3 prompts (evaluation.maxPrompts 200), below 5, t'
     """
     floor = sign_floor(confidence)
-    if min_improvement >= 0 and max_prompts < floor:
-        return (
-            f"evaluation.maxPrompts {max_prompts} is below {floor}, the fewest differing prompts with which a "
-            f"bound at confidence {confidence:g} can show any improvement: the gate will never promote"
+    if min_improvement < 0:
+        return None
+    reason = None
+    if max_prompts < floor:
+        reason = f"evaluation.maxPrompts {max_prompts} is below {floor}"
+    elif held_out is not None and held_out < floor:
+        reason = (
+            f"the held-out split has {held_out} prompts (evaluation.maxPrompts {max_prompts}), below {floor}"
         )
-    return None
+    if reason is None:
+        return None
+    return (
+        f"{reason}, the fewest differing prompts with which a bound at confidence {confidence:g} can show any "
+        "improvement: the gate will never promote"
+    )

@@ -166,6 +166,7 @@ def greedy_agreement(
 
 
 def run_preflight(cfg: StageConfig) -> StageResult:
+    from tao_trainer.promotion import max_prompts_too_small
     from tao_trainer.scorers import FunctionScorer, MajorityScorer, build_scorer, score_all
     from tao_trainer.scorers.combine import stats_counts
     from tao_trainer.scorers.signatures import user_code_failure
@@ -176,7 +177,7 @@ def run_preflight(cfg: StageConfig) -> StageResult:
         raise ValueError(
             f"prompts.uri {spec.prompts.uri!r}: no valid prompt in {len(loaded.sources)} file(s)"
         )
-    pool, _ = prompts.split(loaded.records, spec.prompts.held_out_fraction)
+    pool, held_out = prompts.split(loaded.records, spec.prompts.held_out_fraction)
     chosen = [
         prompts.strip_fields(rec, spec.prompts.label_fields).model_dump()
         for rec in sample_prompts(pool or loaded.records, spec.preflight.prompts)
@@ -227,6 +228,16 @@ def run_preflight(cfg: StageConfig) -> StageResult:
     )
     stats = stats_counts(scorers)
     report["scorerCounters"] = stats
+    # What is valid but cannot work as meant (a gate that can never promote), as `tao validate` and `tao run`
+    # print it: on a cluster, this verdict (status.preflight, the ScorersInformative condition) is where it shows.
+    # Here the prompts are read, so a held-out split too small for the gate is caught as well.
+    evaluation = spec.evaluation
+    too_few = max_prompts_too_small(
+        evaluation.max_prompts, evaluation.min_improvement, evaluation.confidence, held_out=len(held_out)
+    )
+    if too_few:
+        report["warnings"] = [too_few]
+        report["verdict"] += f"; warning: {too_few}"
     storage.write_json(lay.preflight_report(r), report)
     # The same rows as a scores file (raw values, each scorer's details), with the candidates beside them.
     rows = [

@@ -1,0 +1,100 @@
+"""The promotion gate against challengers that are really worse, judged by the real evaluate stage.
+
+The champion is a tiny model fine-tuned on a task with a right answer per prompt (tests/gate_models.py); each
+challenger is that champion fine-tuned further with TRL toward something worse, or its own weights. The gate is
+the product's default (minImprovement 0.01, confidence 0.95, alarms on) with the arithmetic example's label-free
+scorer, a majority vote judged against 8 samples of each model; a label metric is reported beside it, to show
+that the challenger is worse, and never reaches the verdict.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gate_models import fine_tune, write_prompts
+
+from tao_trainer import storage
+from tao_trainer.cli import _runner
+from tao_trainer.contract import StageConfig
+from tao_trainer.layout import RunLayout
+from tao_trainer.spec import LoopSpec
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def judge(champion: Path, challenger: Path, tmp: Path) -> dict[str, Any]:
+    """Round 1's prepare and evaluate stages with `challenger` in place of the round's trained model;
+    returns eval/report.json."""
+    spec = LoopSpec.model_validate(
+        {
+            "model": {"uri": champion.as_uri()},
+            "prompts": {
+                "uri": write_prompts(tmp / "prompts.jsonl").as_uri(),
+                "heldOutFraction": 0.5,
+                "labelFields": ["answer"],
+            },
+            "storage": {"uri": (tmp / "runs").as_uri()},
+            "generation": {"candidates": 8, "maxNewTokens": 3, "batchSize": 50},
+            "scoring": {"scorers": [{"type": "majority", "extract": r"(\d)"}]},
+            "evaluation": {
+                "maxPrompts": 50,
+                "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\d)"}],
+            },
+        }
+    )
+    layout = RunLayout((tmp / "runs" / "job").as_uri())
+    common = {"round": 1, "run_uri": layout.root, "model_uri": spec.model.uri, "spec": spec}
+    _runner("prepare")(StageConfig(stage="prepare", **common))
+    shutil.copytree(challenger, Path(layout.model(1).removeprefix("file://")))
+    result = _runner("evaluate")(StageConfig(stage="evaluate", **common))
+    report: dict[str, Any] = storage.read_json(layout.eval_report(1))
+    assert result.ok and result.promoted is False and result.outputs["reason"] == report["gate"]["reason"]
+    return report
+
+
+def accuracy(report: dict[str, Any], side: str) -> float:
+    return float(report["metrics"][f"{side}.accuracy"])
+
+
+def test_a_no_op_challenger_is_not_promoted(gate_champion: Path, tmp_path: Path) -> None:
+    report = judge(gate_champion, fine_tune(gate_champion, tmp_path / "noop", "noop", epochs=0), tmp_path)
+    gate = report["gate"]
+    # The same weights give the same greedy answers: nothing differs, and no difference is no improvement.
+    assert gate["reason"] == "not-better"
+    assert gate["differing"] == 0 and gate["estimate"] == 0.0 and gate["interval"] == [0.0, 0.0]
+    assert gate["alarms"] == []
+
+
+def test_a_challenger_trained_on_wrong_answers_is_rejected_by_the_bound(
+    gate_champion: Path, tmp_path: Path
+) -> None:
+    wrong = fine_tune(gate_champion, tmp_path / "wrong", "wrong", epochs=3)
+    report = judge(gate_champion, wrong, tmp_path)
+    gate = report["gate"]
+    assert accuracy(report, "champion") - accuracy(report, "challenger") > 0.5  # genuinely worse
+    # Its answers disagree with what the champion's samples say: the label-free score falls, with confidence.
+    assert gate["reason"] == "not-better"
+    assert gate["estimate"] < 0 and gate["interval"][1] < 0
+    assert gate["losses"] > gate["wins"]
+
+
+def test_a_collapsed_challenger_that_supplies_its_own_majority_is_rejected_by_the_alarms(
+    gate_champion: Path, tmp_path: Path
+) -> None:
+    collapsed = fine_tune(gate_champion, tmp_path / "collapsed", "collapsed", epochs=3)
+    report = judge(gate_champion, collapsed, tmp_path)
+    gate = report["gate"]
+    assert accuracy(report, "champion") - accuracy(report, "challenger") > 0.5  # genuinely worse
+    # Its 8 identical samples are half of the pooled 16: its one answer wins the vote wherever the champion's
+    # samples are split, so the score rises with confidence. The bare mean (the old rule) and even the bound
+    # would promote it; the alarms do not.
+    assert gate["estimate"] >= gate["minImprovement"] and gate["interval"][0] >= gate["minImprovement"]
+    assert gate["reason"] == "alarm:unsupported-wins"
+    assert gate["supportedInterval"][0] < gate["minImprovement"]
+    assert [a.split(":")[0] for a in gate["alarms"]] == ["unsupported-wins", "diversity-collapse"]
+    assert gate["health"]["challenger"]["diversity"] == 0.0 < gate["health"]["champion"]["diversity"]
+    assert gate["health"]["challenger"]["support"] < 0.5 < gate["health"]["champion"]["support"]
+    assert "alarms: unsupported-wins" in report["verdict"]
