@@ -21,6 +21,7 @@ from stage.test_stages import config, run_through
 
 from tao_trainer import storage
 from tao_trainer.layout import RunLayout
+from tao_trainer.stages.train_checkpoints import checkpoints_prefix, complete_steps
 from tao_trainer.train_launch import Topology
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -75,7 +76,7 @@ def test_two_nodes_train_one_ddp_run_over_gloo_and_rank_0_alone_writes(
         "batchSize": BATCH,
         "sft": {"minScore": 0.0},
         "strategy": "ddp",
-        "checkpoints": {"everyMinutes": None},
+        "checkpoints": {"everySteps": 1, "everyMinutes": None, "keep": 10},
     }
     run_through(workspace, "prepare", "generate", "score", training=training)
     cfg = config(workspace, "train", training=training)
@@ -108,6 +109,17 @@ def test_two_nodes_train_one_ddp_run_over_gloo_and_rank_0_alone_writes(
     assert counts["steps"] == math.ceil(counts["examples"] / (BATCH * 2)) >= 2
     # The other node reports the same outputs without counts of its own: the Job's results add up to one run.
     assert other["outputs"]["model"] == main["outputs"]["model"] and other["counts"] == {}
+
+    # A checkpoint after every step but the last, each with both nodes' parts (rank 1's RNG state is on its node)
+    # and complete only once both were uploaded.
+    prefix = checkpoints_prefix(RunLayout(cfg.run_uri).train_dir(1))
+    assert complete_steps(prefix) == list(range(1, counts["steps"]))
+    for step in complete_steps(prefix):
+        files = [uri.rsplit("/checkpoint-", 1)[1] for uri in storage.list_uris(f"{prefix}/checkpoint-{step}")]
+        assert {f"{step}/node-0/trainer_state.json", f"{step}/node-1/rng_state_1.pth"} <= set(files) or {
+            f"{step}/node-1/trainer_state.json",
+            f"{step}/node-0/rng_state_1.pth",
+        } <= set(files)
 
     from transformers import AutoModelForCausalLM
 
