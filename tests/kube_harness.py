@@ -530,3 +530,20 @@ def stage_env() -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+
+
+# Every API call the operator made in the emulated-cluster tests, as (verb, group, resource); the chart's RBAC is
+# tested against this file, and a test fails if the operator makes a call missing from it (TAO_RECORD_API=1 adds
+# them).
+API_CALLS = Path(__file__).parent / "operator" / "api_calls.json"
+
+
+def check_recorded_calls(calls: set[tuple[str, str, str]]) -> None:
+    recorded = {tuple(c) for c in json.loads(API_CALLS.read_text())} if API_CALLS.exists() else set()
+    if os.environ.get("TAO_RECORD_API") == "1":
+        API_CALLS.write_text(json.dumps(sorted(recorded | calls), indent=1) + "\n")
+        return
+    missing = calls - recorded
+    assert not missing, (
+        f"API calls not in {API_CALLS.name} (and so not in the chart's RBAC): {sorted(missing)}"
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +23,7 @@ from kube_harness import (
     ControlPlane,
     Emulator,
     OperatorThread,
+    check_recorded_calls,
     declare_resources,
     eventually,
     stage_env,
@@ -47,22 +47,6 @@ async def k8s() -> Any:
         await plane.stop()
         await api.close()
         check_recorded_calls(emu.operator_calls)
-
-
-# Every API call the operator made in these tests, as (verb, group, resource); the chart's RBAC is tested against
-# this file, and each test fails if the operator makes a call missing from it (TAO_RECORD_API=1 adds them).
-API_CALLS = Path(__file__).parent / "api_calls.json"
-
-
-def check_recorded_calls(calls: set[tuple[str, str, str]]) -> None:
-    recorded = {tuple(c) for c in json.loads(API_CALLS.read_text())} if API_CALLS.exists() else set()
-    if os.environ.get("TAO_RECORD_API") == "1":
-        API_CALLS.write_text(json.dumps(sorted(recorded | calls), indent=1) + "\n")
-        return
-    missing = calls - recorded
-    assert not missing, (
-        f"API calls not in {API_CALLS.name} (and so not in the chart's RBAC): {sorted(missing)}"
-    )
 
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "arithmetic" / "taojob.yaml"
@@ -132,7 +116,9 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(
     await api.patch("taojobs", "arith", {"spec": {"evaluation": {"minImprovement": 10.0}}})
 
     # Round 1 passes the gate (minImprovement -10): its model is rolled out behind a Deployment + Service.
-    await eventually(lambda: _round(api, 1, "promoted"), timeout=300)
+    await eventually(lambda: _round(api, 1, "verdict"), timeout=300)
+    r1 = (await status(api))["rounds"][0]
+    assert r1["promoted"] is True, r1
     dep = await eventually(lambda: api.get("deployments", "arith-serve"))
     assert dep["spec"]["template"]["metadata"]["annotations"]["tao.dev/model-uri"].endswith(
         "round-001/train/model"
