@@ -178,3 +178,52 @@ def test_grpo_vllm_args_are_trl_grpo_config_fields(tmp_path: Any) -> None:
         0.3,
         1024,
     )
+
+
+# ------------------------------------------------------------------------------------- the CRD a cluster gets
+
+
+def test_the_crd_carries_the_engine_settings_and_keeps_extra_args_as_written() -> None:
+    from tao_operator.crd import render_crd
+
+    spec = render_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]
+    generation = spec["generation"]["properties"]
+    for engine in (generation["engine"], generation["teacher"]["properties"]["engine"]):
+        fields = engine["properties"]
+        assert set(fields) == {
+            "tensorParallelSize",
+            "gpuMemoryUtilization",
+            "maxModelLen",
+            "dtype",
+            "enforceEager",
+            "extraArgs",
+        }
+        # Values of any JSON scalar type: the API server must keep them, pydantic checks them.
+        assert fields["extraArgs"]["x-kubernetes-preserve-unknown-fields"] is True
+        assert fields["dtype"]["enum"] == ["auto", "bfloat16", "float16", "float32"]
+    assert generation["partSize"]["default"] == 256
+    grpo = spec["training"]["properties"]["grpo"]["properties"]
+    assert grpo["vllm"]["enum"] == ["auto", "on", "off"] and grpo["vllm"]["default"] == "auto"
+
+
+def test_a_taojob_with_engine_settings_is_accepted_and_a_refused_key_names_its_field() -> None:
+    from tao_operator.api import TAOJobSpec
+
+    doc = {
+        "model": {"uri": "s3://b/model"},
+        "prompts": {"uri": "s3://b/prompts.jsonl"},
+        "storage": {"uri": "s3://b/runs"},
+        "scoring": {"scorers": [{"type": "regex", "pattern": "x"}]},
+        "generation": {
+            "engine": {"tensorParallelSize": 8, "extraArgs": {"max_num_seqs": 512}},
+            "teacher": {"uri": "s3://b/teacher", "engine": {"maxModelLen": 8192, "enforceEager": True}},
+        },
+    }
+    job = TAOJobSpec.model_validate(doc)
+    assert job.generation.engine.extra_args == {"max_num_seqs": 512}
+    assert job.generation.teacher is not None and job.generation.teacher.engine is not None
+    doc["generation"]["engine"]["extraArgs"] = {"dtype": "float16"}
+    with pytest.raises(ValidationError, match=r"'dtype' is set by the project; use engine.dtype"):
+        TAOJobSpec.model_validate(doc)
