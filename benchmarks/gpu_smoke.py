@@ -44,7 +44,7 @@ def _spec(model: Path, prompts: Path, runs: Path, backend: str, method: str, lor
     return LoopSpec.model_validate(
         {
             "model": {"uri": model.as_uri()},
-            "prompts": {"uri": prompts.as_uri(), "heldOutFraction": 0.0},
+            "prompts": {"uri": prompts.as_uri(), "heldOutFraction": 0.1},
             "storage": {"uri": runs.as_uri()},
             "generation": {"candidates": 4, "maxNewTokens": 64, "backend": backend, "batchSize": 32},
             "scoring": {"scorers": [{"type": "majority", "extract": r"(-?\d+)"}]},
