@@ -79,6 +79,7 @@ def test_a_challenger_trained_on_wrong_answers_is_rejected_by_the_bound(
     assert gate["reason"] == "not-better"
     assert gate["estimate"] < 0 and gate["interval"][1] < 0
     assert gate["losses"] > gate["wins"]
+    assert any(a.startswith("support-loss") for a in gate["alarms"])  # and its answers left the champion's
 
 
 def test_a_collapsed_challenger_that_supplies_its_own_majority_is_rejected_by_the_alarms(
@@ -94,7 +95,11 @@ def test_a_collapsed_challenger_that_supplies_its_own_majority_is_rejected_by_th
     assert gate["estimate"] >= gate["minImprovement"] and gate["interval"][0] >= gate["minImprovement"]
     assert gate["reason"] == "alarm:unsupported-wins"
     assert gate["supportedInterval"][0] < gate["minImprovement"]
-    assert [a.split(":")[0] for a in gate["alarms"]] == ["unsupported-wins", "diversity-collapse"]
+    assert [a.split(":")[0] for a in gate["alarms"]] == [
+        "unsupported-wins",
+        "support-loss",
+        "diversity-collapse",
+    ]
     assert gate["health"]["challenger"]["diversity"] == 0.0 < gate["health"]["champion"]["diversity"]
     assert gate["health"]["challenger"]["support"] < 0.5 < gate["health"]["champion"]["support"]
     assert "alarms: unsupported-wins" in report["verdict"]

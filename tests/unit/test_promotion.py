@@ -110,6 +110,29 @@ def test_supported_wins_carry_the_promotion_unsupported_do_not() -> None:
     assert v.supported_bound is not None and v.supported_bound.estimate == 0.05
 
 
+def test_support_loss_fires_on_answers_the_champion_seldom_samples() -> None:
+    champ, chall, all_supported = [0.0] * 40, [1.0] * 40, [True] * 40
+
+    def verdict(champion: float, challenger: float, supported: list[bool] | None = all_supported) -> str:
+        return decide(
+            champ,
+            chall,
+            0.01,
+            supported=supported,
+            champion_health=Health(support=champion),
+            challenger_health=Health(support=challenger),
+        ).reason
+
+    # The gate benchmark's seed 0: real improvements kept 0.73-0.82 of 0.73-0.78; a wrong-answer challenger 0.14.
+    assert verdict(0.784, 0.726) == "promoted"
+    assert verdict(0.784, 0.142) == "alarm:support-loss"
+    assert verdict(0.784, 0.392) == "promoted"  # exactly half is kept
+    # A champion whose greedy answers are rarely among its own samples gives no ratio to read.
+    assert verdict(0.15, 0.0) == "promoted"
+    # Without comparable final answers (free-form text: supported is None) support is not read at all.
+    assert verdict(0.784, 0.0, supported=None) == "promoted"
+
+
 def test_guards_veto_but_never_promote() -> None:
     champ, chall = [0.0] * 40, [1.0] * 40
     # One regression in 200 stays within 0.05; one in 40 would not (its bound reaches -0.075).

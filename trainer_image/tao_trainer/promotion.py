@@ -10,7 +10,8 @@ evidence is a vector of *paired* per-prompt differences `challenger[i] - champio
    `confidence` even if all of them were wins (5 at 0.95), the bound is capped at 0: no claimed improvement.
 2. **Alarms** (what a collapsed or reward-hacked challenger changes; see docs/gate.md for the measurements
    behind each threshold): *unsupported wins* (the bound recomputed with the wins whose answer the
-   champion's own samples never produced counted as ties must still clear `min_improvement`), *diversity
+   champion's own samples never produced counted as ties must still clear `min_improvement`), *support loss*
+   (its greedy answers are among the champion's samples far less often than the champion's own are), *diversity
    collapse* (distinct answers per prompt among its samples fell below a share of the champion's), and
    *abstentions* (a larger share of its answers went unscored by the gate scorers than the champion's).
 3. **Guards**: named paired vectors (label-free scorers, or a small labeled canary set marked `gate: true`)
@@ -35,6 +36,14 @@ RESAMPLES = 2000
 MIN_DIVERSITY_RATIO = 0.1  # challenger diversity / champion diversity below this: collapse
 MIN_CHAMPION_DIVERSITY = 0.05  # below this the champion itself is (near) deterministic: no ratio is read
 MAX_ABSTAIN_RISE = 0.05  # challenger's unscored share minus the champion's above this: abstentions
+# Support: share of a model's greedy answers found among the champion's samples. On the gate benchmark's seed 0
+# (docs/gate.md), four real improvements kept 0.93-1.05 of the champion's own support; a challenger trained on a
+# consistent wrong answer kept 0.18 (and still won the pooled vote: it supplies its own majority), a collapsed
+# one 0.01.
+MIN_SUPPORT_RATIO = 0.5  # challenger support / champion support below this: support-loss
+MIN_CHAMPION_SUPPORT = (
+    0.2  # below this the champion's greedy answers are rarely among its own samples: no ratio
+)
 
 
 def mean(values: Sequence[float | None]) -> float | None:
@@ -317,6 +326,21 @@ def _alarms(
                     f"without them change {sup_bound.estimate} lower {sup_bound.lower}",
                 )
             )
+        # Support in aggregate: a challenger whose greedy answers the champion's samples seldom give has left the
+        # answers the vote can vouch for, even where a stray sample of the champion supports some of its wins.
+        if (
+            champ_h.support is not None
+            and chall_h.support is not None
+            and champ_h.support >= MIN_CHAMPION_SUPPORT
+            and chall_h.support < MIN_SUPPORT_RATIO * champ_h.support
+        ):
+            fired.append(
+                (
+                    "support-loss",
+                    f"support-loss: greedy answers among the champion's samples {champ_h.support} -> "
+                    f"{chall_h.support} (below {MIN_SUPPORT_RATIO} of the champion's)",
+                )
+            )
     if (
         champ_h.diversity is not None
         and chall_h.diversity is not None
@@ -385,6 +409,14 @@ def decide(
     (False, 'alarm:unsupported-wins')
     >>> decide([0] * 10, [1] * 10, 0.01, supported=[False] * 10, alarms=False).promoted
     True
+
+    Nor are the wins of a challenger whose answers the champion's samples seldom give, even where a stray
+    sample supports them:
+
+    >>> v = decide([0] * 10, [1] * 10, 0.01, supported=[True] * 10,
+    ...            champion_health=Health(support=0.8), challenger_health=Health(support=0.15))
+    >>> v.reason, v.alarms[0]
+    ('alarm:support-loss', "support-loss: greedy answers among the champion's samples 0.8 -> 0.15 (below 0.5 of the champion's)")
 
     A guard that regresses vetoes the promotion:
 
