@@ -126,3 +126,21 @@ def test_a_part_left_by_other_settings_is_sampled_again(
     assert result.counts["promptsFromParts"] == 0
     first = storage.read_jsonl(lay.shard("candidates", 1, 0))[:PART]
     assert all(c != "x" for row in first for c in row["candidates"])
+
+
+def test_a_part_size_that_is_a_multiple_of_the_batch_size_samples_what_one_go_samples(
+    tiny_model: Path, prompts: Path, tmp_path: Path
+) -> None:
+    """partSize is a checkpointing knob, not a sampling setting: 8-prompt parts (the batch size) and one part for
+    the whole shard give the same candidates, so results do not depend on how often progress is saved."""
+    from tao_trainer.cli import _runner
+
+    shards = []
+    for name, part_size in (("parts", 8), ("one-go", 1000)):
+        cfg = _config(tiny_model, prompts, tmp_path / "runs" / name, partSize=part_size, temperature=1.0)
+        _prepare(cfg)
+        result = _runner("generate")(cfg)
+        assert result.counts["promptsSampled"] > 8
+        shards.append(storage.read_jsonl(RunLayout(cfg.run_uri).shard("candidates", 1, 0)))
+    assert shards[0] == shards[1]
+    assert len({c for row in shards[0] for c in row["candidates"]}) > len(shards[0])  # sampled, not greedy

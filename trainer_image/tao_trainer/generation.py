@@ -19,11 +19,16 @@ class Sampling:
     top_p: float
     max_new_tokens: int
     seed: int
+    # Where these prompts start within the shard they belong to: a shard sampled in parts (generate) draws the
+    # same random numbers for each batch as the whole shard would, so partSize never changes the candidates.
+    first_index: int = 0
 
     @classmethod
-    def from_spec(cls, gen: GenerationSpec, seed: int, n: int | None = None) -> Sampling:
+    def from_spec(
+        cls, gen: GenerationSpec, seed: int, n: int | None = None, first_index: int = 0
+    ) -> Sampling:
         """The spec's sampling (temperature, top_p, length), `n` samples per prompt (default: candidates)."""
-        return cls(n or gen.candidates, gen.temperature, gen.top_p, gen.max_new_tokens, seed)
+        return cls(n or gen.candidates, gen.temperature, gen.top_p, gen.max_new_tokens, seed, first_index)
 
     @classmethod
     def greedy(cls, gen: GenerationSpec, seed: int) -> Sampling:
@@ -76,8 +81,9 @@ class TransformersGenerator:
         greedy = sampling.temperature <= 0.0
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
-            # A seed per batch: a shard re-run after an interruption reproduces the same candidates.
-            torch.manual_seed(sampling.seed * 1_000_003 + start)
+            # A seed per batch, by its place in the shard: a shard re-run after an interruption, or sampled in
+            # parts whose size is a multiple of the batch size, reproduces the same candidates.
+            torch.manual_seed(sampling.seed * 1_000_003 + sampling.first_index + start)
             ids, mask = left_padded(batch, self.tokenizer.pad_token_id)
             input_ids = torch.tensor(ids, dtype=torch.long, device=self.model.device)
             attention_mask = torch.tensor(mask, dtype=torch.long, device=self.model.device)

@@ -152,7 +152,8 @@ class GenerationSpec(CamelModel):
         default=256,
         ge=1,
         le=1_000_000,
-        description="Prompts per saved part of a shard: a restarted generate pod redoes at most one part.",
+        description="Prompts per saved part of a shard: a restarted generate pod redoes at most one part. A "
+        "multiple of batchSize samples the same candidates as the shard in one go.",
     )
     seed: int = Field(default=0, description="Sampling seed; each round and shard derive their own from it.")
     engine: EngineSpec = Field(
@@ -324,13 +325,14 @@ class EvaluationSpec(CamelModel):
     alarms: bool = Field(
         default=True,
         description="Collapse and reward-hacking alarms: refuse a challenger whose wins rest on answers the "
-        "champion's samples never give, whose sample diversity collapsed, or whose answers go unscored more "
-        "often. Turn off only to force promotions in tests.",
+        "champion's samples never give, whose greedy answers the champion's samples support less than half as "
+        "often as the champion's own (support loss), whose sample diversity collapsed, or whose answers go "
+        "unscored more often. Turn off only to force promotions in tests.",
     )
     answer_extract: str | None = Field(
         default=None,
         description="Regex for the final answer used by the alarms (group 1 if any, last match); default: the "
-        "extract of the first majority gate scorer. Without either, the unsupported-wins alarm is off (whole "
+        "extract of the first majority gate scorer. Without either, the unsupported-wins and support-loss alarms are off (whole "
         "free-form answers are not compared) and diversity counts distinct whole answers.",
     )
     guards: ScorerSpecList | None = Field(

@@ -3,7 +3,10 @@
 A shard's progress is saved as parts of `generation.partSize` prompts (`RunLayout.shard_part`), and the shard
 itself is written once, whole, from its parts; only a whole shard counts as complete. A stage run again skips
 the shards that exist and, within a shard, the parts that exist, so a preempted or evicted pod loses at most
-the part it was writing. Each part has its own seed: a part sampled again is sampled as it was the first time.
+the part it was writing. A part draws, batch by batch, the random numbers the whole shard would (the
+transformers backend seeds each batch by its place in the shard; vLLM seeds each request): a part sampled again
+is sampled as it was the first time, and with a partSize that is a multiple of batchSize the candidates are
+those of the shard sampled in one go.
 """
 
 from __future__ import annotations
@@ -23,17 +26,6 @@ from tao_trainer.stages.common import (
     render,
     shard_seed,
 )
-
-
-def part_seed(base: int, round_: int, shard: int, part: int) -> int:
-    """The sampling seed of one part: the shard's seed for part 0 (a one-part shard samples as it did before
-    parts existed), then one more per part. The transformers backend adds each batch's offset (below 1e6,
-    the largest partSize) times 1_000_003, so parts never share a batch seed.
-
-    >>> part_seed(0, 1, 0, 3) - part_seed(0, 1, 0, 0)
-    3
-    """
-    return shard_seed(base, round_, shard) + part
 
 
 def finished_part(uri: str, prompts: list[dict[str, Any]], candidates: int) -> list[dict[str, Any]] | None:
@@ -73,7 +65,8 @@ def run_generate(cfg: StageConfig) -> StageResult:
                 else:
                     if generator is None:
                         generator = open_generator(gen_spec, source, revision, candidate_engine(gen_spec))
-                    sampling = Sampling.from_spec(gen_spec, seed=part_seed(gen_spec.seed, r, i, p))
+                    seed = shard_seed(gen_spec.seed, r, i)
+                    sampling = Sampling.from_spec(gen_spec, seed=seed, first_index=start)
                     outs = generator.generate(
                         render(generator, chunk, gen_spec.system_prompt), sampling, progress=bar.update
                     )
