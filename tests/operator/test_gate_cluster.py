@@ -6,43 +6,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import kmock
 import pytest
-import pytest_asyncio
 from gate_models import write_prompts
 from kube_harness import (
     TAOJOBS,
     Api,
-    ControlPlane,
-    Emulator,
-    OperatorThread,
-    check_recorded_calls,
-    declare_resources,
     eventually,
-    stage_env,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest_asyncio.fixture
-async def k8s() -> Any:
-    async with Emulator() as emu, kmock.Server(emu):
-        declare_resources(emu)
-        url = str(emu.url).rstrip("/")
-        api = Api(url)
-        plane = ControlPlane(api, stage_env())
-        plane.start()
-        operator = OperatorThread(url)
-        operator.start()
-        yield SimpleNamespace(emu=emu, api=api, plane=plane, operator=operator)
-        operator.stop()
-        await plane.stop()
-        await api.close()
-        check_recorded_calls(emu.operator_calls)
 
 
 def manifest(name: str, model: Path, prompts: Path, tmp: Path, **spec: Any) -> dict[str, Any]:
