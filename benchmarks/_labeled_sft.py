@@ -78,7 +78,9 @@ def sft_on_labels(
         )
     t = TrainingSpec.model_validate(job["spec"]["training"])
     args = SFTConfig(
-        **_common_args(t, str(out / "trainer")), max_length=t.max_length, completion_only_loss=True
+        **_common_args(t, str(out / "trainer"), gradient_checkpointing=False),  # tiny models: below 1B
+        max_length=t.max_length,
+        completion_only_loss=True,
     )
     # The same token ids and labels as TAO's SFT rows (the train stage's own conversion).
     dataset = Dataset.from_list([sft_tokens(row, tok) for row in rows])

@@ -85,7 +85,9 @@ def train_adversarial(
         )
     t = TrainingSpec.model_validate(job["spec"]["training"])
     args = SFTConfig(
-        **_common_args(t, str(out / "trainer")), max_length=t.max_length, completion_only_loss=True
+        **_common_args(t, str(out / "trainer"), gradient_checkpointing=False),  # tiny models: below 1B
+        max_length=t.max_length,
+        completion_only_loss=True,
     )
     trainer = SFTTrainer(
         model=str(base / "base-model"), args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
