@@ -227,3 +227,32 @@ def test_a_taojob_with_engine_settings_is_accepted_and_a_refused_key_names_its_f
     doc["generation"]["engine"]["extraArgs"] = {"dtype": "float16"}
     with pytest.raises(ValidationError, match=r"'dtype' is set by the project; use engine.dtype"):
         TAOJobSpec.model_validate(doc)
+
+
+def test_an_adapter_champion_runs_as_its_base_with_lora_and_a_request_naming_the_adapter(
+    tmp_path: Any,
+) -> None:
+    import json
+
+    from tao_trainer import models
+    from tao_trainer.generation import vllm_lora_args
+
+    base, adapter = tmp_path / "base", tmp_path / "round-002"
+    base.mkdir()
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 24, "target_modules": ["q_proj"]}))
+    (adapter / models.ADAPTER_BASE_FILE).write_text(json.dumps({"uri": base.as_uri()}))
+
+    found = models.adapter_of(str(adapter))
+    assert found == models.Adapter(base=str(base), path=str(adapter), rank=24)
+    kwargs = vllm_engine_kwargs(EngineSpec(extraArgs={"max_num_seqs": 8}), found.base, gpus=1, lora_rank=24)
+    assert kwargs["model"] == str(base)  # the base, never the adapter folder
+    assert (kwargs["enable_lora"], kwargs["max_lora_rank"], kwargs["max_loras"]) == (True, 32, 1)
+    assert vllm_lora_args(found) == {"lora_name": "champion", "lora_int_id": 1, "lora_path": str(adapter)}
+    assert models.adapter_of(str(base)) is None  # a plain model: no LoRA arguments at all
+    assert "enable_lora" not in vllm_engine_kwargs(EngineSpec(), str(base), gpus=1)
+
+
+def test_an_adapter_whose_rank_vllm_cannot_hold_is_refused() -> None:
+    with pytest.raises(ValueError, match="LoRA rank 1024"):
+        vllm_engine_kwargs(EngineSpec(), "/base", gpus=1, lora_rank=1024)

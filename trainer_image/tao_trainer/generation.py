@@ -111,12 +111,16 @@ class TransformersGenerator:
 
 class VllmGenerator:
     """vLLM offline engine: continuous batching on GPUs; same interface as the transformers backend. Prompts go in
-    as token ids, so vLLM does no tokenization of its own (its defaults could add or omit a BOS)."""
+    as token ids, so vLLM does no tokenization of its own (its defaults could add or omit a BOS). An unmerged
+    LoRA champion runs as its base with LoRA enabled, every request naming the adapter (`vllm_lora`)."""
 
     def __init__(self, model_path: str, engine: EngineSpec | None = None, gpus: int = 1) -> None:
         from vllm import LLM
 
-        self.llm = LLM(**vllm_engine_kwargs(engine or EngineSpec(), model_path, gpus))
+        adapter = models.adapter_of(model_path)
+        base, rank = (model_path, None) if adapter is None else (adapter.base, adapter.rank)
+        self.llm = LLM(**vllm_engine_kwargs(engine or EngineSpec(), base, gpus, lora_rank=rank))
+        self.lora_request = None if adapter is None else vllm_lora(adapter)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(
@@ -133,7 +137,7 @@ class VllmGenerator:
             skip_special_tokens=True,
         )
         inputs = [{"prompt_token_ids": list(ids)} for ids in prompts]  # vLLM's TokensPrompt
-        results = self.llm.generate(inputs, params, use_tqdm=False)
+        results = self.llm.generate(inputs, params, use_tqdm=False, lora_request=self.lora_request)
         out = []
         for r in results:
             texts = [o.text for o in r.outputs]
@@ -141,6 +145,21 @@ class VllmGenerator:
         if progress is not None:
             progress(len(prompts))
         return out
+
+
+def vllm_lora_args(adapter: models.Adapter) -> dict[str, Any]:
+    """`vllm.lora.request.LoRARequest`'s arguments for the one adapter an engine serves (its id must be >= 1).
+
+    >>> vllm_lora_args(models.Adapter(base="/base", path="/round-002/train/model", rank=8))
+    {'lora_name': 'champion', 'lora_int_id': 1, 'lora_path': '/round-002/train/model'}
+    """
+    return {"lora_name": "champion", "lora_int_id": 1, "lora_path": adapter.path}
+
+
+def vllm_lora(adapter: models.Adapter) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(**vllm_lora_args(adapter))
 
 
 def vllm_usable() -> bool:

@@ -75,7 +75,10 @@ def load_causal_lm(path: str, for_training: bool = False) -> Any:
     else:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), path)
+        # Trainable when a later round continues this adapter (peft loads an adapter frozen by default).
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base, dtype=dtype), path, is_trainable=for_training
+        )
         if not for_training:
             model = model.merge_and_unload()
     model.to(device())
@@ -89,11 +92,37 @@ def _has_tokenizer(path: str) -> bool:
     return p.is_dir() and any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
 
 
-def _adapter_base(path: str) -> str | None:
+def adapter_base_uri(path: str) -> str | None:
+    """The URI of the base an unmerged LoRA adapter folder was trained on (always the run's original base: an
+    adapter never records another adapter); None for a plain model folder."""
     marker = Path(path) / ADAPTER_BASE_FILE
     if not marker.exists():
         return None
-    return resolve(json.loads(marker.read_text())["uri"])
+    uri: str = json.loads(marker.read_text())["uri"]
+    return uri
+
+
+def _adapter_base(path: str) -> str | None:
+    uri = adapter_base_uri(path)
+    return None if uri is None else resolve(uri)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """An unmerged LoRA champion as an engine loads it: the base folder, the adapter folder, the adapter's rank."""
+
+    base: str
+    path: str
+    rank: int
+
+
+def adapter_of(path: str) -> Adapter | None:
+    """`path` as base + adapter when it is an unmerged LoRA adapter folder, else None (a plain model)."""
+    base = _adapter_base(path)
+    if base is None:
+        return None
+    config = json.loads((Path(path) / "adapter_config.json").read_text())
+    return Adapter(base=base, path=path, rank=int(config["r"]))
 
 
 def prompt_messages(prompt: str | list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:

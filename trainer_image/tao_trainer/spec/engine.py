@@ -103,11 +103,33 @@ class GrpoVllmSpec(CamelModel):
     )
 
 
-def vllm_engine_kwargs(engine: EngineSpec, model_path: str, gpus: int) -> dict[str, Any]:
-    """Keyword arguments of `vllm.LLM` for `model_path` on a process that sees `gpus` GPUs.
+# The ranks vLLM's LoRAConfig accepts as max_lora_rank (its `MaxLoRARanks`).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds an adapter of `rank`.
+
+    >>> vllm_max_lora_rank(4), vllm_max_lora_rank(16), vllm_max_lora_rank(17)
+    (8, 16, 32)
+    """
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} is above the largest vLLM serves ({VLLM_LORA_RANKS[-1]})")
+
+
+def vllm_engine_kwargs(
+    engine: EngineSpec, model_path: str, gpus: int, lora_rank: int | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of `vllm.LLM` for `model_path` on a process that sees `gpus` GPUs. With `lora_rank`,
+    `model_path` is the base of an adapter of that rank, which every request then names (a LoRARequest).
 
     >>> vllm_engine_kwargs(EngineSpec(extraArgs={"max_num_seqs": 64}), "/m", gpus=4)
     {'max_num_seqs': 64, 'model': '/m', 'tensor_parallel_size': 4, 'gpu_memory_utilization': 0.9, 'dtype': 'auto', 'enforce_eager': False}
+    >>> kw = vllm_engine_kwargs(EngineSpec(), "/base", gpus=1, lora_rank=4)
+    >>> kw["model"], kw["enable_lora"], kw["max_lora_rank"], kw["max_loras"]
+    ('/base', True, 8, 1)
     """
     kwargs: dict[str, Any] = dict(engine.extra_args)
     kwargs.update(
@@ -119,4 +141,6 @@ def vllm_engine_kwargs(engine: EngineSpec, model_path: str, gpus: int) -> dict[s
     )
     if engine.max_model_len is not None:  # vLLM's default is the model's own context length
         kwargs["max_model_len"] = engine.max_model_len
+    if lora_rank is not None:
+        kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(lora_rank), max_loras=1)
     return kwargs

@@ -195,6 +195,27 @@ def _peft_config(spec: LoopSpec) -> Any:
     )
 
 
+def training_model(model_path: str, lora: bool) -> tuple[Any, str]:
+    """What TRL trains from, and the folder of the full weights under it.
+
+    A plain model is handed over as a path. An unmerged LoRA champion (an adapter over the run's original base)
+    is loaded as that base with the adapter trainable: the round continues training the champion's adapter rather
+    than stacking a new one on it, so every round's adapter is one adapter over the original base, which serving
+    loads as base + one LoRA module (and a `lora.r` change needs a new run). Without `lora` (a spec that dropped
+    it), the champion is trained in full, merged.
+    """
+    adapter = models.adapter_of(model_path)
+    if adapter is None:
+        return model_path, model_path
+    return models.load_causal_lm(model_path, for_training=lora), adapter.base
+
+
+def training_model_base(model_path: str) -> str:
+    """The folder of the full weights under `model_path`: its base when it is an adapter."""
+    adapter = models.adapter_of(model_path)
+    return model_path if adapter is None else adapter.base
+
+
 def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[str, Any]], out: str) -> Any:
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
@@ -202,9 +223,11 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     disable_progress_bar()  # per-map bars of dataset preparation drown the stage's own progress lines
 
     spec, t = cfg.spec, cfg.spec.training
-    peft_config = _peft_config(spec)
+    model, weights_path = training_model(model_path, lora=t.lora is not None)
+    # A continued adapter already carries its LoRA config; a second one would stack on it.
+    peft_config = _peft_config(spec) if isinstance(model, str) else None
     checkpointing = use_gradient_checkpointing(
-        t.gradient_checkpointing, train_distributed.parameter_count(model_path)
+        t.gradient_checkpointing, train_distributed.parameter_count(weights_path)
     )
     common = _common_args(t, out, checkpointing) | tracking.trainer_args(cfg, Path(out).parent)
     if t.method == "sft":
@@ -219,7 +242,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
 
         sft_args = SFTConfig(**common, max_length=t.max_length, completion_only_loss=True)
         return SFTTrainer(
-            model=model_path,
+            model=model,
             args=sft_args,
             train_dataset=dataset,
             processing_class=tokenizer,
@@ -230,9 +253,10 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         from trl import DPOConfig, DPOTrainer
 
         dpo_args = DPOConfig(**common, max_length=t.max_length, beta=t.dpo.beta)
-        # A model path, not an in-memory model: TRL then loads the frozen reference from the same path.
+        # A model path, not an in-memory model: TRL then loads the frozen reference from the same path. A
+        # continued adapter's reference is its base with the adapter switched off (TRL's rule for peft models).
         return DPOTrainer(
-            model=model_path,
+            model=model,
             args=dpo_args,
             train_dataset=dataset,
             processing_class=tokenizer,
@@ -260,7 +284,7 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         **grpo_vllm_args(t.grpo.vllm, t.grpo.vllm_gpu_memory_utilization, gen.engine),
     )
     return GRPOTrainer(
-        model=model_path,
+        model=model,
         reward_funcs=list(reward_funcs),
         args=grpo_args,
         train_dataset=dataset,
@@ -311,7 +335,12 @@ def run_train(cfg: StageConfig) -> StageResult:
         resumed_from = int(trainer.state.global_step) if resume is None else _step_of(resume)
         output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         lora = spec.training.lora
-        base_uri = cfg.model_uri if lora is not None and not lora.merge else None
+        # An adapter records the run's original base, never the previous round's adapter.
+        base_uri = (
+            (models.adapter_base_uri(model_path) or cfg.model_uri)
+            if lora is not None and not lora.merge
+            else None
+        )
         local = Path(tmp) / "model"
         if spec.training.strategy == "ddp":
             if not is_main_process():
@@ -321,7 +350,9 @@ def run_train(cfg: StageConfig) -> StageResult:
             if lora is not None and lora.merge:
                 model = model.merge_and_unload()
             models.save_model(model, tokenizer, local, base_uri=base_uri)
-        elif not train_distributed.save_sharded(trainer, local, tokenizer, lora, model_path, base_uri):
+        elif not train_distributed.save_sharded(
+            trainer, local, tokenizer, lora, training_model_base(model_path), base_uri
+        ):
             return StageResult(stage="train", round=r, message="not the main process")
         storage.upload_dir(local, model_uri)
         tensorboard = tracking.keep_tensorboard(cfg, Path(tmp))
