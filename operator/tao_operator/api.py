@@ -300,6 +300,8 @@ LABEL_JOB: Final = f"{GROUP}/job"
 LABEL_ROUND: Final = f"{GROUP}/round"
 LABEL_STAGE: Final = f"{GROUP}/stage"
 ANNOTATION_MODEL_URI: Final = f"{GROUP}/model-uri"
+ANNOTATION_ADAPTER_URI: Final = f"{GROUP}/adapter-uri"
+"""Serving: the LoRA adapter served over the model of ANNOTATION_MODEL_URI (absent when a full model is served)."""
 ANNOTATION_SUSPENDED_BY_OPERATOR: Final = f"{GROUP}/suspended-by-operator"
 """Marks a Job suspended because its TAOJob was, so that resuming never overrides a queue manager's suspension."""
 ANNOTATION_RETRY: Final = f"{GROUP}/retry"  # a number: raised past status.retry, failed stages run again

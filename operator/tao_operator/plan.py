@@ -44,6 +44,9 @@ Action = RunStage | Finished | Failed
 class Serve:
     round: int  # 0: the base model
     model_uri: str
+    # The champion the served round replaced (None: it replaced the base): an unmerged LoRA adapter server keeps
+    # it loaded beside the served one, so that clients can switch back by name while a rollback rolls out.
+    previous_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,14 @@ def what_to_serve(
     >>> what_to_serve(spec, lay, res, enabled=True, pinned_round=None) is None  # the base was never beaten
     True
     >>> what_to_serve(spec, lay, res, enabled=True, pinned_round=1)
-    Serve(round=1, model_uri='file:///runs/x/round-001/train/model')
+    Serve(round=1, model_uri='file:///runs/x/round-001/train/model', previous_uri=None)
     >>> what_to_serve(spec, lay, res, enabled=True, pinned_round=2)
     UnknownPinnedRound(round=2)
+    >>> res |= {(2, "train"): StageResult(stage="train", round=2),
+    ...         (1, "evaluate"): StageResult(stage="evaluate", round=1, promoted=True),
+    ...         (2, "evaluate"): StageResult(stage="evaluate", round=2, promoted=True)}
+    >>> what_to_serve(spec, lay, res, enabled=True, pinned_round=None).previous_uri  # round 2 replaced round 1
+    'file:///runs/x/round-001/train/model'
     """
     if not enabled:
         return None
@@ -129,9 +137,17 @@ def what_to_serve(
         trained = results.get((pinned_round, "train"))
         if trained is None or not trained.ok:
             return UnknownPinnedRound(pinned_round)
-        return Serve(pinned_round, layout.model(pinned_round))
+        return Serve(pinned_round, layout.model(pinned_round), _replaced(spec, layout, results, pinned_round))
     champ_round, champ_uri = champion(spec, layout, results, rounds_seen(spec, results) + 1)
-    return Serve(champ_round, champ_uri) if champ_round else None
+    return (
+        Serve(champ_round, champ_uri, _replaced(spec, layout, results, champ_round)) if champ_round else None
+    )
+
+
+def _replaced(spec: LoopSpec, layout: RunLayout, results: Results, round_: int) -> str | None:
+    """The champion that round `round_` started from, unless that was the base."""
+    before, uri = champion(spec, layout, results, round_)
+    return uri if before else None
 
 
 def rounds_seen(spec: LoopSpec, results: Results) -> int:

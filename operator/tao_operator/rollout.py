@@ -97,7 +97,9 @@ class Rollout:
         p = self.p
         job = p.job
         desired = with_template_hash(
-            builders.serving_deployment(job, target.model_uri, target.round, self.defaults)
+            builders.serving_deployment(
+                job, target.model_uri, target.round, self.defaults, target.previous_uri
+            )
         )
         live, changed, before = await self._apply("deployments", desired)
         if live is None:

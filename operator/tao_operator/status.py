@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from tao_operator.api import (
+    ANNOTATION_ADAPTER_URI,
     ANNOTATION_COMPLETION_INDEX,
     ANNOTATION_MODEL_URI,
     ChampionStatus,
@@ -394,8 +395,10 @@ def champion_status(status: TAOJobStatus, round_: int, uri: str) -> ChampionStat
 
 
 def served_uri(deployment: dict[str, Any]) -> str | None:
-    """The model a serving Deployment's pods serve (recorded on the pod template)."""
-    return (deployment["spec"]["template"]["metadata"].get("annotations") or {}).get(ANNOTATION_MODEL_URI)
+    """The round's model a serving Deployment's pods serve (recorded on the pod template): the LoRA adapter when
+    one is served over the base, else the model itself."""
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+    return annotations.get(ANNOTATION_ADAPTER_URI) or annotations.get(ANNOTATION_MODEL_URI)
 
 
 def deployment_available(deployment: dict[str, Any] | None) -> bool:

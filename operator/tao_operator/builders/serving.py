@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tao_operator.api import (
+    ANNOTATION_ADAPTER_URI,
     ANNOTATION_MODEL_URI,
     TAOJob,
 )
@@ -32,6 +33,11 @@ from tao_operator.builders.common import (
     with_extra_labels,
 )
 from tao_trainer.gguf_models import is_gguf
+from tao_trainer.spec.engine import vllm_max_lora_rank
+
+# Where an adapter-serving pod keeps the LoRA adapters beside the base (SERVED_MODEL_DIR).
+CHAMPION_ADAPTER_DIR = f"{MODELS_DIR}/adapters/champion"
+PREVIOUS_ADAPTER_DIR = f"{MODELS_DIR}/adapters/previous"
 
 
 def _storage_env(job: TAOJob) -> list[tuple[str, str]]:
@@ -48,10 +54,17 @@ def _storage_env(job: TAOJob) -> list[tuple[str, str]]:
     return env
 
 
-def _download_command(job: TAOJob, model_uri: str) -> list[str]:
+def serves_adapter(job: TAOJob, round_: int) -> bool:
+    """Round `round_`'s model is an unmerged LoRA adapter over `model.uri` (every adapter of a run records that
+    original base; round 0 is the base itself)."""
+    lora = job.spec.training.lora
+    return round_ > 0 and lora is not None and not lora.merge
+
+
+def _download_command(job: TAOJob, model_uri: str, to: str = SERVED_MODEL_DIR) -> list[str]:
     """`tao-stage download`, pinned to `model.revision` when the served model is the base model from the hub
     (a round's model in storage has no revision; a hub download without one takes whatever main is now)."""
-    command = ["tao-stage", "download", "--uri", model_uri, "--to", SERVED_MODEL_DIR]
+    command = ["tao-stage", "download", "--uri", model_uri, "--to", to]
     model = job.spec.model
     if model.revision and model_uri == model.uri:
         command += ["--revision", model.revision]
@@ -65,11 +78,35 @@ def _serving_selector(job: TAOJob) -> dict[str, str]:
     return child_labels(job, component=COMPONENT_SERVING)
 
 
-def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: OperatorDefaults) -> Manifest:
+def _lora_args(job: TAOJob, served_name: str, previous: bool) -> list[str]:
+    """vLLM's flags for an adapter champion: the adapter under the stable served name (and the champion it
+    replaced under `<name>-previous`), at the smallest `--max-lora-rank` vLLM accepts for `lora.r`."""
+    lora = job.spec.training.lora
+    assert lora is not None
+    modules = [f"{served_name}={CHAMPION_ADAPTER_DIR}"]
+    if previous:
+        modules.append(f"{served_name}-previous={PREVIOUS_ADAPTER_DIR}")
+    return [
+        "--enable-lora",
+        "--max-lora-rank",
+        str(vllm_max_lora_rank(lora.r)),
+        "--max-loras",
+        str(len(modules)),
+        "--lora-modules",
+        *modules,
+    ]
+
+
+def serving_deployment(
+    job: TAOJob, model_uri: str, round_: int, defaults: OperatorDefaults, previous_uri: str | None = None
+) -> Manifest:
     """A vLLM OpenAI-compatible server on `model_uri` (round `round_`'s model; 0: the base model).
 
     An init container (the trainer image, which knows s3:// and the credentials) downloads the model into an
-    emptyDir; vLLM then loads it from local disk, needing no storage credentials itself.
+    emptyDir; vLLM then loads it from local disk, needing no storage credentials itself. An unmerged LoRA round
+    (`serves_adapter`) is served as the base (`model.uri`, downloaded once) with the adapter as a LoRA module
+    under the served name, and `previous_uri` (the champion it replaced) beside it as `<name>-previous`. A new
+    adapter changes the pod template: the Deployment rolls (no runtime adapter loading; see docs/kubernetes.md).
     """
     serving = job.spec.serving
     default = job.spec.pods.default
@@ -86,26 +123,46 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
     served_name = serving.served_model_name or job.metadata.name
 
     home_env = [("HOME", "/tmp"), ("HF_HOME", "/tmp/hf")]
-    download: dict[str, Any] = {
-        "name": "download",
-        # The trainer image the stages use, so a mirrored registry set in spec.pods.default applies here too.
-        "image": job.spec.pods.default.image or defaults.trainer_image,
-        "imagePullPolicy": defaults.image_pull_policy,
-        "command": _download_command(job, model_uri),
-        "env": env_vars([*home_env, ("TAO_CACHE_DIR", "/tmp/cache"), *_storage_env(job)], None, frozenset()),
-    }
-    if env_from := secret_env_from(job):
-        download["envFrom"] = env_from
-    # The same requests as the server (without GPUs): namespaces with a ResourceQuota reject containers
-    # without them, and the pod's footprint is max(init, app) anyway.
-    if init_resources := container_resources(settings, with_gpus=False):
-        download["resources"] = init_resources
-    download |= {
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
-        # A failed download shows its error in the pod status, not only in logs.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security_context(),
-    }
+    adapter = serves_adapter(job, round_)
+    previous = adapter and previous_uri is not None
+    base_uri = job.spec.model.uri if adapter else model_uri
+
+    def download(name: str, command: list[str]) -> dict[str, Any]:
+        container: dict[str, Any] = {
+            "name": name,
+            # The trainer image the stages use, so a mirrored registry set in spec.pods.default applies here too.
+            "image": job.spec.pods.default.image or defaults.trainer_image,
+            "imagePullPolicy": defaults.image_pull_policy,
+            "command": command,
+            "env": env_vars(
+                [*home_env, ("TAO_CACHE_DIR", "/tmp/cache"), *_storage_env(job)], None, frozenset()
+            ),
+        }
+        if env_from := secret_env_from(job):
+            container["envFrom"] = env_from
+        # The same requests as the server (without GPUs): namespaces with a ResourceQuota reject containers
+        # without them, and the pod's footprint is max(init, app) anyway.
+        if init_resources := container_resources(settings, with_gpus=False):
+            container["resources"] = init_resources
+        return container | {
+            "volumeMounts": [
+                {"name": "models", "mountPath": MODELS_DIR},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+            # A failed download shows its error in the pod status, not only in logs.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": container_security_context(),
+        }
+
+    downloads = [download("download", _download_command(job, base_uri))]
+    if adapter:
+        downloads.append(
+            download("download-adapter", _download_command(job, model_uri, CHAMPION_ADAPTER_DIR))
+        )
+    if previous and previous_uri is not None:
+        downloads.append(
+            download("download-previous-adapter", _download_command(job, previous_uri, PREVIOUS_ADAPTER_DIR))
+        )
 
     capture = serving.capture
     # With capture, the proxy owns the `http` port the Service targets, and vLLM's port gets another name.
@@ -125,9 +182,11 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
         "args": [
             SERVED_MODEL_DIR,
             "--served-model-name",
-            served_name,
+            # Clients keep asking for the served name: with an adapter, that name is the adapter's.
+            f"{served_name}-base" if adapter else served_name,
             "--port",
             str(serving.port),
+            *(_lora_args(job, served_name, previous) if adapter else []),
             *serving.args,
         ],
         "env": env_vars(
@@ -166,8 +225,9 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
         **(settings.annotations or {}),
         # `kubectl logs` picks the server, not the init container.
         "kubectl.kubernetes.io/default-container": "vllm",
-        # A new model changes the pod template, so the Deployment rolls even if nothing else changed.
-        ANNOTATION_MODEL_URI: model_uri,
+        # A new model (or adapter) changes the pod template, so the Deployment rolls even if nothing else changed.
+        ANNOTATION_MODEL_URI: base_uri,
+        **({ANNOTATION_ADAPTER_URI: model_uri} if adapter else {}),
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -176,7 +236,7 @@ def serving_deployment(job: TAOJob, model_uri: str, round_: int, defaults: Opera
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         **pod_placement(settings),
-        "initContainers": [download],
+        "initContainers": downloads,
         "containers": [server, _capture_container(job, defaults)] if capture.enabled else [server],
         "volumes": [
             {"name": "models", "emptyDir": {"sizeLimit": defaults.models_size_limit}},
