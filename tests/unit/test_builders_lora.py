@@ -78,7 +78,6 @@ def test_vllm_serves_the_base_with_the_adapter_under_the_stable_served_name() ->
         *("--port", "8000"),
         "--enable-lora",
         *("--max-lora-rank", "32"),  # r=24, rounded up to a rank vLLM accepts
-        *("--max-loras", "2"),
         "--lora-modules",
         f"arith={CHAMPION_ADAPTER_DIR}",
         f"arith-previous={PREVIOUS_ADAPTER_DIR}",

@@ -86,15 +86,9 @@ def _lora_args(job: TAOJob, served_name: str, previous: bool) -> list[str]:
     modules = [f"{served_name}={CHAMPION_ADAPTER_DIR}"]
     if previous:
         modules.append(f"{served_name}-previous={PREVIOUS_ADAPTER_DIR}")
-    return [
-        "--enable-lora",
-        "--max-lora-rank",
-        str(vllm_max_lora_rank(lora.r)),
-        "--max-loras",
-        str(len(modules)),
-        "--lora-modules",
-        *modules,
-    ]
+    # No --max-loras: vLLM's default (one adapter per batch) suits one champion; `<name>-previous` is asked for
+    # only around a rollback. `tao serve` takes exactly these flags, so the Deployment's arguments run there too.
+    return ["--enable-lora", "--max-lora-rank", str(vllm_max_lora_rank(lora.r)), "--lora-modules", *modules]
 
 
 def serving_deployment(
