@@ -102,3 +102,9 @@ def test_dpo_and_grpo_continue_an_adapter_champion(workspace: dict[str, Path], m
     model_dir = Path(res.outputs["model"].removeprefix("file://"))
     assert models.adapter_base_uri(str(model_dir)) == workspace["model"].as_uri()
     assert _lora_b(model_dir).keys() == _lora_b(Path(first.outputs["model"].removeprefix("file://"))).keys()
+
+
+def test_a_cpu_train_stage_refuses_qlora_naming_the_field(workspace: dict[str, Path]) -> None:
+    lora = LORA | {"quantization": "4bit"}
+    with pytest.raises(ValueError, match=r"training\.lora\.quantization: 4bit \(QLoRA\) needs a GPU"):
+        _runner("train")(config(workspace, "train", 1, training=TRAINING | {"lora": lora}))

@@ -87,6 +87,31 @@ def load_causal_lm(path: str, for_training: bool = False) -> Any:
     return model
 
 
+def load_4bit_for_training(path: str) -> Any:
+    """QLoRA's base: a causal LM in 4-bit NF4 (bitsandbytes, double quantization, bf16 compute) on this process's
+    GPU, prepared for training an adapter over it (peft's `prepare_model_for_kbit_training`); an unmerged
+    adapter folder is loaded over its recorded base, trainable."""
+    import torch
+    from peft import PeftModel, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    base = _adapter_base(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        base or path,
+        quantization_config=quantization,
+        dtype=torch.bfloat16,
+        device_map={"": torch.cuda.current_device()},  # a 4-bit model cannot be moved after loading
+    )
+    model = prepare_model_for_kbit_training(model)
+    return model if base is None else PeftModel.from_pretrained(model, path, is_trainable=True)
+
+
 def _has_tokenizer(path: str) -> bool:
     p = Path(path)
     return p.is_dir() and any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))

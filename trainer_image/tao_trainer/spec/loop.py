@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
 from tao_trainer.spec.engine import EngineSpec, GrpoVllmSpec
+from tao_trainer.spec.lora import LoraSpec
 from tao_trainer.spec.scorers import ScorerSpecList
 from tao_trainer.spec.training_scale import TrainingScale
 
@@ -166,20 +167,6 @@ class ScoringSpec(CamelModel):
     """Stage 2: label-free scores; a candidate's score is the weighted sum of its scorers' values."""
 
     scorers: ScorerSpecList = Field(min_length=1, description="Scorers, combined by weighted sum.")
-
-
-class LoraSpec(CamelModel):
-    """Train a LoRA adapter (peft) instead of every weight."""
-
-    r: int = Field(default=16, ge=1, le=4096, description="Rank.")
-    alpha: int = Field(default=32, ge=1, le=65536, description="Scaling numerator (lora_alpha).")
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter.")
-    target_modules: list[str] | str = Field(default="all-linear", description="Modules to adapt.")
-    merge: bool = Field(
-        default=True,
-        description="Merge the adapter into the weights when saving (simplest to serve); false keeps the "
-        "adapter alone (small artifacts, served with vLLM --enable-lora).",
-    )
 
 
 class SftSpec(CamelModel):

@@ -195,7 +195,36 @@ def _peft_config(spec: LoopSpec) -> Any:
     )
 
 
-def training_model(model_path: str, lora: bool) -> tuple[Any, str]:
+def check_quantization(spec: LoopSpec, device: str) -> None:
+    """Refuse QLoRA where bitsandbytes' 4-bit kernels cannot run, before any data or model is read.
+
+    >>> spec = LoopSpec.model_validate({"model": {"uri": "file:///m"}, "prompts": {"uri": "file:///p"},
+    ...     "storage": {"uri": "file:///r"}, "scoring": {"scorers": [{"type": "regex", "pattern": "x"}]},
+    ...     "training": {"lora": {"quantization": "4bit", "merge": False}}})
+    >>> check_quantization(spec, "cpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: training.lora.quantization: 4bit (QLoRA) needs a GPU: bitsandbytes' 4-bit kernels run on CUDA, and this train stage runs on the CPU; remove the field, or give the train stage GPUs (pods.train.gpus)
+    """
+    lora = spec.training.lora
+    if lora is None or lora.quantization is None:
+        return
+    if device != "cuda":
+        raise ValueError(
+            f"training.lora.quantization: {lora.quantization} (QLoRA) needs a GPU: bitsandbytes' 4-bit kernels "
+            "run on CUDA, and this train stage runs on the CPU; remove the field, or give the train stage GPUs "
+            "(pods.train.gpus)"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(
+            f"training.lora.quantization: {lora.quantization} (QLoRA) needs the bitsandbytes package in the "
+            "trainer image (pip install 'tao-operator[qlora]'); the default image does not have it"
+        )
+
+
+def training_model(model_path: str, lora: bool, quantize: bool = False) -> tuple[Any, str]:
     """What TRL trains from, and the folder of the full weights under it.
 
     A plain model is handed over as a path. An unmerged LoRA champion (an adapter over the run's original base)
@@ -205,9 +234,12 @@ def training_model(model_path: str, lora: bool) -> tuple[Any, str]:
     it), the champion is trained in full, merged.
     """
     adapter = models.adapter_of(model_path)
+    weights = model_path if adapter is None else adapter.base
+    if quantize:  # QLoRA: a 4-bit base (with the champion's adapter on it, trainable, if it is one)
+        return models.load_4bit_for_training(model_path), weights
     if adapter is None:
         return model_path, model_path
-    return models.load_causal_lm(model_path, for_training=lora), adapter.base
+    return models.load_causal_lm(model_path, for_training=lora), weights
 
 
 def training_model_base(model_path: str) -> str:
@@ -223,9 +255,10 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     disable_progress_bar()  # per-map bars of dataset preparation drown the stage's own progress lines
 
     spec, t = cfg.spec, cfg.spec.training
-    model, weights_path = training_model(model_path, lora=t.lora is not None)
+    quantize = t.lora is not None and t.lora.quantization is not None
+    model, weights_path = training_model(model_path, lora=t.lora is not None, quantize=quantize)
     # A continued adapter already carries its LoRA config; a second one would stack on it.
-    peft_config = _peft_config(spec) if isinstance(model, str) else None
+    peft_config = None if models.adapter_of(model_path) is not None else _peft_config(spec)
     checkpointing = use_gradient_checkpointing(
         t.gradient_checkpointing, train_distributed.parameter_count(weights_path)
     )
@@ -305,6 +338,7 @@ def run_train(cfg: StageConfig) -> StageResult:
     if storage.exists(done):
         # Written only after the model was uploaded whole: training finished; a re-run only re-reports it.
         return StageResult.model_validate_json(storage.read_text(done))
+    check_quantization(spec, models.device())
     topology = Topology.from_env(os.environ)
     if needs_launcher(topology, spec.training.strategy) and not is_launched_worker():
         # This pod's process starts the node's training processes (one per GPU) and reports for them.
