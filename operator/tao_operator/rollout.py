@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tao_operator import builders
-from tao_operator.api import ConditionType, EventReason, Reason, ServingStatus
+from tao_operator.api import ANNOTATION_ADAPTER_URI, ConditionType, EventReason, Reason, ServingStatus
 from tao_operator.children import drifted, foreign, with_template_hash
 from tao_operator.cluster import ApiError, Cluster
 from tao_operator.plan import Serve, UnknownPinnedRound, champion, rounds_seen, what_to_serve
@@ -89,7 +89,8 @@ class Rollout:
         if live is not None and drifted(live, desired):
             meta = desired["metadata"]
             patch = {"metadata": {"labels": meta["labels"], "annotations": meta["annotations"]}}
-            await self.cluster.patch(resource, ns, name, patch | {"spec": desired["spec"]})
+            spec = _dropping_adapter(live, desired["spec"])
+            await self.cluster.patch(resource, ns, name, patch | {"spec": spec})
             return desired, True, before
         return live or desired, False, before
 
@@ -125,3 +126,19 @@ class Rollout:
         )
         reason = Reason.AVAILABLE if ready else Reason.ROLLING_OUT
         self._serving_condition(ready, reason, f"round {target.round} at {p.status.serving.url}")
+
+
+def _dropping_adapter(live: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` as a merge patch that also removes the served-adapter annotation from the live pod template when the
+    desired state serves no adapter (a merge patch keeps what it does not name; null deletes). Only our own key:
+    annotations others add (`kubectl rollout restart`'s) stay."""
+    template = spec.get("template")
+    live_template = (live.get("spec") or {}).get("template") or {}
+    live_annotations = (live_template.get("metadata") or {}).get("annotations") or {}
+    if template is None or ANNOTATION_ADAPTER_URI not in live_annotations:
+        return spec
+    annotations = template["metadata"].get("annotations") or {}
+    if ANNOTATION_ADAPTER_URI in annotations:
+        return spec
+    metadata = {**template["metadata"], "annotations": {**annotations, ANNOTATION_ADAPTER_URI: None}}
+    return {**spec, "template": {**template, "metadata": metadata}}
