@@ -106,7 +106,8 @@ def load_4bit_for_training(path: str) -> Any:
         base or path,
         quantization_config=quantization,
         dtype=torch.bfloat16,
-        device_map={"": torch.cuda.current_device()},  # a 4-bit model cannot be moved after loading
+        # A 4-bit model cannot be moved after loading: straight onto this process's GPU (its rank under torchrun).
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))},
     )
     model = prepare_model_for_kbit_training(model)
     return model if base is None else PeftModel.from_pretrained(model, path, is_trainable=True)
