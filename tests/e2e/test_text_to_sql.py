@@ -10,16 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
-import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from serve_process import tao_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
@@ -52,37 +50,12 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def judge_url(prepared: Path) -> Iterator[str]:
     """`tao serve` on the tiny base model, on a free port, named as the manifest's judge model."""
     log = (prepared.parent / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tao_operator.cli",
-            "serve",
-            str(prepared / "base-model"),
-            "--port",
-            "0",
-            "--served-model-name",
-            "judge",
-            "--quiet",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=ENV,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    args = [str(prepared / "base-model"), "--port", "0", "--served-model-name", "judge", "--quiet"]
     try:
-        try:
-            line = lines.get(timeout=120)
-        except queue.Empty:
-            pytest.fail(f"no URL line from tao serve: {(prepared.parent / 'serve.log').read_text()[-2000:]}")
-        match = re.fullmatch(r"serving judge at (http://127\.0\.0\.1:\d+/v1)\n", line)
-        assert match, line
-        yield match.group(1)
+        with tao_serve(args, ENV, stderr=log) as served:
+            assert served.name == "judge"
+            yield served.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         log.close()
 
 

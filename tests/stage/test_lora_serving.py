@@ -5,14 +5,10 @@ the port mapped to this machine) answers under the served name with the adapter 
 from __future__ import annotations
 
 import os
-import queue
-import re
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
+from serve_process import tao_serve
 from stage.test_serve import call
 from stage.test_serve_openai import train_adapter
 
@@ -61,24 +57,8 @@ def test_tao_serve_runs_the_deployments_adapter_arguments(tiny_model: Path, tmp_
         args.append(arg)
     args[args.index("--port") + 1] = "0"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tao_operator.cli", "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    try:
-        try:
-            line = lines.get(timeout=120)
-        except queue.Empty:
-            proc.kill()
-            pytest.fail(f"no URL line from tao serve; stderr: {proc.communicate()[1][-2000:]}")
-        match = re.fullmatch(r"serving (\S+) at (http://127\.0\.0\.1:\d+/v1)\n", line)
-        assert match, line
-        url = match.group(2)
+    with tao_serve(args, env) as served:
+        url = served.url
         status, listed = call(url + "/models")
         assert status == 200
         assert [m["id"] for m in listed["data"]] == ["arith-base", "arith", "arith-previous"]
@@ -92,7 +72,4 @@ def test_tao_serve_runs_the_deployments_adapter_arguments(tiny_model: Path, tmp_
 
         assert complete("arith") != complete("arith-base")  # the adapter is applied under the served name
         assert complete("arith") == complete("arith-previous")  # same adapter here: same answer
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    assert served.proc.returncode == 0, served.stderr

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -16,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serve_process import tao_serve
 
 from tao_trainer import models
 from tao_trainer.capture.records import records_from_request
@@ -370,31 +367,12 @@ def test_cli_prints_the_url(tiny_model: Path) -> None:
         "TRANSFORMERS_OFFLINE": "1",
         "TAO_SERVE_API_KEY": "cli-key-77",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tao_operator.cli", "serve", f"file://{tiny_model}", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    try:
-        try:
-            line = lines.get(timeout=120)
-        except queue.Empty:
-            proc.kill()
-            pytest.fail(f"no URL line from tao serve; stderr: {proc.communicate()[1][-2000:]}")
-        match = re.fullmatch(r"serving (\S+) at (http://127\.0\.0\.1:\d+/v1)\n", line)
-        assert match, line
-        name, url = match.groups()
+    with tao_serve([f"file://{tiny_model}", "--port", "0"], env) as served:
+        name, url = served.name, served.url
         assert name == tiny_model.name
         assert call(url.removesuffix("/v1") + "/health") == (200, {"status": "ok"})
         assert call(url + "/models")[0] == 401  # TAO_SERVE_API_KEY is honoured
         status, body = call(url + "/models", key="cli-key-77")
         assert status == 200 and body["data"][0]["id"] == name
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "cli-key-77" not in err
+    assert served.proc.returncode == 0, served.stderr
+    assert "cli-key-77" not in served.stderr
