@@ -56,7 +56,13 @@ def test_two_cycles_second_waits_for_new_prompts_and_trains_on_them(tmp_path: Pa
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.5)
-        time.sleep(3)  # the watch polls and finds too few new prompts: round 2 must not start yet
+        # The watch polls and finds too few new prompts (its first poll, read from the run's log, so that a
+        # slow machine cannot start it after the new prompts arrive): round 2 must not start yet.
+        log = run / "tao-run.log"
+        while "watch: round 2: 0/8 new prompts" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
         assert not (run / "round-002/prompts").exists() and proc.poll() is None
         write_prompts(data / "day-2.jsonl", [f"{i}+2=" for i in range(40)])  # served traffic arrives
         out, err = proc.communicate(timeout=300)
