@@ -90,7 +90,8 @@ async def test_a_challenger_the_gate_rejects_leaves_the_champion_serving(
     await eventually(lambda: api.get("jobs", "gate-r1-prepare"))
     await api.patch("taojobs", "gate", {"spec": {"evaluation": {"minImprovement": 0.01, "alarms": True}}})
 
-    await eventually(lambda: finished(api, "gate"), timeout=600)
+    # Two rounds of real stage pods: slow on a busy machine (a deadline, not a timing check).
+    await eventually(lambda: finished(api, "gate"), timeout=1200)
     st = await status(api, "gate")
     assert st["phase"] == "Succeeded", st.get("message")
     r1, r2 = st["rounds"]
@@ -124,7 +125,7 @@ async def test_the_preflight_reports_a_gate_that_can_never_promote(
     )
     await api.call("POST", TAOJOBS, body)
     # The random tiny model gives the vote nothing to agree on: the preflight also stops the run (no signal).
-    await eventually(lambda: finished(api, "few"), timeout=300)
+    await eventually(lambda: finished(api, "few"), timeout=600)
     st = await status(api, "few")
     warning = "warning: evaluation.maxPrompts 4 is below 5"
     assert warning in st["preflight"]["verdict"]
