@@ -328,12 +328,7 @@ def _alarms(
             )
         # Support in aggregate: a challenger whose greedy answers the champion's samples seldom give has left the
         # answers the vote can vouch for, even where a stray sample of the champion supports some of its wins.
-        if (
-            champ_h.support is not None
-            and chall_h.support is not None
-            and champ_h.support >= MIN_CHAMPION_SUPPORT
-            and chall_h.support < MIN_SUPPORT_RATIO * champ_h.support
-        ):
+        if fell_below(champ_h.support, chall_h.support, MIN_CHAMPION_SUPPORT, MIN_SUPPORT_RATIO):
             fired.append(
                 (
                     "support-loss",
@@ -341,12 +336,7 @@ def _alarms(
                     f"{chall_h.support} (below {MIN_SUPPORT_RATIO} of the champion's)",
                 )
             )
-    if (
-        champ_h.diversity is not None
-        and chall_h.diversity is not None
-        and champ_h.diversity >= MIN_CHAMPION_DIVERSITY
-        and chall_h.diversity < MIN_DIVERSITY_RATIO * champ_h.diversity
-    ):
+    if fell_below(champ_h.diversity, chall_h.diversity, MIN_CHAMPION_DIVERSITY, MIN_DIVERSITY_RATIO):
         fired.append(
             (
                 "diversity-collapse",
@@ -453,6 +443,21 @@ def decide(
         champion_health=champ_h,
         challenger_health=chall_h,
         supported_bound=sup_bound,
+    )
+
+
+def fell_below(champion: float | None, challenger: float | None, champion_floor: float, ratio: float) -> bool:
+    """Whether a figure the champion has in measurable amount (at least `champion_floor`) fell below `ratio` of it
+    in the challenger: how support-loss and diversity-collapse fire.
+
+    >>> fell_below(0.8, 0.3, 0.1, 0.5), fell_below(0.8, 0.5, 0.1, 0.5), fell_below(0.05, 0.0, 0.1, 0.5)
+    (True, False, False)
+    """
+    return (
+        champion is not None
+        and challenger is not None
+        and champion >= champion_floor
+        and challenger < ratio * champion
     )
 
 
