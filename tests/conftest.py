@@ -5,6 +5,8 @@ S3 is a real HTTP server (moto), never a mock of boto3: the same requests a pod 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,7 +106,19 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def gate_champion(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model fine-tuned (TRL SFT) on gate_models' task until it answers ~87% of it right: a champion
-    that genuinely worse challengers can be measured against (tests of the promotion gate)."""
-    from gate_models import fine_tune
+    that genuinely worse challengers can be measured against (tests of the promotion gate).
 
-    return fine_tune(tiny_model, tmp_path_factory.mktemp("models") / "gate-champion", "right", epochs=6)
+    Trained in a child process: in this one, threads an earlier operator test left retrying (kopf's) mutate
+    shared dicts (loggers, modules) while TRL's setup iterates them ("dictionary changed size during
+    iteration" on a busy CI machine)."""
+    out = tmp_path_factory.mktemp("models") / "gate-champion"
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); from gate_models import fine_tune; "
+        "fine_tune(Path(sys.argv[2]), Path(sys.argv[3]), 'right', epochs=6)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(tiny_model), str(out)],
+        check=True,
+        timeout=1800,
+    )
+    return out
