@@ -388,6 +388,8 @@ def resolve_local_paths(job: TAOJob, base_dir: Path) -> TAOJob:
     spec.storage.uri = fix(spec.storage.uri)
     if spec.generation.teacher is not None:
         spec.generation.teacher.uri = fix(spec.generation.teacher.uri)
+    if spec.export is not None:
+        spec.export.uri = fix(spec.export.uri)
     for scorer in [*spec.scoring.scorers, *(spec.evaluation.scorers or [])]:
         # Each scorer spec names its own local-file fields: code files stay paths, data files become URIs.
         for field in scorer.PATH_FIELDS:

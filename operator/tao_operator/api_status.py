@@ -85,6 +85,9 @@ class RoundStatus(CamelModel):
         default=None, description="The promotion gate's figures (report.json: all)."
     )
     model_uri: str | None = None
+    export_uri: str | None = Field(
+        default=None, description="Where the promoted champion was exported (spec.export)."
+    )
     stages: list[StageStatus] = Field(default_factory=list)
 
 

@@ -201,6 +201,8 @@ def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results)
             row["promoted"] = bool(evaluated.promoted)
             row["verdict"] = evaluated.message
             row["modelUri"] = layout.model(r)
+            if "export" in evaluated.outputs:
+                row["exportUri"] = evaluated.outputs["export"]
             if r == 1:
                 base = dict(row["champion"])
         rounds.append(row)

@@ -95,4 +95,8 @@ def describe_champion(report: dict[str, Any]) -> str:
     champ = report["champion"]
     if champ["round"] == 0:
         return f"champion: the base model (no round beat it): {champ['uri']}"
-    return f"champion: round {champ['round']} model at {champ['uri']}"
+    line = f"champion: round {champ['round']} model at {champ['uri']}"
+    exported = [
+        row["exportUri"] for row in report["rounds"] if row["round"] == champ["round"] and "exportUri" in row
+    ]
+    return line + (f"\nexported to {exported[0]}" if exported else "")

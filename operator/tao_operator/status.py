@@ -221,6 +221,7 @@ def record_result(status: TAOJobStatus, result: StageResult, now: str) -> None:
         rnd.challenger = side_metrics(result.metrics, "challenger")
         rnd.promoted = bool(result.promoted)
         rnd.verdict = result.message[:1000]
+        rnd.export_uri = result.outputs.get("export")
         m = result.metrics
         guard_names = sorted({k.split(".")[1] for k in m if k.startswith("guard.") and k.count(".") == 2})
         rnd.gate = RoundGate(

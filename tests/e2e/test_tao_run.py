@@ -76,7 +76,7 @@ def tao(*args: str, tmp: Path, **popen: Any) -> subprocess.CompletedProcess[str]
 
 
 def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Path) -> None:
-    job = write_job(tmp_path, tiny_model)
+    job = write_job(tmp_path, tiny_model, export={"uri": "exports"})  # a path beside the manifest
     proc = tao("run", str(job), tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "default" / "tiny" / "local"
@@ -93,6 +93,13 @@ def test_tao_run_completes_two_rounds_and_reports(tmp_path: Path, tiny_model: Pa
     config2 = json.loads((run_dir / "round-002/configs/train.json").read_text())
     assert config2["modelUri"] == (run_dir / "round-001/train/model").as_uri()
     assert "held-out accuracy*" in proc.stdout and "champion: round 2 model" in proc.stdout
+    # Each promoted champion is exported beside the manifest; latest.json names round 2's.
+    exports = tmp_path / "exports"
+    assert [row["exportUri"] for row in report["rounds"]] == [
+        (exports / f"round-00{r}").as_uri() for r in (1, 2)
+    ]
+    assert json.loads((exports / "latest.json").read_text())["round"] == 2
+    assert f"exported to {(exports / 'round-002').as_uri()}" in proc.stdout
 
     # The label field never reaches scoring, and no artifact but the held-out labels file holds a label.
     received = {tuple(json.loads(line)) for line in (tmp_path / "spy.log").read_text().splitlines()}

@@ -87,7 +87,8 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(
     k8s: Any, tmp_path: Path, tiny_model: Path
 ) -> None:
     api: Api = k8s.api
-    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, rounds=2))
+    exports = tmp_path / "exports"
+    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, rounds=2, export={"uri": exports.as_uri()}))
     # Once round 1 is under way, raise the gate out of reach: round 1 runs on the spec it started with, the edit
     # applies from round 2 (each round's evaluation and scoring are recorded when it starts).
     await eventually(lambda: api.get("jobs", "arith-r1-prepare"))
@@ -131,6 +132,10 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(
         assert set(r["champion"]) >= {"score", "accuracy"} and set(r["challenger"]) >= {"score", "accuracy"}
         assert [s["stage"] for s in r["stages"]] == ["prepare", "generate", "score", "train", "evaluate"]
         assert all(s["state"] == "Succeeded" for s in r["stages"])
+    # The promoted round's champion was exported (by its evaluate pod); the rejected round's was not.
+    assert r1["exportUri"] == (exports / "round-001").as_uri() and r2.get("exportUri") is None
+    assert json.loads((exports / "latest.json").read_text())["source"] == r1["modelUri"]
+    assert not (exports / "round-002").exists()
     # The previous champion keeps serving.
     assert st["champion"]["round"] == 1 and st["serving"]["round"] == 1 and st["serving"]["ready"] is True
     assert st["serving"]["url"] == "http://arith-serve.default.svc.cluster.local:8000/v1"

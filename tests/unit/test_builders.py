@@ -622,6 +622,21 @@ def test_a_user_variable_of_the_same_name_wins_over_the_judges_secret_reference(
     assert entries == [{"name": "JUDGE_API_KEY", "value": "x"}]
 
 
+def test_the_hub_export_token_reaches_only_the_evaluate_stage_as_a_secret_reference() -> None:
+    hub = {"repo": "acme/bot", "tokenEnv": "HUB_WRITE", "tokenSecretRef": {"name": "hub", "key": "token"}}
+    job = taojob(export={"uri": "s3://models/bot", "hub": hub})
+    for stage in ("preflight", *STAGES):
+        env = env_of(container(build(job, stage)))
+        if stage == "evaluate":
+            assert env["HUB_WRITE"] == {"secretKeyRef": {"name": "hub", "key": "token"}}
+        else:
+            assert "HUB_WRITE" not in env, stage
+        kubernetes_validate.validate(build(job, stage), K8S_VERSIONS[0], strict=True)
+    # No secret reference (a token the user provides through pods.env or credentials): nothing added.
+    plain = taojob(export={"uri": "s3://models/bot", "hub": {"repo": "acme/bot"}})
+    assert "TAO_EXPORT_HUB_TOKEN" not in env_of(container(build(plain, "evaluate")))
+
+
 def test_configmap_holds_the_stage_config_the_pod_parses() -> None:
     job = taojob(credentials={"secretRef": {"name": SECRET_NAME}}, pods={"default": FULL_SETTINGS})
     cfg = config(job, "score", 3, "s3://runs/tao/round-002/train/model")

@@ -87,6 +87,16 @@ def scorer_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, A
     return out
 
 
+def export_token_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, Any]]:
+    """The Hub token of `export.hub.tokenSecretRef` as a `secretKeyRef` variable, on the evaluate stage only
+    (the one that exports); a variable of that name the user set in `pods` wins."""
+    hub = job.spec.export.hub if job.spec.export is not None else None
+    if stage != "evaluate" or hub is None or hub.token_secret_ref is None or hub.token_env in taken:
+        return []
+    ref = hub.token_secret_ref
+    return [{"name": hub.token_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
 def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, attempt: int = 1) -> Manifest:
     """The batch/v1 Job running one stage of one round (Indexed over shards for generate and score)."""
     stage, round_ = config.stage, config.round
@@ -110,6 +120,7 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
         fixed=frozenset({"TAO_RESULT_PATH"}),
     )
     env += scorer_key_env(job, stage, {e.get("name") for e in env})
+    env += export_token_env(job, stage, {e.get("name") for e in env})
     # Several nodes or a sharding strategy: `tao-stage train` starts accelerate's launcher over this topology.
     launcher = stage == "train" and multinode.uses_launcher(job)
     if launcher:

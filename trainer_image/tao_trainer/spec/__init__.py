@@ -6,11 +6,13 @@ renders the CRD from it, and every stage reads the same models.
 - `base`: `CamelModel` (camelCase in YAML, snake_case in Python, unknown fields rejected) and shared checks;
 - `loop`: `LoopSpec` and its parts (model, prompts, storage, generation, scoring, training, evaluation, ...);
 - `scorers`: the `scorers:` list, a union discriminated on `type` (`scorer_base`, `scorer_families`);
-- `endpoint`: an OpenAI-compatible endpoint (judges) and Secret key references.
+- `endpoint`: an OpenAI-compatible endpoint (judges) and Secret key references;
+- `export`: where promoted champions are published (a storage prefix, a Hugging Face repo).
 """
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
 from tao_trainer.spec.endpoint import EndpointSpec, SecretKeySelector
+from tao_trainer.spec.export import ExportSpec, HubExportSpec
 from tao_trainer.spec.loop import (
     ALL_STAGES,
     STAGES,
@@ -68,9 +70,11 @@ __all__ = [
     "DpoSpec",
     "EndpointSpec",
     "EvaluationSpec",
+    "ExportSpec",
     "FieldCheck",
     "GenerationSpec",
     "GrpoSpec",
+    "HubExportSpec",
     "JsonSpec",
     "JudgeSpec",
     "LoopSpec",

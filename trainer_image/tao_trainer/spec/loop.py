@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
 from tao_trainer.spec.engine import EngineSpec, GrpoVllmSpec
+from tao_trainer.spec.export import ExportSpec
 from tao_trainer.spec.lora import LoraSpec
 from tao_trainer.spec.scorers import ScorerSpecList
 from tao_trainer.spec.training_scale import TrainingScale
@@ -438,6 +439,7 @@ class LoopSpec(CamelModel):
     continuous: ContinuousSpec | None = Field(
         default=None, description="Keep running rounds as new prompts arrive (instead of a fixed `rounds`)."
     )
+    export: ExportSpec | None = Field(default=None, description="Publish each promoted champion (and where).")
 
     @model_validator(mode="after")
     def _metric_fields_are_labels(self) -> LoopSpec:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tao_trainer import models, storage
+from tao_trainer import export, models, storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
@@ -324,6 +324,13 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         guards=guards,
     )
     metrics.update(verdict.metrics())
+    # Before anything records the promotion: a failed export fails this stage, and its re-run exports again.
+    exported = None
+    if verdict.promoted and spec.export is not None:
+        held_out = {
+            k.removeprefix("challenger."): v for k, v in metrics.items() if k.startswith("challenger.")
+        }
+        exported = export.export_champion(spec.export, challenger_uri, r, held_out)
 
     samples = []
     for i, rec in enumerate(held):
@@ -360,6 +367,7 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         "promoted": verdict.promoted,
         "verdict": verdict.message,
         "gate": verdict.report(),
+        "export": exported,
     }
     storage.write_json(lay.eval_report(r), report)
     append_history(lay, report)
@@ -376,5 +384,6 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         metrics=metrics,
         promoted=verdict.promoted,
         message=verdict.message,
-        outputs={"report": lay.eval_report(r), "challenger": challenger_uri, "reason": verdict.reason},
+        outputs={"report": lay.eval_report(r), "challenger": challenger_uri, "reason": verdict.reason}
+        | ({"export": exported["uri"]} if exported else {}),
     )
