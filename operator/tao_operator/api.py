@@ -386,7 +386,7 @@ def resolve_local_paths(job: TAOJob, base_dir: Path) -> TAOJob:
     spec.model.uri = fix(spec.model.uri)
     spec.prompts.uri = fix(spec.prompts.uri)
     spec.storage.uri = fix(spec.storage.uri)
-    if spec.generation.teacher is not None:
+    if spec.generation.teacher is not None and spec.generation.teacher.uri is not None:
         spec.generation.teacher.uri = fix(spec.generation.teacher.uri)
     if spec.export is not None:
         spec.export.uri = fix(spec.export.uri)

@@ -88,7 +88,9 @@ async def test_two_rounds_promote_serve_and_the_gate_keeps_a_worse_model_out(
 ) -> None:
     api: Api = k8s.api
     exports = tmp_path / "exports"
-    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model, rounds=2, export={"uri": exports.as_uri()}))
+    await api.call(
+        "POST", TAOJOBS, manifest(tmp_path, tiny_model, rounds=2, export={"uri": exports.as_uri()})
+    )
     # Once round 1 is under way, raise the gate out of reach: round 1 runs on the spec it started with, the edit
     # applies from round 2 (each round's evaluation and scoring are recorded when it starts).
     await eventually(lambda: api.get("jobs", "arith-r1-prepare"))

@@ -144,7 +144,7 @@ def gguf_env(cfg: StageConfig) -> None:
     run's storage (`<run>/models/`), where every other stage and the serving init container find it."""
     os.environ.setdefault("TAO_GGUF_DTYPE", cfg.spec.model.gguf_dtype)
     teacher = cfg.spec.generation.teacher
-    if teacher is not None:  # the teacher's own dtype, by its URI
+    if teacher is not None and teacher.uri is not None:  # the teacher's own dtype, by its URI
         os.environ.setdefault("TAO_GGUF_DTYPES", json.dumps({teacher.uri: teacher.gguf_dtype}))
     os.environ.setdefault("TAO_GGUF_STORE", RunLayout(cfg.run_uri).converted_models)
 

@@ -69,6 +69,15 @@ class RunLayout:
         stage and by the serving init container."""
         return f"{self.root}/models"
 
+    def answer_cache(self, endpoint: str) -> str:
+        """Answers an endpoint gave this run (`answer_cache`): kept for the whole run, so that a retried or
+        resumed stage never pays for the same request twice. `endpoint` names it (e.g. "teacher").
+
+        >>> RunLayout("s3://b/r").answer_cache("teacher")
+        's3://b/r/cache/teacher'
+        """
+        return f"{self.root}/cache/{endpoint}"
+
     def preflight_report(self, round_: int) -> str:
         return f"{self.round_dir(round_)}/preflight/report.json"
 

@@ -19,6 +19,7 @@ A reply that cannot be had raises `RequestFailed`, already counted, with a redac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -26,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from http.client import HTTPException
@@ -33,7 +35,7 @@ from typing import Any, NoReturn
 
 from tao_trainer.spec import EndpointSpec
 
-__all__ = ["STAT_KEYS", "OpenAIClient", "RequestFailed", "shorten"]
+__all__ = ["STAT_KEYS", "OpenAIClient", "RateLimits", "RequestFailed", "shorten"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,9 @@ class OpenAIClient:
         warn: Callable[[str], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.url = endpoint.url.rstrip("/") + "/chat/completions"
+        self.base = endpoint.url.rstrip("/")
+        self.url = self.base + "/chat/completions"
+        self.limits = RateLimits(endpoint.requests_per_minute, endpoint.tokens_per_minute)
         self._api_key = api_key
         self._user_agent = user_agent
         self._slots = threading.BoundedSemaphore(endpoint.concurrency)
@@ -100,6 +104,10 @@ class OpenAIClient:
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._count: Counter = count or self._count_here
         self._warn: Callable[[str], None] = warn or self._log_warning
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Count an event of the caller's (a cache hit, a failed prompt) with the client's own."""
+        self._count(key, n)
 
     def _count_here(self, key: str, n: int = 1) -> None:
         with self._lock:  # requests run in threads
@@ -115,7 +123,41 @@ class OpenAIClient:
     def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> str:
         """The reply text to `messages`; `params` (temperature, max_tokens, ...) go into the request body.
         Raises `RequestFailed` (already counted) when there is none."""
-        body = json.dumps({"model": self.endpoint.model, "messages": list(messages), **params}).encode()
+        payload = self.request("chat/completions", {"messages": list(messages), **params})
+        choice = _choices(payload)[0]
+        return self._usable_text(choice, choice.get("message"), "content")
+
+    def sample(self, prompt: str | Sequence[Mapping[str, Any]], n: int, **params: Any) -> list[str]:
+        """`n` completions of `prompt`: chat messages go to /chat/completions, plain text to /completions. A
+        server may return fewer choices than asked (some ignore `n`): the rest are asked for again, up to `n`
+        requests in all. Unusable choices (refused, without text) are counted and left out, so the list can be short
+        (an empty text is a candidate, as an empty sample of a local model is);
+        raises `RequestFailed` when a request fails."""
+        route, field = (
+            ("completions", "prompt") if isinstance(prompt, str) else ("chat/completions", "messages")
+        )
+        texts: list[str] = []
+        for _ in range(n):
+            wanted = n - len(texts)
+            body = {field: prompt if isinstance(prompt, str) else list(prompt), "n": wanted, **params}
+            choices = _choices(self.request(route, body))
+            for choice in choices[:wanted]:
+                holder = choice if isinstance(prompt, str) else choice.get("message")
+                # An unusable choice is counted, and is one candidate less, not a failed prompt.
+                with contextlib.suppress(RequestFailed):
+                    texts.append(
+                        self._usable_text(
+                            choice, holder, "text" if isinstance(prompt, str) else "content", allow_empty=True
+                        )
+                    )
+            if len(choices) >= wanted:
+                break
+        return texts
+
+    def request(self, route: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """POST `fields` (with the endpoint's model) to `<url>/<route>`, under the rate limits, with retries; the
+        parsed reply, its token usage counted. Raises `RequestFailed` (already counted) when there is none."""
+        body = json.dumps({"model": self.endpoint.model, **fields}).encode()
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -124,17 +166,19 @@ class OpenAIClient:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         self._count("calls", 1)
+        url = f"{self.base}/{route}"
         attempts = self.endpoint.max_retries + 1
         for attempt in range(attempts):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             retry_after: float | None = None
             try:
+                self.limits.wait()
                 with (
                     self._slots,
                     urllib.request.urlopen(request, timeout=self.endpoint.timeout_seconds) as response,
                 ):
                     raw = response.read()
-                return self._reply(raw)
+                return self._payload(raw)
             except urllib.error.HTTPError as exc:
                 detail = _error_body(exc)
                 problem = f"HTTP {exc.code}{': ' + detail if detail else ''}"
@@ -163,27 +207,85 @@ class OpenAIClient:
         self._warn(f"request failed: {message}")
         raise RequestFailed(message)
 
-    def _reply(self, raw: bytes) -> str:
+    def _payload(self, raw: bytes) -> dict[str, Any]:
         try:
             payload = json.loads(raw)
-            choice = payload["choices"][0]
-            message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            if not isinstance(payload, dict) or not _choices(payload):
+                raise ValueError("no choices")
+        except (ValueError, TypeError):
             self._give_up(f"invalid response body {shorten(raw.decode('utf-8', 'replace'), 80)!r}")
-        usage = payload.get("usage") if isinstance(payload, dict) else None
+        usage = payload.get("usage")
         if isinstance(usage, Mapping):
+            used = 0
             for stat, field in (("promptTokens", "prompt_tokens"), ("completionTokens", "completion_tokens")):
                 if isinstance(usage.get(field), int):
                     self._count(stat, usage[field])
-        content = message.get("content") if isinstance(message, Mapping) else None
-        refusal = message.get("refusal") if isinstance(message, Mapping) else None
+                    used += usage[field]
+            self.limits.spent(used)
+        return payload
+
+    def _usable_text(
+        self, choice: Mapping[str, Any], holder: Any, field: str, allow_empty: bool = False
+    ) -> str:
+        """A choice's text (`holder[field]`), or `RequestFailed` (counted) for a refusal or a missing one (or an
+        empty one, unless `allow_empty`: a sampled candidate may be empty, a judge's verdict may not)."""
+        content = holder.get(field) if isinstance(holder, Mapping) else None
+        refusal = holder.get("refusal") if isinstance(holder, Mapping) else None
         if refusal or choice.get("finish_reason") == "content_filter":
             self._count("refusals", 1)
             raise RequestFailed("refusal: " + self.redact(shorten(str(refusal or "content filter"), 120)))
-        if not isinstance(content, str) or not content.strip():
+        if not isinstance(content, str) or not (allow_empty or content.strip()):
             self._count("parseFailures", 1)
             raise RequestFailed("parse failure: empty reply")
         return content
+
+
+class RateLimits:
+    """`endpoint.requestsPerMinute` and `tokensPerMinute` over a sliding minute, shared by a client's threads:
+    `wait` blocks until a request may start, `spent` records the tokens a reply used."""
+
+    window = 60.0
+
+    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
+        self.requests_per_minute, self.tokens_per_minute = requests_per_minute, tokens_per_minute
+        self._starts: deque[float] = deque()
+        self._tokens: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        while (delay := self._reserve()) > 0:
+            time.sleep(delay)
+
+    def _reserve(self) -> float:
+        """0 after recording a start when both limits allow one now; else the seconds to wait first."""
+        with self._lock:
+            now = time.monotonic()
+            while self._starts and self._starts[0] <= now - self.window:
+                self._starts.popleft()
+            while self._tokens and self._tokens[0][0] <= now - self.window:
+                self._tokens.popleft()
+            delays = [0.0]
+            if self.requests_per_minute is not None and len(self._starts) >= self.requests_per_minute:
+                delays.append(self._starts[0] + self.window - now)
+            if (
+                self.tokens_per_minute is not None
+                and sum(n for _, n in self._tokens) >= self.tokens_per_minute
+            ):
+                delays.append(self._tokens[0][0] + self.window - now)
+            delay = max(delays)
+            if delay <= 0:
+                self._starts.append(now)
+            return max(delay, 0.0)
+
+    def spent(self, tokens: int) -> None:
+        if tokens > 0 and self.tokens_per_minute is not None:
+            with self._lock:
+                self._tokens.append((time.monotonic(), tokens))
+
+
+def _choices(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    choices = payload.get("choices")
+    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
 
 
 def _error_body(exc: urllib.error.HTTPError) -> str:

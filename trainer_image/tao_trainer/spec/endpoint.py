@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP endpoint (a judge today; a teacher can use the same shape), and Secret key references."""
+"""An OpenAI-compatible HTTP endpoint (a judge, a teacher), and Secret key references."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ class EndpointSpec(CamelModel):
         description="Retries of a failed request (connection errors, 429, 5xx), with backoff.",
     )
     concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight at once.")
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Rate limit: requests started in any 60 seconds."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Rate limit: prompt + completion tokens (as the server reports them) in any 60 seconds; a "
+        "request waits while the last minute's tokens reach it.",
+    )
 
     @model_validator(mode="after")
     def _secret_needs_env(self) -> EndpointSpec:

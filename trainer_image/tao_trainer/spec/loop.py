@@ -15,6 +15,7 @@ from tao_trainer.spec.engine import EngineSpec, GrpoVllmSpec
 from tao_trainer.spec.export import ExportSpec
 from tao_trainer.spec.lora import LoraSpec
 from tao_trainer.spec.scorers import ScorerSpecList
+from tao_trainer.spec.teacher import TeacherSpec
 from tao_trainer.spec.training_scale import TrainingScale
 
 Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
@@ -119,14 +120,6 @@ class StorageSpec(StorageOptions):
     @classmethod
     def _scheme(cls, v: str) -> str:
         return check_scheme(v, STORAGE_SCHEMES, "storage uri")
-
-
-class TeacherSpec(ModelSpec):
-    """A larger model that writes the candidates instead of the model being tuned (curated distillation)."""
-
-    engine: EngineSpec | None = Field(
-        default=None, description="vLLM settings for the teacher (default: generation.engine)."
-    )
 
 
 class GenerationSpec(CamelModel):

@@ -116,8 +116,10 @@ def render(generator: Any, records: Sequence[dict[str, Any]], system_prompt: str
 
 
 def candidate_source(gen: GenerationSpec, model_uri: str) -> tuple[str, str | None]:
-    """(model, revision) that writes the candidates: the teacher when one is set (distillation), else the model."""
-    if gen.teacher is not None:
+    """(model, revision) whose weights write the candidates: a teacher `uri` when one is set (distillation), else
+    the model (also for an endpoint teacher, which has no weights here: its tokenizer and the preflight's samples
+    are the model's)."""
+    if gen.teacher is not None and gen.teacher.uri is not None:
         return gen.teacher.uri, gen.teacher.revision
     return model_uri, None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from tao_trainer import storage
+from tao_trainer.answer_cache import AnswerCache
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
@@ -26,20 +27,97 @@ from tao_trainer.stages.common import (
     render,
     shard_seed,
 )
+from tao_trainer.teacher import CANDIDATE_SOURCES, Answer, EndpointTeacher
 
 
 def finished_part(uri: str, prompts: list[dict[str, Any]], candidates: int) -> list[dict[str, Any]] | None:
-    """The part at `uri` if it holds exactly these prompts with `candidates` each; else None (none yet, or one
-    left by a run with another partSize or candidates setting, which is sampled again)."""
+    """The part at `uri` if it holds exactly these prompts with `candidates` each (counting the ones an endpoint
+    teacher could not give as `missing`); else None (none yet, or one left by a run with another partSize or
+    candidates setting, which is sampled again)."""
     if not storage.exists(uri):
         return None
     rows = storage.read_jsonl(uri)
     same = len(rows) == len(prompts) and all(
-        {k: v for k, v in row.items() if k != "candidates"} == rec
-        and len(row.get("candidates", ())) == candidates
+        {k: v for k, v in row.items() if k not in ("candidates", "sources", "missing")} == rec
+        and len(row.get("candidates", ())) + row.get("missing", 0) == candidates
         for row, rec in zip(rows, prompts, strict=True)
     )
     return rows if same else None
+
+
+class CandidateWriters:
+    """Who writes a part's candidates: the model being tuned, or a teacher (weights or an endpoint) for
+    `teacher.candidates(N)` of them and the model for the rest. Each is loaded when first needed."""
+
+    def __init__(self, cfg: StageConfig, bar: Any) -> None:
+        self.cfg, self.gen, self.bar = cfg, cfg.spec.generation, bar
+        teacher = self.gen.teacher
+        self.n_teacher = teacher.candidates(self.gen.candidates) if teacher is not None else 0
+        self.n_model = self.gen.candidates - self.n_teacher
+        self._local: dict[str, Any] = {}
+        self.endpoint: EndpointTeacher | None = None
+
+    def _generator(self, source: str) -> Any:
+        if source not in self._local:
+            if source == "teacher":
+                uri, revision = candidate_source(self.gen, self.cfg.model_uri)
+                self._local[source] = open_generator(self.gen, uri, revision, candidate_engine(self.gen))
+            else:
+                self._local[source] = open_generator(self.gen, self.cfg.model_uri)
+        return self._local[source]
+
+    def _endpoint(self) -> EndpointTeacher:
+        if self.endpoint is None:
+            assert self.gen.teacher is not None
+            cache = AnswerCache(RunLayout(self.cfg.run_uri).answer_cache("teacher"))
+            self.endpoint = EndpointTeacher(self.gen.teacher, cache, self.gen.system_prompt)
+        return self.endpoint
+
+    def _local_answers(self, source: str, chunk: list[dict[str, Any]], sampling: Sampling) -> list[Answer]:
+        generator = self._generator(source)
+        outs = generator.generate(render(generator, chunk, self.gen.system_prompt), sampling, self.bar.update)
+        return [Answer(texts, 0) for texts in outs]
+
+    def part(self, chunk: list[dict[str, Any]], start: int, seed: int) -> list[dict[str, Any]]:
+        """The candidates rows of `chunk`, the prompts from `start` on in their shard."""
+        teacher = self.gen.teacher
+        if teacher is None:  # the plain TAO loop: rows as they always were
+            answers = self._local_answers(
+                "model", chunk, Sampling.from_spec(self.gen, seed, first_index=start)
+            )
+            return [{**rec, "candidates": a.texts} for rec, a in zip(chunk, answers, strict=True)]
+        by_source: dict[str, list[Answer]] = {}
+        for source, n in (("teacher", self.n_teacher), ("model", self.n_model)):
+            if n == 0:
+                continue
+            sampling = Sampling.from_spec(self.gen, seed, n=n, first_index=start)
+            if source == "teacher" and teacher.endpoint is not None:
+                by_source[source] = self._endpoint().sample(chunk, n, sampling, self.bar.update)
+            else:
+                by_source[source] = self._local_answers(source, chunk, sampling)
+        rows = []
+        for i, rec in enumerate(chunk):
+            texts = [text for source in by_source for text in by_source[source][i].texts]
+            sources = [source for source in by_source for _ in by_source[source][i].texts]
+            missing = sum(answers[i].missing for answers in by_source.values())
+            rows.append(
+                {**rec, "candidates": texts, "sources": sources} | ({"missing": missing} if missing else {})
+            )
+        return rows
+
+    def counts(self, parts: list[list[dict[str, Any]]]) -> dict[str, int]:
+        """Candidates by source and the endpoint teacher's counters (`teacher.<counter>`), for the result."""
+        if self.gen.teacher is None:
+            return {}
+        rows = [row for part in parts for row in part]
+        out = {
+            f"candidatesFrom{source.title()}": sum(row.get("sources", []).count(source) for row in rows)
+            for source in CANDIDATE_SOURCES
+        }
+        out["candidatesMissing"] = sum(row.get("missing", 0) for row in rows)
+        if self.endpoint is not None:
+            out |= {f"teacher.{k}": v for k, v in self.endpoint.stats.items()}
+        return out
 
 
 def run_generate(cfg: StageConfig) -> StageResult:
@@ -47,12 +125,14 @@ def run_generate(cfg: StageConfig) -> StageResult:
     gen_spec = spec.generation
     shards = my_shards(cfg)
     todo = [i for i in shards if not storage.exists(lay.shard("candidates", r, i))]
-    source, revision = candidate_source(gen_spec, cfg.model_uri)
     sampled = reused = 0
+    writers: CandidateWriters | None = None
+    all_parts: list[list[dict[str, Any]]] = []
     if todo:
-        generator = None  # loaded on the first part to sample: a shard whose parts all exist needs no model
         shard_records = {i: storage.read_jsonl(lay.shard("prompts", r, i)) for i in todo}
-        bar = progress_bar(sum(len(v) for v in shard_records.values()), f"round {r} generate")
+        sources = 1 if gen_spec.teacher is None or gen_spec.teacher.share == 1.0 else 2
+        bar = progress_bar(sources * sum(len(v) for v in shard_records.values()), f"round {r} generate")
+        writers = CandidateWriters(cfg, bar)  # loads nothing until a part needs sampling
         for i in todo:
             records, size = shard_records[i], gen_spec.part_size
             parts: list[list[dict[str, Any]]] = []
@@ -61,34 +141,35 @@ def run_generate(cfg: StageConfig) -> StageResult:
                 rows = finished_part(uri, chunk, gen_spec.candidates)
                 if rows is not None:
                     reused += len(chunk)
-                    bar.update(len(chunk))
+                    bar.update(sources * len(chunk))
                 else:
-                    if generator is None:
-                        generator = open_generator(gen_spec, source, revision, candidate_engine(gen_spec))
-                    seed = shard_seed(gen_spec.seed, r, i)
-                    sampling = Sampling.from_spec(gen_spec, seed=seed, first_index=start)
-                    outs = generator.generate(
-                        render(generator, chunk, gen_spec.system_prompt), sampling, progress=bar.update
-                    )
-                    rows = [{**rec, "candidates": cands} for rec, cands in zip(chunk, outs, strict=True)]
+                    rows = writers.part(chunk, start, shard_seed(gen_spec.seed, r, i))
                     storage.write_jsonl(uri, rows)
                     sampled += len(chunk)
                 parts.append(rows)
             storage.write_jsonl(lay.shard("candidates", r, i), (row for part in parts for row in part))
             for p in range(len(parts)):  # the whole shard holds them all now
                 storage.delete(lay.shard_part(r, i, p))
+            all_parts += parts
         bar.close()
-    n_prompts = sum(len(storage.read_jsonl(lay.shard("candidates", r, i))) for i in shards)
+    rows = [row for i in shards for row in storage.read_jsonl(lay.shard("candidates", r, i))]
+    teacher = gen_spec.teacher
+    generator = (
+        f"{teacher.endpoint.url} ({teacher.endpoint.model})"
+        if teacher is not None and teacher.endpoint is not None
+        else candidate_source(gen_spec, cfg.model_uri)[0]
+    )
     return StageResult(
         stage="generate",
         round=r,
         counts={
-            "prompts": n_prompts,
-            "candidates": n_prompts * gen_spec.candidates,
+            "prompts": len(rows),
+            "candidates": sum(len(row["candidates"]) for row in rows),
             "shardsDone": len(todo),
             "shardsSkipped": len(shards) - len(todo),
             "promptsSampled": sampled,
             "promptsFromParts": reused,
-        },
-        outputs={"candidates": f"{lay.round_dir(r)}/candidates/", "generator": source},
+        }
+        | (writers.counts(all_parts) if writers is not None else {}),
+        outputs={"candidates": f"{lay.round_dir(r)}/candidates/", "generator": generator},
     )

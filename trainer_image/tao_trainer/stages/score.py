@@ -38,8 +38,9 @@ def score_rows(records: Sequence[dict[str, Any]], batch: Any) -> list[dict[str, 
 
     A row holds, per candidate in order: `scores` (the combined score that training reads), `perScorer`
     (each scorer's value as used in it, i.e. normalised), `raw` (values before normalisation, for
-    scorers with a normalization) and `details` (what scorers said about each candidate, for scorers that
-    said something about one of the record's candidates). `raw` and `details` are left out when empty.
+    scorers with a normalization), `details` (what scorers said about each candidate, for scorers that
+    said something about one of the record's candidates) and, with a teacher, `sources` (who wrote each
+    candidate). `raw`, `details` and `sources` are left out when empty.
 
     >>> from tao_trainer.scorers import ScoredBatch
     >>> batch = ScoredBatch(total=[0.0, 0.7, 0.5], per_scorer={"rm": [0.0, 1.0, 0.5]},
@@ -62,6 +63,8 @@ def score_rows(records: Sequence[dict[str, Any]], batch: Any) -> list[dict[str, 
         details = {
             name: d[pos:end] for name, d in batch.details.items() if any(x is not None for x in d[pos:end])
         }
+        if "sources" in rec:  # distillation: who wrote each candidate (the teacher, the model)
+            row["sources"] = rec["sources"]
         if raw:
             row["raw"] = raw
         if details:

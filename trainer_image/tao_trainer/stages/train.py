@@ -55,7 +55,7 @@ def sft_examples(rec: dict[str, Any], scores: list[float | None], spec: Training
         if spec.sft.dedupe and text in seen:
             continue
         seen.add(text)
-        picked.append({"completion": text})
+        picked.append({"completion": text} | ({"source": rec["sources"][i]} if "sources" in rec else {}))
         if spec.sft.top_k is not None and len(picked) >= spec.sft.top_k:
             break
     return picked
@@ -78,6 +78,21 @@ def dpo_pair(rec: dict[str, Any], scores: list[float | None], spec: TrainingSpec
         return None
     chosen, rejected = rec["candidates"][best[1]], rec["candidates"][worst[1]]
     return None if chosen == rejected else {"chosen": chosen, "rejected": rejected}
+
+
+def source_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Kept examples by who wrote them (distillation: the teacher or the model; DPO counts the chosen answer).
+
+    >>> source_counts([{"source": "teacher"}, {"source": "teacher"}, {"source": "model"}])
+    {'examplesFromTeacher': 2, 'examplesFromModel': 1}
+    >>> source_counts([{"completion": "a"}])
+    {}
+    """
+    if not any("source" in row for row in rows):
+        return {}
+    return {
+        f"examplesFrom{s.title()}": sum(row.get("source") == s for row in rows) for s in ("teacher", "model")
+    }
 
 
 def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
@@ -114,7 +129,12 @@ def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
                     if prepared.chat
                     else pair
                 )
-                rows.append({**_trl_prompt(prepared), **answers})
+                chosen_source = (
+                    {"source": rec["sources"][rec["candidates"].index(pair["chosen"])]}
+                    if "sources" in rec
+                    else {}
+                )
+                rows.append({**_trl_prompt(prepared), **answers, **chosen_source})
     return rows
 
 
@@ -268,7 +288,9 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
     else:
         if t.method == "grpo":
             check_trl_prompt_ids(tokenizer, rows[0])
-        dataset = Dataset.from_list([{k: v for k, v in row.items() if k != "prompt_ids"} for row in rows])
+        dataset = Dataset.from_list(
+            [{k: v for k, v in row.items() if k not in ("prompt_ids", "source")} for row in rows]
+        )
     callbacks = [train_checkpoints.checkpoint_callback(t.checkpoints, _checkpoints(cfg))]
     if t.method == "sft":
         from trl import SFTConfig, SFTTrainer
@@ -415,7 +437,8 @@ def run_train(cfg: StageConfig) -> StageResult:
             "stepsRun": steps - resumed_from,
             "resumedFromStep": resumed_from,
             "processes": int(trainer.args.world_size),
-        },
+        }
+        | source_counts(rows),
         metrics=metrics,
         outputs={"model": model_uri, "dataset": f"{lay.train_dir(r)}/dataset.jsonl"} | tracked,
     )
