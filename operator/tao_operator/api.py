@@ -229,7 +229,7 @@ class TAOJobSpec(LoopSpec):
 
 # What may change mid-run, for both executors (`tao run`, the operator; see edits.py): any other edit of a started
 # run is refused with a condition naming the fields. `evaluation` and `scoring` apply from the next round.
-_MUTABLE = "rounds suspend serving historyLimit continuous.maxRounds pods credentials evaluation scoring"
+_MUTABLE = "rounds suspend serving historyLimit continuous.maxRounds pods credentials evaluation scoring export costs budget"
 MUTABLE_MID_RUN: Final = tuple(_MUTABLE.split())
 # Of those, what a round reads from its start to its end: an edit applies from the next round not yet started.
 # Each round records these sections when its first stage starts and every stage of it runs on that record
@@ -247,6 +247,7 @@ class ConditionType:
     SERVING: Final = "Serving"
     SCORERS_INFORMATIVE: Final = "ScorersInformative"
     DEGRADED: Final = "Degraded"  # something keeps the run from going on as specified; never terminal
+    BUDGET_EXHAUSTED: Final = "BudgetExhausted"  # spec.budget reached: no new stage starts until it is raised
 
 
 class Reason:
@@ -257,6 +258,8 @@ class Reason:
     SUCCEEDED: Final = "Succeeded"
     ROLLING_OUT: Final = "RollingOut"
     SUSPENDED: Final = "Suspended"
+    BUDGET_EXHAUSTED: Final = "BudgetExhausted"
+    WITHIN_BUDGET: Final = "WithinBudget"
     AVAILABLE: Final = "Available"
     PINNED_ROUND_UNKNOWN: Final = "PinnedRoundUnknown"
     SIGNAL: Final = "Signal"
@@ -284,6 +287,7 @@ class EventReason:
     ROLLOUT_STARTED: Final = "RolloutStarted"
     SUSPENDED: Final = "Suspended"
     RESUMED: Final = "Resumed"
+    BUDGET_EXHAUSTED: Final = "BudgetExhausted"
     JOB_SUSPENDED: Final = "JobSuspended"
     JOB_RESUMED: Final = "JobResumed"
     CONFLICT: Final = "Conflict"

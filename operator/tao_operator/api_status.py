@@ -11,6 +11,7 @@ from typing import Literal, get_args
 from pydantic import Field
 
 from tao_operator.gate_status import RoundGate
+from tao_operator.usage import Usage
 from tao_trainer.spec import CamelModel
 
 Phase = Literal[
@@ -25,6 +26,7 @@ Phase = Literal[
     "Succeeded",
     "Failed",
     "Suspended",
+    "BudgetExhausted",
 ]
 """A TAOJob's phase: derived from its Ready condition (`status.derive_phase`), for printer columns and metrics."""
 PHASES: tuple[Phase, ...] = get_args(Phase)
@@ -85,6 +87,9 @@ class RoundStatus(CamelModel):
         default=None, description="The promotion gate's figures (report.json: all)."
     )
     model_uri: str | None = None
+    usage: Usage | None = Field(
+        default=None, description="What the round used (tokens by endpoint, CPU/GPU-seconds) and its price."
+    )
     export_uri: str | None = Field(
         default=None, description="Where the promoted champion was exported (spec.export)."
     )
@@ -135,3 +140,7 @@ class TAOJobStatus(CamelModel):
     message: str | None = None
     retry: int = Field(default=0, ge=0, description="The last tao.dev/retry annotation value acted on.")
     spec_digest: dict[str, str] = Field(default_factory=dict, description="The immutable fields' digests.")
+    usage: Usage | None = Field(
+        default=None,
+        description="What the whole run used (pruned rounds included) and its price: spec.budget's.",
+    )

@@ -12,4 +12,5 @@ class Exit(IntEnum):
     USAGE = 2  # bad arguments, a missing or invalid manifest
     NO_SIGNAL = 3  # the scorer preflight found nothing to learn from
     STORAGE = 4  # storage unreachable, missing bucket, missing or refused credentials
+    BUDGET = 5  # spec.budget reached before a stage started; raising it lets the same command go on
     INTERRUPTED = 130  # Ctrl-C; the same command continues

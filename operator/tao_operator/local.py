@@ -24,6 +24,7 @@ from tao_operator.edits import WAITING_STAGES, on_snapshot, refused_edits, round
 from tao_operator.exits import Exit
 from tao_operator.plan import Failed, Finished, Results, RunStage, build_report, champion, next_action
 from tao_operator.report import summarize
+from tao_operator.usage import add, budget_exhausted, stage_usage
 from tao_trainer import storage
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
@@ -296,6 +297,14 @@ def _run_rounds(
             return report
         if isinstance(action, Failed):  # only an executor that records failures gets here (the operator)
             raise RunError(f"round {action.round} {action.stage} failed: {action.message}")
+        if reached := budget_exhausted(
+            spec.budget, add((stage_usage(r) for r in results.values()), spec.costs)
+        ):
+            raise RunError(
+                f"{reached}. Round {action.round} {action.stage} did not start; what the run did is kept, and the "
+                "same command goes on from there.",
+                Exit.BUDGET,
+            )
         if action.stage == spec.stages(action.round)[0]:
             of = f"/{spec.last_round()}" if spec.last_round() is not None else ""
             echo(f"round {action.round}{of}: starting from {action.model_uri}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tao_trainer.contract import StageResult
+from tao_operator import usage
+from tao_trainer.contract import CANDIDATE_SOURCES, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec, Stage
 
@@ -193,6 +194,14 @@ def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results)
             row["trainExamples"] = trained.counts.get("examples", 0)
             row["trainLoss"] = trained.metrics.get("trainLoss")
             row["candidates"] = row.get("candidates", trained.counts.get("candidates", 0))
+        round_results = [res for (rr, _), res in results.items() if rr == r]
+        row["usage"] = usage.add(map(usage.stage_usage, round_results), spec.costs).model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        )
+        if trained is not None and "examplesFromTeacher" in trained.counts:
+            row["examplesFrom"] = {
+                s: trained.counts.get(f"examplesFrom{s.title()}", 0) for s in CANDIDATE_SOURCES
+            }
         if evaluated is not None and evaluated.ok:
             row["champion"] = side_metrics(evaluated.metrics, "champion")
             row["challenger"] = side_metrics(evaluated.metrics, "challenger")
@@ -215,6 +224,10 @@ def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results)
         "base": base,
         "rounds": rounds,
         "champion": {"round": champ_round, "uri": champ_uri},
+        "usage": usage.add(map(usage.stage_usage, results.values()), spec.costs).model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        ),
+        "currency": spec.costs.currency if spec.costs is not None else None,
         "labelMetrics": [m.name for m in spec.evaluation.metrics],
     }
 

@@ -81,6 +81,13 @@ def format_table(report: dict[str, Any]) -> str:
             "* computed from label fields for reporting only; the gate reads one only when it is a guard "
             "(gate: true, marked '(labels)' in a verdict)"
         )
+    if used := [
+        (r["round"], describe_usage(r["usage"], report.get("currency")))
+        for r in report["rounds"]
+        if r.get("usage")
+    ]:
+        lines += ["", "used (tokens by endpoint, in/out; CPU- and GPU-seconds of the stages):"]
+        lines += [f"  round {rnd}: {text}" for rnd, text in used]
     verdicts = [(r["round"], r["verdict"]) for r in report["rounds"] if r.get("verdict")]
     if verdicts:
         lines += [
@@ -89,6 +96,22 @@ def format_table(report: dict[str, Any]) -> str:
         ]
         lines += [f"  round {rnd}: {verdict}" for rnd, verdict in verdicts]
     return "\n".join(lines)
+
+
+def describe_usage(used: dict[str, Any], currency: str | None) -> str:
+    """One round's use as a line: `teacher 1200/340 tokens, 95 CPU-s, 0 GPU-s, 0.42 USD`.
+
+    >>> describe_usage({"tokens": {"teacher": {"input": 1200, "output": 340}}, "cpuSeconds": 95, "gpuSeconds": 0,
+    ...                 "money": 0.4213}, "USD")
+    'teacher 1200/340 tokens, 95 CPU-s, 0 GPU-s, 0.4213 USD'
+    """
+    parts = [
+        f"{name} {t['input']}/{t['output']} tokens" for name, t in sorted(used.get("tokens", {}).items())
+    ]
+    parts += [f"{used.get('cpuSeconds', 0)} CPU-s", f"{used.get('gpuSeconds', 0)} GPU-s"]
+    if used.get("money") is not None:
+        parts.append(f"{used['money']:.4g} {currency or ''}".rstrip())
+    return ", ".join(parts)
 
 
 def describe_champion(report: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from tao_operator.status import (
     stage_result_from_pods,
     stage_status,
 )
+from tao_operator.usage import Usage, add, budget_exhausted
 from tao_trainer.contract import StageConfig
 from tao_trainer.spec import LoopSpec
 
@@ -94,6 +95,8 @@ class StageStep:
             if suspend:
                 p.ready(False, Reason.SUSPENDED, "spec.suspend is true")
                 return False
+            if not self._within_budget():
+                return False
             k8s_job = await self._create(action, st.attempt, child)
             if k8s_job is None:
                 return False
@@ -116,13 +119,13 @@ class StageStep:
         if outcome == "Complete" and not reported_all(k8s_job, pods):
             if st.attempt >= MAX_ATTEMPTS:
                 message = f"Job {child} completed but its pods' results were lost {st.attempt} times in a row"
-                record_result(status, _failed(action, message), p.now)
+                record_result(status, _failed(action, message), p.now, job.spec.costs)
                 return True
             return self._lost(
                 action, st, f"Job {child} completed but its pods were gone before they were read"
             )
         result = stage_result_from_pods(action, child, outcome, pods)
-        record_result(status, result, p.now)
+        record_result(status, result, p.now, job.spec.costs)
         if result.ok and action.stage == "evaluate" and rnd.spec is not None:
             rnd.spec.values = None  # the round is over: its digest says what it ran on
         prune_history(status, job.spec.history_limit)
@@ -202,6 +205,41 @@ class StageStep:
             p.events.append(("Normal", verdict_event, result.message))
         else:
             p.events.append(("Normal", EventReason.STAGE_SUCCEEDED, f"round {action.round}: {action.stage}"))
+
+    def _within_budget(self) -> bool:
+        """Whether spec.budget lets a new stage start; when it does not, say so (BudgetExhausted, an event on the
+        transition). Checked on the run's use repriced at today's spec.costs, so raising a cap or changing a
+        price takes effect at the next reconcile."""
+        p, status = self.p, self.p.status
+        used = add([status.usage or Usage()], p.job.spec.costs)
+        reached = budget_exhausted(p.job.spec.budget, used)
+        was = next((c for c in status.conditions if c.type == ConditionType.BUDGET_EXHAUSTED), None)
+        if reached is None:
+            if was is not None and was.status == "True":
+                message = "within spec.budget again"
+                set_condition(
+                    status,
+                    ConditionType.BUDGET_EXHAUSTED,
+                    False,
+                    Reason.WITHIN_BUDGET,
+                    message,
+                    p.generation,
+                    p.now,
+                )
+            return True
+        if was is None or was.status != "True":
+            p.events.append(("Warning", EventReason.BUDGET_EXHAUSTED, reached))
+        set_condition(
+            status,
+            ConditionType.BUDGET_EXHAUSTED,
+            True,
+            Reason.BUDGET_EXHAUSTED,
+            reached,
+            p.generation,
+            p.now,
+        )
+        p.ready(False, Reason.BUDGET_EXHAUSTED, reached)
+        return False
 
     async def _sync_suspend(self, k8s_job: dict[str, Any], suspend: bool) -> None:
         """Suspend a running Job with the TAOJob, and resume only the Jobs this operator suspended.

@@ -26,8 +26,9 @@ from tao_operator.api import (
 )
 from tao_operator.gate_status import GuardStatus, RoundGate
 from tao_operator.plan import Results, RunStage, side_metrics
+from tao_operator.usage import Usage, add, stage_usage
 from tao_trainer.contract import StageResult
-from tao_trainer.spec import ALL_STAGES
+from tao_trainer.spec import ALL_STAGES, CostsSpec
 
 STAGE_PHASE: dict[str, Phase] = {
     "preflight": "Preflight",
@@ -48,6 +49,7 @@ _READY_REASON_PHASE: dict[str, Phase] = {
     Reason.SUCCEEDED: "Succeeded",
     Reason.ROLLING_OUT: "RollingOut",
     Reason.SUSPENDED: "Suspended",
+    Reason.BUDGET_EXHAUSTED: "BudgetExhausted",
     **{phase: phase for phase in STAGE_PHASE.values()},
 }
 
@@ -184,13 +186,20 @@ def parse_termination_message(
     )
 
 
-def record_result(status: TAOJobStatus, result: StageResult, now: str) -> None:
-    """Copy a finished stage's summary into the round's history."""
+def record_result(
+    status: TAOJobStatus, result: StageResult, now: str, costs: CostsSpec | None = None
+) -> None:
+    """Copy a finished stage's summary into the round's history, and its use into the round's and the run's
+    (priced at `costs`)."""
     rnd = round_status(status, result.round)
     st = stage_status(rnd, result.stage)
     if st is None:
         st = StageStatus(stage=result.stage, state="Running")
         rnd.stages.append(st)
+    if st.state == "Running":  # counted once, however often the same finished stage is recorded
+        used = stage_usage(result)
+        rnd.usage = add([rnd.usage or Usage(), used], costs)
+        status.usage = add([status.usage or Usage(), used], costs)
     st.state = "Succeeded" if result.ok else "Failed"
     st.finished_at = now
     st.message = result.message[:1000]

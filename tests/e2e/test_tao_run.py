@@ -146,6 +146,28 @@ def test_changed_spec_refuses_to_mix_runs_until_fresh(tmp_path: Path, tiny_model
     assert "different spec" not in more.stderr
 
 
+def test_a_reached_budget_stops_tao_run_and_a_raised_one_goes_on(tmp_path: Path, tiny_model: Path) -> None:
+    # A CPU-hour cap of 1.8 s: the first stages' own CPU time (imports, the model) passes it quickly.
+    budget = {"budget": {"cpuHours": 0.0005}, "costs": {"currency": "EUR", "cpuHour": 3.6}, "rounds": 1}
+    job = write_job(tmp_path, tiny_model, **budget)
+    stopped = tao("run", str(job), tmp=tmp_path)
+    assert stopped.returncode == 5, stopped.stderr[-2000:]
+    assert "budget reached:" in stopped.stderr and "raise spec.budget.cpuHours to go on" in stopped.stderr
+    run_dir = tmp_path / "runs" / "default" / "tiny" / "local"
+    done = {p.stem for p in (run_dir / "round-001" / "results").glob("*.json")}
+    assert done and "evaluate" not in done  # stopped before the round ended, what it did is kept
+
+    job = write_job(tmp_path, tiny_model, **(budget | {"budget": {"cpuHours": 10}}))
+    went_on = tao("run", str(job), tmp=tmp_path)  # a raised cap is an accepted edit: the same run goes on
+    assert went_on.returncode == 0, went_on.stderr[-2000:]
+    assert {p.stem for p in (run_dir / "round-001" / "results").glob("*.json")} >= done | {"evaluate"}
+    report = json.loads((run_dir / "report.json").read_text())
+    used = report["rounds"][0]["usage"]
+    assert used["cpuSeconds"] > 0 and used["money"] == pytest.approx(used["cpuSeconds"] / 1000, abs=1e-6)
+    assert report["usage"]["cpuSeconds"] == used["cpuSeconds"] and report["currency"] == "EUR"
+    assert f"round 1: {used['cpuSeconds']} CPU-s, 0 GPU-s" in went_on.stdout
+
+
 def test_invalid_manifest_exits_with_the_field_named(tmp_path: Path, tiny_model: Path) -> None:
     job = write_job(tmp_path, tiny_model, generation={"candidates": -3})
     proc = tao("run", str(job), tmp=tmp_path)

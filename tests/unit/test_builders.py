@@ -622,6 +622,23 @@ def test_a_user_variable_of_the_same_name_wins_over_the_judges_secret_reference(
     assert entries == [{"name": "JUDGE_API_KEY", "value": "x"}]
 
 
+def test_the_teachers_api_key_reaches_only_the_generate_stage_as_a_secret_reference() -> None:
+    endpoint = {
+        "url": "https://api.example.com/v1",
+        "model": "teacher-large",
+        "apiKeyEnv": "TEACHER_API_KEY",
+        "apiKeySecretRef": {"name": "teacher-creds", "key": "token"},
+    }
+    job = taojob(generation={"teacher": {"endpoint": endpoint}})
+    for stage in ("preflight", *STAGES):
+        env = env_of(container(build(job, stage)))
+        if stage == "generate":
+            assert env["TEACHER_API_KEY"] == {"secretKeyRef": {"name": "teacher-creds", "key": "token"}}
+        else:
+            assert "TEACHER_API_KEY" not in env, stage
+        kubernetes_validate.validate(build(job, stage), K8S_VERSIONS[0], strict=True)
+
+
 def test_the_hub_export_token_reaches_only_the_evaluate_stage_as_a_secret_reference() -> None:
     hub = {"repo": "acme/bot", "tokenEnv": "HUB_WRITE", "tokenSecretRef": {"name": "hub", "key": "token"}}
     job = taojob(export={"uri": "s3://models/bot", "hub": hub})

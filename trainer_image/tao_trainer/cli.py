@@ -149,6 +149,22 @@ def gguf_env(cfg: StageConfig) -> None:
     os.environ.setdefault("TAO_GGUF_STORE", RunLayout(cfg.run_uri).converted_models)
 
 
+def compute_used(seconds: float) -> dict[str, int]:
+    """What this stage process used, for cost accounting (summed over a stage's pods): `cpuSeconds`, the CPU
+    time of this process and its children (rounded up), and `gpuSeconds`, its duration times the GPUs it could
+    use (only when torch was imported: a stage that never loads a model uses no GPU)."""
+    import math
+    import resource
+
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    counts = {"cpuSeconds": math.ceil(sum(u.ru_utime + u.ru_stime for u in used))}
+    torch = sys.modules.get("torch")
+    gpus = torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
+    if gpus:
+        counts["gpuSeconds"] = math.ceil(seconds * gpus)
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["download"]:
@@ -195,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = _runner(args.stage)(cfg)
             result.duration_seconds = round(time.monotonic() - started, 2)
+            result.counts |= compute_used(result.duration_seconds)
             if result.ok and int(os.environ.get("RANK", "0")) == 0:
                 storage.write_text(stored_result_uri(cfg), result.model_dump_json(by_alias=True))
                 track(cfg, result)

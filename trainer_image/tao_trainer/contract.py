@@ -9,6 +9,9 @@ from pydantic import Field
 
 from tao_trainer.spec import CamelModel, LoopSpec, Stage
 
+CANDIDATE_SOURCES: tuple[str, ...] = ("teacher", "model")
+"""Who wrote a candidate: the `sources` of candidates and scores rows, and the `source` of training examples."""
+
 
 class StageConfig(CamelModel):
     """Everything one stage process needs: written by the executor, read by `tao-stage <stage> --config`."""

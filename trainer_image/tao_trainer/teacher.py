@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 
 _WARNINGS = 3  # failures logged at WARNING; the rest only counted
 
-CANDIDATE_SOURCES = ("teacher", "model")
-"""Who wrote a candidate: the `sources` of candidates and scores rows, and the `source` of training examples."""
-
 
 @dataclass
 class Answer:

@@ -62,21 +62,26 @@ def _stage_command(stage: str, gpus: int, launcher: bool) -> list[str]:
     return ["tao-stage", stage, "--config", CONFIG_PATH]
 
 
-def scorer_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, Any]]:
-    """Judges' API keys (`endpoint.apiKeySecretRef`) as `secretKeyRef` variables, on the stages that score.
+def endpoint_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, Any]]:
+    """API keys of endpoints (`apiKeySecretRef`) as `secretKeyRef` variables, on the stages that call them: the
+    judges' on the stages that score, the teacher's on generate.
 
     The key stays in its Secret: the manifest names the Secret and key only. Variables the user set in
-    `pods` win (they are in `taken`), and prepare, generate and non-GRPO training never see a key.
+    `pods` win (they are in `taken`), and every other stage never sees a key.
     """
     scoring = {"preflight", "score", "evaluate"} | (
         {"train"} if job.spec.training.method == "grpo" else set()
     )
-    if stage not in scoring:
-        return []
+    endpoints = []
+    if stage in scoring:
+        scorers = [*job.spec.scoring.scorers, *(job.spec.evaluation.scorers or [])]
+        endpoints += [getattr(scorer, "endpoint", None) for scorer in scorers]
+    teacher = job.spec.generation.teacher
+    if stage == "generate" and teacher is not None:
+        endpoints.append(teacher.endpoint)
     out: list[dict[str, Any]] = []
     seen = set(taken)
-    for scorer in [*job.spec.scoring.scorers, *(job.spec.evaluation.scorers or [])]:
-        endpoint = getattr(scorer, "endpoint", None)
+    for endpoint in endpoints:
         if endpoint is None or endpoint.api_key_secret_ref is None or endpoint.api_key_env in seen:
             continue
         seen.add(endpoint.api_key_env)
@@ -119,7 +124,7 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
         # The operator reads the result from the termination message: that path is not the user's to move.
         fixed=frozenset({"TAO_RESULT_PATH"}),
     )
-    env += scorer_key_env(job, stage, {e.get("name") for e in env})
+    env += endpoint_key_env(job, stage, {e.get("name") for e in env})
     env += export_token_env(job, stage, {e.get("name") for e in env})
     # Several nodes or a sharding strategy: `tao-stage train` starts accelerate's launcher over this topology.
     launcher = stage == "train" and multinode.uses_launcher(job)

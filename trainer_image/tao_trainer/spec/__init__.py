@@ -7,10 +7,12 @@ renders the CRD from it, and every stage reads the same models.
 - `loop`: `LoopSpec` and its parts (model, prompts, storage, generation, scoring, training, evaluation, ...);
 - `scorers`: the `scorers:` list, a union discriminated on `type` (`scorer_base`, `scorer_families`);
 - `endpoint`: an OpenAI-compatible endpoint (judges) and Secret key references;
-- `export`: where promoted champions are published (a storage prefix, a Hugging Face repo).
+- `export`: where promoted champions are published (a storage prefix, a Hugging Face repo);
+- `teacher`: who writes candidates for distillation; `costs`: prices and budget caps.
 """
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
+from tao_trainer.spec.costs import BudgetSpec, CostsSpec, TokenPrice
 from tao_trainer.spec.endpoint import EndpointSpec, SecretKeySelector
 from tao_trainer.spec.export import ExportSpec, HubExportSpec
 from tao_trainer.spec.loop import (
@@ -64,8 +66,10 @@ __all__ = [
     "STAGES",
     "STORAGE_SCHEMES",
     "AnyScorerSpec",
+    "BudgetSpec",
     "CamelModel",
     "ContinuousSpec",
+    "CostsSpec",
     "CustomSpec",
     "DpoSpec",
     "EndpointSpec",
@@ -99,6 +103,7 @@ __all__ = [
     "StorageOptions",
     "StorageSpec",
     "TeacherSpec",
+    "TokenPrice",
     "TrainingSpec",
     "check_regex",
     "check_scheme",

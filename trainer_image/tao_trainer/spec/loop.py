@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
+from tao_trainer.spec.costs import BudgetSpec, CostsSpec, check_costs
 from tao_trainer.spec.engine import EngineSpec, GrpoVllmSpec
 from tao_trainer.spec.export import ExportSpec
 from tao_trainer.spec.lora import LoraSpec
@@ -433,6 +434,16 @@ class LoopSpec(CamelModel):
         default=None, description="Keep running rounds as new prompts arrive (instead of a fixed `rounds`)."
     )
     export: ExportSpec | None = Field(default=None, description="Publish each promoted champion (and where).")
+    costs: CostsSpec | None = Field(default=None, description="Prices: reports then give each round's cost.")
+    budget: BudgetSpec | None = Field(
+        default=None, description="Caps on the run's GPU/CPU-hours, tokens, money."
+    )
+
+    @model_validator(mode="after")
+    def _costs_name_endpoints(self) -> LoopSpec:
+        scorers = [*self.scoring.scorers, *(self.evaluation.scorers or []), *(self.evaluation.guards or [])]
+        check_costs(self.costs, self.budget, ["teacher", *(str(s.name) for s in scorers)])
+        return self
 
     @model_validator(mode="after")
     def _metric_fields_are_labels(self) -> LoopSpec:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tao_trainer import storage
 from tao_trainer.answer_cache import AnswerCache
-from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.contract import CANDIDATE_SOURCES, StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
 from tao_trainer.stages.common import (
@@ -27,7 +27,7 @@ from tao_trainer.stages.common import (
     render,
     shard_seed,
 )
-from tao_trainer.teacher import CANDIDATE_SOURCES, Answer, EndpointTeacher
+from tao_trainer.teacher import Answer, EndpointTeacher
 
 
 def finished_part(uri: str, prompts: list[dict[str, Any]], candidates: int) -> list[dict[str, Any]] | None:
