@@ -276,6 +276,27 @@ def test_cache_hits(server: ScriptedJudge) -> None:
     assert len(server.requests) == 3
 
 
+def test_verdicts_kept_in_the_runs_storage_are_not_paid_for_again(
+    server: ScriptedJudge, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tao_trainer.answer_cache import ANSWER_CACHE_ENV
+
+    monkeypatch.setenv(ANSWER_CACHE_ENV, (tmp_path / "cache").as_uri())  # what tao-stage sets
+
+    def first(body: dict[str, Any], n: int) -> Reply:  # prompt "r" fails, whichever request comes first
+        failed = "\nr\n" in body["messages"][1]["content"]
+        return (500, {"error": {"message": "down"}}, {}) if failed else chat("SCORE: 10")
+
+    server.respond = first
+    assert make_judge(server.url)(["q", "r"], ["a", "b"]) == [1.0, None]
+    # A new process (a retried stage, the next round's evaluation): the good verdict from storage, the
+    # failure (never kept) asked again.
+    server.respond = lambda body, n: chat("SCORE: 1")
+    again = make_judge(server.url)
+    assert again(["q", "r"], ["a", "b"]) == [1.0, 0.0]
+    assert len(server.requests) == 3 and again.stats["cacheHits"] == 1 and again.stats["calls"] == 1
+
+
 def test_cache_off_asks_every_time(server: ScriptedJudge) -> None:
     judge = make_judge(server.url, cache=False)
     judge(["q", "q"], ["same", "same"])

@@ -19,6 +19,9 @@ from typing import Any
 
 from tao_trainer import storage, uris
 
+#: Set by `tao-stage` to `<run>/cache`: scorers that call endpoints keep their answers under it (the judge).
+ANSWER_CACHE_ENV = "TAO_ANSWER_CACHE"
+
 
 def request_key(url: str, route: str, body: dict[str, Any]) -> str:
     """The cache key of one request.

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tao_trainer import gguf_models, hub, storage
+from tao_trainer.answer_cache import ANSWER_CACHE_ENV
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import ALL_STAGES
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         # Every hub download of the model or the teacher, wherever a stage resolves it, at its revision.
         hub.pin_revisions(cfg.spec)
         gguf_env(cfg)
+        os.environ.setdefault(ANSWER_CACHE_ENV, RunLayout(cfg.run_uri).answer_cache_root)
         if cfg.stage != args.stage:
             raise ValueError(f"--config is for stage {cfg.stage!r}, not {args.stage!r}")
         # A new attempt of a stage whose result was lost (its pods collected before the operator read them)

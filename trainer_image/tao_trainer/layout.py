@@ -76,7 +76,11 @@ class RunLayout:
         >>> RunLayout("s3://b/r").answer_cache("teacher")
         's3://b/r/cache/teacher'
         """
-        return f"{self.root}/cache/{endpoint}"
+        return f"{self.answer_cache_root}/{endpoint}"
+
+    @property
+    def answer_cache_root(self) -> str:
+        return f"{self.root}/cache"
 
     def preflight_report(self, round_: int) -> str:
         return f"{self.round_dir(round_)}/preflight/report.json"

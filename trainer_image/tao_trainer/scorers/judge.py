@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
+from tao_trainer.answer_cache import ANSWER_CACHE_ENV, AnswerCache
 from tao_trainer.openai_client import OpenAIClient, RequestFailed, shorten
 from tao_trainer.spec import JudgeSpec
 
@@ -201,6 +202,12 @@ class JudgeScorer(Scorer[JudgeSpec]):
         self.is_group = self.spec.mode == "relative"  # type: ignore[misc]
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, _Verdict] = OrderedDict()
+        # In a stage, verdicts are also kept in the run's storage (`TAO_ANSWER_CACHE`, set by tao-stage): a retried
+        # or resumed stage, and the next round's evaluation of the same answers, pay for no judgement twice.
+        cache_root = os.environ.get(ANSWER_CACHE_ENV)
+        self._stored = (
+            AnswerCache(f"{cache_root}/judge-{self.name}") if cache_root and self.spec.cache else None
+        )
         self._warned = 0
         self.stats.update(dict.fromkeys(STAT_KEYS, 0))
         # The HTTP side (concurrency cap, timeouts, retries, token counts) counts into this scorer's stats
@@ -323,6 +330,8 @@ class JudgeScorer(Scorer[JudgeSpec]):
                 continue
             key = self._cache_key(prompt, fields, candidates)
             cached = self._cache.get(key)
+            if cached is None and self._stored is not None and (stored := self._stored.get(key)) is not None:
+                cached = self._cache[key] = _Verdict(stored[0], stored[1], True)
             if cached is not None:
                 self._cache.move_to_end(key)
                 self.count("cacheHits")
@@ -342,12 +351,16 @@ class JudgeScorer(Scorer[JudgeSpec]):
                 verdict = future.result()
                 if self.spec.cache and verdict.complete:
                     self._cache[key] = verdict
+                    if self._stored is not None:
+                        self._stored.put(key, [verdict.values, verdict.details])
                     if len(self._cache) > _CACHE_ENTRIES:
                         self._cache.popitem(last=False)
                 first, *rest = todo[key]
                 results[first] = verdict
                 for index in rest:
                     results[index] = _from_cache(verdict)
+            if self._stored is not None:
+                self._stored.flush()
         return [r for r in results if r is not None]
 
     def _judge_safely(self, prompt: Any, fields: dict[str, Any], candidates: list[str]) -> _Verdict:
