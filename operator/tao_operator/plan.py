@@ -203,8 +203,12 @@ def build_report(name: str, spec: LoopSpec, layout: RunLayout, results: Results)
                 s: trained.counts.get(f"examplesFrom{s.title()}", 0) for s in CANDIDATE_SOURCES
             }
         if evaluated is not None and evaluated.ok:
-            row["champion"] = side_metrics(evaluated.metrics, "champion")
-            row["challenger"] = side_metrics(evaluated.metrics, "challenger")
+            for side in ("champion", "challenger", "teacher"):
+                if figures := side_metrics(evaluated.metrics, side):
+                    usage.with_money_per_success(side, figures, spec.costs)
+                    row[side] = figures
+            row.setdefault("champion", {})
+            row.setdefault("challenger", {})
             row.update(row["challenger"])
             row["winRate"] = evaluated.metrics.get("winRate")
             row["promoted"] = bool(evaluated.promoted)

@@ -88,6 +88,13 @@ def format_table(report: dict[str, Any]) -> str:
     ]:
         lines += ["", "used (tokens by endpoint, in/out; CPU- and GPU-seconds of the stages):"]
         lines += [f"  round {rnd}: {text}" for rnd, text in used]
+    per_success = [(r["round"], describe_per_success(r, report.get("currency"))) for r in report["rounds"]]
+    if per_success := [(rnd, text) for rnd, text in per_success if text]:
+        lines += [
+            "",
+            "cost per success on the held-out prompts (prompt + answer tokens per successful answer):",
+        ]
+        lines += [f"  round {rnd}: {text}" for rnd, text in per_success]
     verdicts = [(r["round"], r["verdict"]) for r in report["rounds"] if r.get("verdict")]
     if verdicts:
         lines += [
@@ -111,6 +118,32 @@ def describe_usage(used: dict[str, Any], currency: str | None) -> str:
     parts += [f"{used.get('cpuSeconds', 0)} CPU-s", f"{used.get('gpuSeconds', 0)} GPU-s"]
     if used.get("money") is not None:
         parts.append(f"{used['money']:.4g} {currency or ''}".rstrip())
+    return ", ".join(parts)
+
+
+def describe_per_success(row: dict[str, Any], currency: str | None) -> str:
+    """A round's cost per success by model, e.g. `champion 31.2 tokens (12 successes), teacher 40.1 ...`.
+
+    >>> describe_per_success({"champion": {"successes": 4.0, "inputTokensPerSuccess": 8.0,
+    ...     "outputTokensPerSuccess": 2.5}, "teacher": {"successes": 9.0, "inputTokensPerSuccess": 10.0,
+    ...     "outputTokensPerSuccess": 4.0, "moneyPerSuccess": 0.00006}}, "USD")
+    'champion 10.5 tokens (4 successes), teacher 14 tokens, 6e-05 USD (9 successes)'
+    """
+    parts = []
+    for side in ("champion", "challenger", "teacher"):
+        figures = row.get(side) or {}
+        if "successes" not in figures:
+            continue
+        if figures.get("inputTokensPerSuccess") is None:
+            parts.append(f"{side}: no success")
+            continue
+        tokens = figures["inputTokensPerSuccess"] + figures["outputTokensPerSuccess"]
+        money = (
+            f", {figures['moneyPerSuccess']:.3g} {currency or ''}".rstrip()
+            if "moneyPerSuccess" in figures
+            else ""
+        )
+        parts.append(f"{side} {tokens:g} tokens{money} ({figures['successes']:g} successes)")
     return ", ".join(parts)
 
 

@@ -123,3 +123,21 @@ def budget_exhausted(budget: BudgetSpec | None, used: Usage) -> str | None:
         if cap is not None and value >= cap:
             return f"budget reached: {what}, budget.{field} is {cap:g}; raise spec.budget.{field} to go on"
     return None
+
+
+def with_money_per_success(side: str, figures: dict[str, float | None], costs: CostsSpec | None) -> None:
+    """Add `moneyPerSuccess` to one side's held-out figures (champion, challenger: `costs.endpoints.model`;
+    teacher: `.teacher`), from its tokens per success.
+
+    >>> figures = {"inputTokensPerSuccess": 2000.0, "outputTokensPerSuccess": 500.0}
+    >>> with_money_per_success("teacher", figures, CostsSpec.model_validate(
+    ...     {"endpoints": {"teacher": {"inputPer1k": 1, "outputPer1k": 4}}}))
+    >>> figures["moneyPerSuccess"]
+    4.0
+    """
+    price = costs.endpoints.get("teacher" if side == "teacher" else "model") if costs is not None else None
+    inputs, outputs = figures.get("inputTokensPerSuccess"), figures.get("outputTokensPerSuccess")
+    if price is not None and inputs is not None and outputs is not None:
+        figures["moneyPerSuccess"] = round(
+            inputs / 1000 * price.input_per_1k + outputs / 1000 * price.output_per_1k, 8
+        )

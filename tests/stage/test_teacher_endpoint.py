@@ -239,8 +239,8 @@ def test_generate_asks_the_served_teacher_and_a_rerun_pays_nothing(
 def test_a_mixed_round_keeps_each_candidates_source_through_training(
     workspace: dict[str, Path], served_teacher: Served
 ) -> None:
-    gen = {"generation": _teacher(served_teacher, share=0.5)}
-    results = run_through(workspace, "prepare", "generate", "score", "train", **gen)
+    gen = {"generation": _teacher(served_teacher, share=0.5), "evaluation": {"teacherBaseline": True}}
+    results = run_through(workspace, "prepare", "generate", "score", "train", "evaluate", **gen)
     generated, trained = results["generate"], results["train"]
     prompts = generated.counts["prompts"]
     assert generated.counts["candidatesFromTeacher"] == generated.counts["candidatesFromModel"] == 2 * prompts
@@ -251,6 +251,20 @@ def test_a_mixed_round_keeps_each_candidates_source_through_training(
     assert kept == trained.counts["examples"] > 0
     dataset = storage.read_jsonl(trained.outputs["dataset"])
     assert {row["source"] for row in dataset} <= {"teacher", "model"}
+
+    # Cost per success on the held-out prompts, for both models and the teacher asked beside them.
+    figures = results["evaluate"].metrics
+    held_out = results["evaluate"].counts["heldOut"]
+    for side in ("champion", "challenger", "teacher"):
+        assert figures[f"{side}.successes"] == round(figures[f"{side}.accuracy"] * held_out)
+        if figures[f"{side}.successes"]:
+            assert (
+                figures[f"{side}.inputTokensPerSuccess"] > 0
+                and figures[f"{side}.outputTokensPerSuccess"] >= 0
+            )
+        else:
+            assert figures[f"{side}.inputTokensPerSuccess"] is None
+    assert "teacher.score" in figures
 
 
 def test_a_teacher_failing_for_some_prompts_leaves_the_stage_running(
@@ -298,3 +312,24 @@ def test_a_bad_teacher_is_refused_naming_the_field(teacher_doc: dict[str, Any], 
 
     with pytest.raises(ValidationError, match=message):
         TeacherSpec.model_validate(teacher_doc)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"evaluation": {"teacherBaseline": True}}, "teacherBaseline needs generation.teacher.endpoint"),
+        (
+            {"costs": {"endpoints": {"teachr": {"inputPer1k": 1}}}},
+            r"costs.endpoints.teachr: no such endpoint",
+        ),
+        ({"budget": {"money": 10}}, "budget.money needs spec.costs"),
+        ({"budget": {}}, "budget needs at least one of"),
+    ],
+)
+def test_bad_costs_and_budgets_are_refused_naming_the_field(
+    workspace: dict[str, Path], overrides: dict[str, Any], message: str
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        stage_tests.loop_spec(workspace["model"], workspace["prompts"], workspace["runs"], **overrides)

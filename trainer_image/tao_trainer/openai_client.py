@@ -29,13 +29,14 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from http.client import HTTPException
 from typing import Any, NoReturn
 
 from tao_trainer.spec import EndpointSpec
 
-__all__ = ["STAT_KEYS", "OpenAIClient", "RateLimits", "RequestFailed", "shorten"]
+__all__ = ["STAT_KEYS", "OpenAIClient", "RateLimits", "RequestFailed", "Sampled", "shorten"]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class OpenAIClient:
         choice = _choices(payload)[0]
         return self._usable_text(choice, choice.get("message"), "content")
 
-    def sample(self, prompt: str | Sequence[Mapping[str, Any]], n: int, **params: Any) -> list[str]:
+    def sample(self, prompt: str | Sequence[Mapping[str, Any]], n: int, **params: Any) -> Sampled:
         """`n` completions of `prompt`: chat messages go to /chat/completions, plain text to /completions. A
         server may return fewer choices than asked (some ignore `n`): the rest are asked for again, up to `n`
         requests in all. Unusable choices (refused, without text) are counted and left out, so the list can be short
@@ -137,10 +138,16 @@ class OpenAIClient:
             ("completions", "prompt") if isinstance(prompt, str) else ("chat/completions", "messages")
         )
         texts: list[str] = []
+        used = Sampled([], 0, 0)
         for _ in range(n):
             wanted = n - len(texts)
             body = {field: prompt if isinstance(prompt, str) else list(prompt), "n": wanted, **params}
-            choices = _choices(self.request(route, body))
+            payload = self.request(route, body)
+            usage = payload.get("usage")
+            if isinstance(usage, Mapping):
+                used.input_tokens += usage.get("prompt_tokens") or 0
+                used.output_tokens += usage.get("completion_tokens") or 0
+            choices = _choices(payload)
             for choice in choices[:wanted]:
                 holder = choice if isinstance(prompt, str) else choice.get("message")
                 # An unusable choice is counted, and is one candidate less, not a failed prompt.
@@ -152,7 +159,8 @@ class OpenAIClient:
                     )
             if len(choices) >= wanted:
                 break
-        return texts
+        used.texts = texts
+        return used
 
     def request(self, route: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         """POST `fields` (with the endpoint's model) to `<url>/<route>`, under the rate limits, with retries; the
@@ -238,6 +246,15 @@ class OpenAIClient:
             self._count("parseFailures", 1)
             raise RequestFailed("parse failure: empty reply")
         return content
+
+
+@dataclass
+class Sampled:
+    """What `sample` got: the completions, and the tokens the server reported for them (0 when it did not)."""
+
+    texts: list[str]
+    input_tokens: int
+    output_tokens: int
 
 
 class RateLimits:

@@ -31,10 +31,13 @@ _WARNINGS = 3  # failures logged at WARNING; the rest only counted
 
 @dataclass
 class Answer:
-    """A prompt's candidates from the teacher, and how many of the `n` asked for it could not give."""
+    """A prompt's candidates from the teacher, how many of the `n` asked for it could not give, and the tokens
+    its requests took (as the server reported them; kept with a cached answer, for cost per success)."""
 
     texts: list[str]
     missing: int
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 class EndpointTeacher:
@@ -92,15 +95,20 @@ class EndpointTeacher:
             cached = self.cache.get(key)
             if cached is not None:
                 self.client.count("cacheHits", 1)
-                texts = list(cached)
             else:
-                texts = self.client.sample(prompt, n, **params)
-                self.cache.put(key, texts)
+                sampled = self.client.sample(prompt, n, **params)
+                cached = {
+                    "texts": sampled.texts,
+                    "input": sampled.input_tokens,
+                    "output": sampled.output_tokens,
+                }
+                self.cache.put(key, cached)
         except RequestFailed as failure:
             self.client.count("failedPrompts", 1)
             self._warn(f"prompt {record.get('id')!r}: {failure.message}")
-            texts = []
-        return Answer(texts[:n], n - len(texts[:n]))
+            return Answer([], n)
+        texts = list(cached["texts"])[:n]
+        return Answer(texts, n - len(texts), int(cached.get("input", 0)), int(cached.get("output", 0)))
 
     def sample(
         self,

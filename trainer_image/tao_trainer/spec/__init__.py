@@ -14,18 +14,17 @@ renders the CRD from it, and every stage reads the same models.
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
 from tao_trainer.spec.costs import BudgetSpec, CostsSpec, TokenPrice
 from tao_trainer.spec.endpoint import EndpointSpec, SecretKeySelector
+from tao_trainer.spec.evaluation import EvaluationSpec, MetricSpec
 from tao_trainer.spec.export import ExportSpec, HubExportSpec
 from tao_trainer.spec.loop import (
     ALL_STAGES,
     STAGES,
     ContinuousSpec,
     DpoSpec,
-    EvaluationSpec,
     GenerationSpec,
     GrpoSpec,
     LoopSpec,
     LoraSpec,
-    MetricSpec,
     ModelSpec,
     PreflightSpec,
     PromptsSpec,

@@ -24,7 +24,8 @@ class CostsSpec(CamelModel):
     currency: str = Field(default="USD", pattern=r"^[A-Za-z]{1,8}$", description="A label for the figures.")
     endpoints: dict[str, TokenPrice] = Field(
         default_factory=dict,
-        description="Token prices by endpoint: `teacher` (generation.teacher.endpoint) or a judge scorer's name.",
+        description="Token prices by endpoint: `teacher` (generation.teacher.endpoint), a judge scorer's name, or "
+        "`model` (what serving the tuned model costs: its cost per success in the evaluation report).",
     )
     gpu_hour: float | None = Field(
         default=None, ge=0, le=1e6, description="Price of one GPU-hour of a stage."

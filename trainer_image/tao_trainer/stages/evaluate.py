@@ -23,7 +23,7 @@ from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
 from tao_trainer.promotion import Guard, Health, decide, mean
 from tao_trainer.spec import MetricSpec
-from tao_trainer.stages import model_worker
+from tao_trainer.stages import evaluate_costs, model_worker
 from tao_trainer.stages.common import log, trl_prompt_kwargs
 from tao_trainer.stages.score import flatten
 
@@ -239,6 +239,43 @@ def score_sides(
     return {name: side(j) for j, name in enumerate(names)}
 
 
+def _cost_per_success(
+    cfg: StageConfig,
+    held: list[dict[str, Any]],
+    labels: dict[str, dict[str, Any]],
+    sides: dict[str, list[str]],
+    scores: dict[str, Any],
+    per_metric: dict[str, dict[str, list[float]]],
+    scoring: tuple[list[Any], list[Any], list[list[str]], dict[str, list[Any]]],
+) -> dict[str, float | None]:
+    """Each side's successes and tokens per success (`evaluate_costs`); the teacher's too, with its metrics,
+    when evaluation.teacherBaseline asks for it."""
+    spec = cfg.spec
+    first = spec.evaluation.metrics[0].name if spec.evaluation.metrics else None
+    tokenizer = models.load_tokenizer(models.resolve(cfg.model_uri))
+    out: dict[str, float | None] = {}
+    for side, answers in sides.items():
+        inputs, outputs = evaluate_costs.student_tokens(
+            tokenizer, held, spec.generation.system_prompt, answers
+        )
+        won = evaluate_costs.successes(scores[side].total, per_metric[side][first] if first else None)
+        out |= evaluate_costs.per_success(side, won, inputs, outputs)
+    if not spec.evaluation.teacher_baseline:
+        return out
+    texts, inputs, outputs = evaluate_costs.teacher_answers(cfg, held)
+    scorers, prompts_, references, kwargs = scoring
+    teacher_scores = score_sides(scorers, prompts_, {"teacher": texts}, references, kwargs)["teacher"].total
+    out["teacher.score"] = mean(teacher_scores)
+    rows = [{k: v for k, v in labels.get(rec["id"], {}).items() if k != "id"} for rec in held]
+    first_values = None
+    for m in spec.evaluation.metrics:
+        values = metric_values(m, texts, [row.get(m.field or "") for row in rows], rows)
+        out[f"teacher.{m.name}"] = mean(list(values))
+        first_values = first_values if first_values is not None else list(values)
+    won = evaluate_costs.successes(teacher_scores, first_values)
+    return out | evaluate_costs.per_success("teacher", won, inputs, outputs)
+
+
 def append_history(layout: RunLayout, report: dict[str, Any]) -> None:
     """Add (or replace, on a re-run) the round's line in the run's history: the full record of every round,
     while a TAOJob's status keeps only the latest ones. Rewritten whole: object stores have no append."""
@@ -324,6 +361,11 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         guards=guards,
     )
     metrics.update(verdict.metrics())
+    metrics.update(
+        _cost_per_success(
+            cfg, held, labels, sides, scores, per_metric, (scorers, prompts_, references, kwargs)
+        )
+    )
     # Before anything records the promotion: a failed export fails this stage, and its re-run exports again.
     exported = None
     if verdict.promoted and spec.export is not None:

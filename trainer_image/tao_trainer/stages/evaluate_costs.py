@@ -1,0 +1,71 @@
+"""Cost per success on the held-out prompts: what each model (champion, challenger, and the teacher when
+`evaluation.teacherBaseline` asks it) spends in tokens for each answer that succeeds.
+
+A success is an answer whose first label metric is 1 (exact match, JSON equality...) when the spec reports
+label metrics, else one whose label-free gate score reaches 1. Tokens are the prompt and the answer: counted
+with the student's tokenizer for the student's models, as the teacher's server reported them for the teacher.
+Money per success (at `costs.endpoints.model` / `.teacher` prices) is added by the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tao_trainer.answer_cache import AnswerCache
+from tao_trainer.contract import StageConfig
+from tao_trainer.generation import Sampling
+from tao_trainer.layout import RunLayout
+from tao_trainer.stages.common import prepare
+from tao_trainer.teacher import EndpointTeacher
+
+
+def successes(scores: Sequence[float | None], label_values: Sequence[float] | None) -> list[bool]:
+    """
+    >>> successes([1.0, 0.4, None], None), successes([0.0, 0.0], [1.0, 0.0])
+    ([True, False, False], [True, False])
+    """
+    if label_values is not None:
+        return [v == 1.0 for v in label_values]
+    return [s is not None and s >= 1.0 for s in scores]
+
+
+def per_success(
+    side: str, won: Sequence[bool], inputs: Sequence[int], outputs: Sequence[int]
+) -> dict[str, float | None]:
+    """A side's figures as evaluate metrics: successes, and prompt and answer tokens per success (None without one).
+
+    >>> per_success("teacher", [True, False], [10, 10], [4, 6])
+    {'teacher.successes': 1.0, 'teacher.inputTokensPerSuccess': 20.0, 'teacher.outputTokensPerSuccess': 10.0}
+    """
+    n = sum(won)
+    return {
+        f"{side}.successes": float(n),
+        f"{side}.inputTokensPerSuccess": round(sum(inputs) / n, 2) if n else None,
+        f"{side}.outputTokensPerSuccess": round(sum(outputs) / n, 2) if n else None,
+    }
+
+
+def student_tokens(
+    tokenizer: Any, held: Sequence[dict[str, Any]], system_prompt: str | None, answers: Sequence[str]
+) -> tuple[list[int], list[int]]:
+    """Prompt and answer tokens of each held-out answer of a student model (its own tokenizer)."""
+    prompts = [len(p.ids) for p in prepare(tokenizer, held, system_prompt)]
+    completions = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    return prompts, completions
+
+
+def teacher_answers(cfg: StageConfig, held: list[dict[str, Any]]) -> tuple[list[str], list[int], list[int]]:
+    """The teacher's greedy answer to each held-out prompt (an empty one where it could not answer), and the
+    tokens each took; asked through the run's answer cache, so a re-run pays nothing."""
+    gen = cfg.spec.generation
+    assert gen.teacher is not None  # the spec requires a teacher endpoint for teacherBaseline
+    cache = AnswerCache(RunLayout(cfg.run_uri).answer_cache("teacher"))
+    answers = EndpointTeacher(gen.teacher, cache, gen.system_prompt).sample(
+        held, 1, Sampling.greedy(gen, gen.seed)
+    )
+    return (
+        [a.texts[0] if a.texts else "" for a in answers],
+        [a.input_tokens for a in answers],
+        [a.output_tokens for a in answers],
+    )
