@@ -49,11 +49,13 @@ class CandidateWriters:
     """Who writes a part's candidates: the model being tuned, or a teacher (weights or an endpoint) for
     `teacher.candidates(N)` of them and the model for the rest. Each is loaded when first needed."""
 
-    def __init__(self, cfg: StageConfig, bar: Any) -> None:
-        self.cfg, self.gen, self.bar = cfg, cfg.spec.generation, bar
+    def __init__(self, cfg: StageConfig) -> None:
+        self.cfg, self.gen = cfg, cfg.spec.generation
         teacher = self.gen.teacher
         self.n_teacher = teacher.candidates(self.gen.candidates) if teacher is not None else 0
         self.n_model = self.gen.candidates - self.n_teacher
+        self.sources = (self.n_teacher > 0) + (self.n_model > 0)  # who samples each prompt: 1 or 2
+        self.bar: Any = None  # a progress bar counting each prompt once per source
         self._local: dict[str, Any] = {}
         self.endpoint: EndpointTeacher | None = None
 
@@ -105,11 +107,11 @@ class CandidateWriters:
             )
         return rows
 
-    def counts(self, parts: list[list[dict[str, Any]]]) -> dict[str, int]:
-        """Candidates by source and the endpoint teacher's counters (`teacher.<counter>`), for the result."""
+    def counts(self, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Candidates of `rows` (the stage's shards) by source, and the endpoint teacher's counters
+        (`teacher.<counter>`: this process's requests), for the result."""
         if self.gen.teacher is None:
             return {}
-        rows = [row for part in parts for row in part]
         out = {
             f"candidatesFrom{source.title()}": sum(row.get("sources", []).count(source) for row in rows)
             for source in CANDIDATE_SOURCES
@@ -126,13 +128,11 @@ def run_generate(cfg: StageConfig) -> StageResult:
     shards = my_shards(cfg)
     todo = [i for i in shards if not storage.exists(lay.shard("candidates", r, i))]
     sampled = reused = 0
-    writers: CandidateWriters | None = None
-    all_parts: list[list[dict[str, Any]]] = []
+    writers = CandidateWriters(cfg)  # loads nothing until a part needs sampling
     if todo:
         shard_records = {i: storage.read_jsonl(lay.shard("prompts", r, i)) for i in todo}
-        sources = 1 if gen_spec.teacher is None or gen_spec.teacher.share == 1.0 else 2
-        bar = progress_bar(sources * sum(len(v) for v in shard_records.values()), f"round {r} generate")
-        writers = CandidateWriters(cfg, bar)  # loads nothing until a part needs sampling
+        total = writers.sources * sum(len(v) for v in shard_records.values())
+        bar = writers.bar = progress_bar(total, f"round {r} generate")
         for i in todo:
             records, size = shard_records[i], gen_spec.part_size
             parts: list[list[dict[str, Any]]] = []
@@ -141,7 +141,7 @@ def run_generate(cfg: StageConfig) -> StageResult:
                 rows = finished_part(uri, chunk, gen_spec.candidates)
                 if rows is not None:
                     reused += len(chunk)
-                    bar.update(sources * len(chunk))
+                    bar.update(writers.sources * len(chunk))
                 else:
                     rows = writers.part(chunk, start, shard_seed(gen_spec.seed, r, i))
                     storage.write_jsonl(uri, rows)
@@ -150,7 +150,6 @@ def run_generate(cfg: StageConfig) -> StageResult:
             storage.write_jsonl(lay.shard("candidates", r, i), (row for part in parts for row in part))
             for p in range(len(parts)):  # the whole shard holds them all now
                 storage.delete(lay.shard_part(r, i, p))
-            all_parts += parts
         bar.close()
     rows = [row for i in shards for row in storage.read_jsonl(lay.shard("candidates", r, i))]
     teacher = gen_spec.teacher
@@ -170,6 +169,6 @@ def run_generate(cfg: StageConfig) -> StageResult:
             "promptsSampled": sampled,
             "promptsFromParts": reused,
         }
-        | (writers.counts(all_parts) if writers is not None else {}),
+        | writers.counts(rows),
         outputs={"candidates": f"{lay.round_dir(r)}/candidates/", "generator": generator},
     )
