@@ -88,6 +88,13 @@ def format_table(report: dict[str, Any]) -> str:
     ]:
         lines += ["", "used (tokens by endpoint, in/out; CPU- and GPU-seconds of the stages):"]
         lines += [f"  round {rnd}: {text}" for rnd, text in used]
+    if teachers := [(r["round"], r["teacher"]) for r in report["rounds"] if r.get("teacher")]:
+        lines += ["", "the teacher on the same held-out prompts (evaluation.teacherBaseline):"]
+        lines += [
+            f"  round {rnd}: score {_fmt(t.get('score'))}"
+            + "".join(f", {m}* {_fmt(t.get(m))}" for m in metric_names)
+            for rnd, t in teachers
+        ]
     per_success = [(r["round"], describe_per_success(r, report.get("currency"))) for r in report["rounds"]]
     if per_success := [(rnd, text) for rnd, text in per_success if text]:
         lines += [

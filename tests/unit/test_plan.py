@@ -7,7 +7,7 @@ import pytest
 from tao_operator.plan import Failed, Finished, RunStage, build_report, champion, next_action
 from tao_trainer.contract import StageResult
 from tao_trainer.layout import RunLayout
-from tao_trainer.spec import STAGES, LoopSpec
+from tao_trainer.spec import STAGES, CostsSpec, LoopSpec
 
 LAYOUT = RunLayout("s3://runs/default/demo/uid-1")
 
@@ -195,3 +195,43 @@ def test_the_preflight_warns_about_a_scorer_that_never_answers_even_when_others_
     assert "warning: judge gave no value for any candidate" in report["verdict"]
     quiet = analyse([2], [1.0, 0.0], {"sql": [1.0, 0.0]}, 0.1)
     assert "warning" not in quiet["verdict"]
+
+
+def test_the_report_prices_use_and_cost_per_success_and_the_table_shows_them() -> None:
+    from tao_operator.report import format_table
+
+    priced = spec(rounds=1).model_copy(
+        update={
+            "costs": CostsSpec.model_validate(
+                {
+                    "currency": "EUR",
+                    "endpoints": {
+                        "teacher": {"inputPer1k": 1.0, "outputPer1k": 2.0},
+                        "model": {"inputPer1k": 0.1, "outputPer1k": 0.2},
+                    },
+                }
+            )
+        }
+    )
+    results = done(1, *STAGES, promoted=True)
+    results[(1, "generate")].counts = {"teacher.promptTokens": 1000, "teacher.completionTokens": 3000}
+    results[(1, "score")].counts = {"cpuSeconds": 7}
+    per_success = {"successes": 10.0, "inputTokensPerSuccess": 100.0, "outputTokensPerSuccess": 50.0}
+    results[(1, "evaluate")].metrics = {
+        f"{side}.{k}": v for side in ("champion", "challenger", "teacher") for k, v in per_success.items()
+    } | {"teacher.accuracy": 0.9}
+    report = build_report("job", priced, LAYOUT, results)
+    row = report["rounds"][0]
+    assert row["usage"] == {
+        "tokens": {"teacher": {"input": 1000, "output": 3000}},
+        "cpuSeconds": 7,
+        "gpuSeconds": 0,
+        "money": 7.0,
+    }
+    assert row["teacher"]["moneyPerSuccess"] == pytest.approx(0.2)  # 100/1000 * 1 + 50/1000 * 2
+    assert row["challenger"]["moneyPerSuccess"] == pytest.approx(0.02)
+    assert report["usage"]["money"] == 7.0 and report["currency"] == "EUR"
+    table = format_table(report)
+    assert "round 1: teacher 1000/3000 tokens, 7 CPU-s, 0 GPU-s, 7 EUR" in table
+    assert "challenger 150 tokens, 0.02 EUR (10 successes), teacher 150 tokens, 0.2 EUR" in table
+    assert "round 1: score -, accuracy* 0.900" in table

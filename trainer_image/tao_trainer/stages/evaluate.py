@@ -247,9 +247,9 @@ def _cost_per_success(
     scores: dict[str, Any],
     per_metric: dict[str, dict[str, list[float]]],
     scoring: tuple[list[Any], list[Any], list[list[str]], dict[str, list[Any]]],
-) -> dict[str, float | None]:
+) -> tuple[dict[str, float | None], dict[str, int]]:
     """Each side's successes and tokens per success (`evaluate_costs`); the teacher's too, with its metrics,
-    when evaluation.teacherBaseline asks for it."""
+    when evaluation.teacherBaseline asks for it (then also the teacher client's counters, for the result)."""
     spec = cfg.spec
     first = spec.evaluation.metrics[0].name if spec.evaluation.metrics else None
     tokenizer = models.load_tokenizer(models.resolve(cfg.model_uri))
@@ -261,8 +261,8 @@ def _cost_per_success(
         won = evaluate_costs.successes(scores[side].total, per_metric[side][first] if first else None)
         out |= evaluate_costs.per_success(side, won, inputs, outputs)
     if not spec.evaluation.teacher_baseline:
-        return out
-    texts, inputs, outputs = evaluate_costs.teacher_answers(cfg, held)
+        return out, {}
+    texts, inputs, outputs, counters = evaluate_costs.teacher_answers(cfg, held)
     scorers, prompts_, references, kwargs = scoring
     teacher_scores = score_sides(scorers, prompts_, {"teacher": texts}, references, kwargs)["teacher"].total
     out["teacher.score"] = mean(teacher_scores)
@@ -273,7 +273,7 @@ def _cost_per_success(
         out[f"teacher.{m.name}"] = mean(list(values))
         first_values = first_values if first_values is not None else list(values)
     won = evaluate_costs.successes(teacher_scores, first_values)
-    return out | evaluate_costs.per_success("teacher", won, inputs, outputs)
+    return out | evaluate_costs.per_success("teacher", won, inputs, outputs), counters
 
 
 def append_history(layout: RunLayout, report: dict[str, Any]) -> None:
@@ -361,11 +361,10 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         guards=guards,
     )
     metrics.update(verdict.metrics())
-    metrics.update(
-        _cost_per_success(
-            cfg, held, labels, sides, scores, per_metric, (scorers, prompts_, references, kwargs)
-        )
+    per_success, teacher_counts = _cost_per_success(
+        cfg, held, labels, sides, scores, per_metric, (scorers, prompts_, references, kwargs)
     )
+    metrics.update(per_success)
     # Before anything records the promotion: a failed export fails this stage, and its re-run exports again.
     exported = None
     if verdict.promoted and spec.export is not None:
@@ -422,7 +421,8 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
             "losses": verdict.losses,
             "pairs": verdict.bound.pairs,
         }
-        | stats_counts(scorers),
+        | stats_counts(scorers)
+        | teacher_counts,  # the teacher's held-out answers (evaluation.teacherBaseline): tokens paid
         metrics=metrics,
         promoted=verdict.promoted,
         message=verdict.message,

@@ -55,17 +55,20 @@ def student_tokens(
     return prompts, completions
 
 
-def teacher_answers(cfg: StageConfig, held: list[dict[str, Any]]) -> tuple[list[str], list[int], list[int]]:
-    """The teacher's greedy answer to each held-out prompt (an empty one where it could not answer), and the
-    tokens each took; asked through the run's answer cache, so a re-run pays nothing."""
+def teacher_answers(
+    cfg: StageConfig, held: list[dict[str, Any]]
+) -> tuple[list[str], list[int], list[int], dict[str, int]]:
+    """The teacher's greedy answer to each held-out prompt (an empty one where it could not answer), the tokens
+    each took, and the teacher client's counters (what this stage paid: a re-run answers from the run's answer
+    cache and pays nothing)."""
     gen = cfg.spec.generation
     assert gen.teacher is not None  # the spec requires a teacher endpoint for teacherBaseline
     cache = AnswerCache(RunLayout(cfg.run_uri).answer_cache("teacher"))
-    answers = EndpointTeacher(gen.teacher, cache, gen.system_prompt).sample(
-        held, 1, Sampling.greedy(gen, gen.seed)
-    )
+    teacher = EndpointTeacher(gen.teacher, cache, gen.system_prompt)
+    answers = teacher.sample(held, 1, Sampling.greedy(gen, gen.seed))
     return (
         [a.texts[0] if a.texts else "" for a in answers],
         [a.input_tokens for a in answers],
         [a.output_tokens for a in answers],
+        {f"teacher.{k}": v for k, v in teacher.stats.items()},
     )
