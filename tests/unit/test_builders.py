@@ -622,35 +622,43 @@ def test_a_user_variable_of_the_same_name_wins_over_the_judges_secret_reference(
     assert entries == [{"name": "JUDGE_API_KEY", "value": "x"}]
 
 
-def test_the_teachers_api_key_reaches_only_the_generate_stage_as_a_secret_reference() -> None:
-    endpoint = {
-        "url": "https://api.example.com/v1",
-        "model": "teacher-large",
-        "apiKeyEnv": "TEACHER_API_KEY",
-        "apiKeySecretRef": {"name": "teacher-creds", "key": "token"},
-    }
-    job = taojob(generation={"teacher": {"endpoint": endpoint}})
+TEACHER_ENDPOINT = {
+    "url": "https://api.example.com/v1",
+    "model": "teacher-large",
+    "apiKeyEnv": "TEACHER_API_KEY",
+    "apiKeySecretRef": {"name": "teacher-creds", "key": "token"},
+}
+HUB = {"repo": "acme/bot", "tokenEnv": "HUB_WRITE", "tokenSecretRef": {"name": "hub", "key": "token"}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "variable", "secret", "only_stage"),
+    [
+        (
+            {"generation": {"teacher": {"endpoint": TEACHER_ENDPOINT}}},
+            "TEACHER_API_KEY",
+            "teacher-creds",
+            "generate",
+        ),
+        ({"export": {"uri": "s3://models/bot", "hub": HUB}}, "HUB_WRITE", "hub", "evaluate"),
+    ],
+    ids=["teacher-key", "hub-export-token"],
+)
+def test_a_secret_reaches_only_the_stage_that_uses_it_as_a_secret_reference(
+    spec: dict[str, Any], variable: str, secret: str, only_stage: str
+) -> None:
+    job = taojob(**spec)
     for stage in ("preflight", *STAGES):
         env = env_of(container(build(job, stage)))
-        if stage == "generate":
-            assert env["TEACHER_API_KEY"] == {"secretKeyRef": {"name": "teacher-creds", "key": "token"}}
+        if stage == only_stage:
+            assert env[variable] == {"secretKeyRef": {"name": secret, "key": "token"}}
         else:
-            assert "TEACHER_API_KEY" not in env, stage
+            assert variable not in env, stage
         kubernetes_validate.validate(build(job, stage), K8S_VERSIONS[0], strict=True)
 
 
-def test_the_hub_export_token_reaches_only_the_evaluate_stage_as_a_secret_reference() -> None:
-    hub = {"repo": "acme/bot", "tokenEnv": "HUB_WRITE", "tokenSecretRef": {"name": "hub", "key": "token"}}
-    job = taojob(export={"uri": "s3://models/bot", "hub": hub})
-    for stage in ("preflight", *STAGES):
-        env = env_of(container(build(job, stage)))
-        if stage == "evaluate":
-            assert env["HUB_WRITE"] == {"secretKeyRef": {"name": "hub", "key": "token"}}
-        else:
-            assert "HUB_WRITE" not in env, stage
-        kubernetes_validate.validate(build(job, stage), K8S_VERSIONS[0], strict=True)
-    # No secret reference (a token the user provides through pods.env or credentials): nothing added.
-    plain = taojob(export={"uri": "s3://models/bot", "hub": {"repo": "acme/bot"}})
+def test_a_hub_export_without_a_secret_reference_adds_no_variable() -> None:
+    plain = taojob(export={"uri": "s3://models/bot", "hub": {"repo": "acme/bot"}})  # token from pods.env
     assert "TAO_EXPORT_HUB_TOKEN" not in env_of(container(build(plain, "evaluate")))
 
 
