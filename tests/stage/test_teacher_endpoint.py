@@ -22,8 +22,8 @@ from tao_trainer.answer_cache import AnswerCache
 from tao_trainer.cli import _runner
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
-from tao_trainer.spec import TeacherSpec
-from tao_trainer.teacher import EndpointTeacher
+from tao_trainer.spec import ServedModelSpec, TeacherSpec
+from tao_trainer.teacher import EndpointSampler
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -46,14 +46,14 @@ def server() -> Iterator[ScriptedJudge]:
     s.close()
 
 
-def teacher(url: str, tmp: Path, api: str = "completions", **endpoint: Any) -> EndpointTeacher:
+def teacher(url: str, tmp: Path, api: str = "completions", **endpoint: Any) -> EndpointSampler:
     spec = TeacherSpec.model_validate(
         {
             "endpoint": {"url": url, "model": "big", "maxRetries": 0, "timeoutSeconds": 5} | endpoint,
             "api": api,
         }
     )
-    made = EndpointTeacher(spec, AnswerCache((tmp / "cache").as_uri()), system_prompt=None)
+    made = EndpointSampler(spec, AnswerCache((tmp / "cache").as_uri()), system_prompt=None)
     made.client.backoff_base = 0.01
     return made
 
@@ -187,6 +187,21 @@ def test_answers_are_kept_so_a_rerun_pays_for_nothing(server: ScriptedJudge, tmp
     assert len(server.requests) == 5
 
 
+def test_the_served_model_is_cached_per_starting_model(server: ScriptedJudge, tmp_path: Path) -> None:
+    """generation.modelEndpoint: a later round's champion, served under the same name, is asked anew."""
+    server.respond = lambda body, n: completion("a")
+    served = ServedModelSpec.model_validate(
+        {"endpoint": {"url": server.url, "model": "bot"}, "api": "completions"}
+    )
+    cache = AnswerCache((tmp_path / "cache").as_uri())
+    EndpointSampler(served, cache, None, key_salt="round-1 model").sample(RECORDS[:2], 1, SAMPLING)
+    again = EndpointSampler(served, cache, None, key_salt="round-1 model")
+    again.sample(RECORDS[:2], 1, SAMPLING)
+    assert len(server.requests) == 2 and again.stats["cacheHits"] == 2
+    EndpointSampler(served, cache, None, key_salt="round-2 champion").sample(RECORDS[:2], 1, SAMPLING)
+    assert len(server.requests) == 4
+
+
 def test_a_torn_cache_object_costs_a_request_not_the_stage(server: ScriptedJudge, tmp_path: Path) -> None:
     server.respond = lambda body, n: completion("a")
     teacher(server.url, tmp_path).sample(RECORDS[:2], 1, SAMPLING)
@@ -234,6 +249,22 @@ def test_generate_asks_the_served_teacher_and_a_rerun_pays_nothing(
     again = _runner("generate")(config(workspace, "generate", **gen))
     assert again.counts["teacher.calls"] == 0 and again.counts["teacher.cacheHits"] == prompts
     assert [row for i in range(2) for row in storage.read_jsonl(lay.shard("candidates", 1, i))] == rows
+
+
+def test_the_model_being_tuned_can_be_sampled_from_a_server(
+    workspace: dict[str, Path], served_teacher: Served
+) -> None:
+    served = {"endpoint": {"url": served_teacher.url, "model": served_teacher.name}, "api": "completions"}
+    results = run_through(
+        workspace, "prepare", "generate", "score", "train", generation={"modelEndpoint": served}
+    )
+    generated = results["generate"]
+    prompts = generated.counts["prompts"]
+    assert (
+        generated.counts["candidatesFromModel"] == 4 * prompts and generated.counts["model.calls"] == prompts
+    )
+    assert generated.counts["model.completionTokens"] > 0 and results["train"].counts["examples"] > 0
+    assert generated.outputs["generator"] == f"{served_teacher.url} ({served_teacher.name})"
 
 
 def test_a_mixed_round_keeps_each_candidates_source_through_training(

@@ -641,8 +641,14 @@ HUB = {"repo": "acme/bot", "tokenEnv": "HUB_WRITE", "tokenSecretRef": {"name": "
             "generate",
         ),
         ({"export": {"uri": "s3://models/bot", "hub": HUB}}, "HUB_WRITE", "hub", "evaluate"),
+        (
+            {"generation": {"modelEndpoint": {"endpoint": TEACHER_ENDPOINT | {"model": "bot"}}}},
+            "TEACHER_API_KEY",
+            "teacher-creds",
+            "generate",
+        ),
     ],
-    ids=["teacher-key", "hub-export-token"],
+    ids=["teacher-key", "hub-export-token", "model-endpoint-key"],
 )
 def test_a_secret_reaches_only_the_stage_that_uses_it_as_a_secret_reference(
     spec: dict[str, Any], variable: str, secret: str, only_stage: str

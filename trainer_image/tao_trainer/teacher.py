@@ -22,7 +22,7 @@ from tao_trainer import models
 from tao_trainer.answer_cache import AnswerCache, request_key
 from tao_trainer.generation import Sampling
 from tao_trainer.openai_client import OpenAIClient, RequestFailed
-from tao_trainer.spec import TeacherSpec
+from tao_trainer.spec import ServedModelSpec, TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +40,32 @@ class Answer:
     output_tokens: int = 0
 
 
-class EndpointTeacher:
-    """Candidates from `teacher.endpoint`; `stats` counts calls, cacheHits, retries, httpErrors, refusals,
-    parseFailures, promptTokens and completionTokens (tokens of requests made, not of cached answers)."""
+class EndpointSampler:
+    """Candidates from an endpoint (`teacher.endpoint`, or `generation.modelEndpoint` for the model being tuned);
+    `stats` counts calls, cacheHits, retries, httpErrors, refusals, parseFailures, promptTokens and
+    completionTokens (tokens of requests made, not of cached answers)."""
 
-    def __init__(self, teacher: TeacherSpec, cache: AnswerCache, system_prompt: str | None) -> None:
+    def __init__(
+        self,
+        teacher: TeacherSpec | ServedModelSpec,
+        cache: AnswerCache,
+        system_prompt: str | None,
+        key_salt: str = "",
+        field: str = "generation.teacher.endpoint",
+    ) -> None:
+        """`teacher`: the teacher, or the model being tuned as a server serves it (`key_salt` then names the
+        round's starting model, so that a later round's champion never reads an earlier model's answers)."""
         endpoint = teacher.endpoint
         if endpoint is None:
-            raise ValueError("EndpointTeacher needs generation.teacher.endpoint")
-        self.teacher, self.endpoint, self.cache, self.system_prompt = teacher, endpoint, cache, system_prompt
+            raise ValueError("EndpointSampler needs generation.teacher.endpoint")
+        self.api, self.endpoint, self.cache, self.system_prompt = teacher.api, endpoint, cache, system_prompt
+        self.key_salt, self.field = key_salt, field
         key = None
         if endpoint.api_key_env is not None:
             key = os.environ.get(endpoint.api_key_env, "")
             if not key:
                 raise ValueError(
-                    f"generation.teacher.endpoint: the environment variable {endpoint.api_key_env} "
-                    "(apiKeyEnv) is not set or empty"
+                    f"{field}: the environment variable {endpoint.api_key_env} (apiKeyEnv) is not set or empty"
                 )
         self._warned = 0
         self.client = OpenAIClient(endpoint, api_key=key, user_agent="tao-teacher", warn=self._warn)
@@ -68,7 +78,7 @@ class EndpointTeacher:
             log.warning("teacher %s: %s", self.endpoint.url, message)
 
     def _prompt(self, record: dict[str, Any]) -> str | list[dict[str, Any]]:
-        if self.teacher.api == "chat":
+        if self.api == "chat":
             return models.prompt_messages(record["prompt"], self.system_prompt)
         if not isinstance(record["prompt"], str):
             raise RequestFailed(
@@ -89,8 +99,9 @@ class EndpointTeacher:
         try:
             prompt = self._prompt(record)
             route = "completions" if isinstance(prompt, str) else "chat/completions"
+            body = {"model": self.endpoint.model, "prompt": prompt, "n": n, **params}
             key = request_key(
-                self.endpoint.url, route, {"model": self.endpoint.model, "prompt": prompt, "n": n, **params}
+                self.endpoint.url, route, body | ({"served": self.key_salt} if self.key_salt else {})
             )
             cached = self.cache.get(key)
             if cached is not None:

@@ -64,7 +64,7 @@ def _stage_command(stage: str, gpus: int, launcher: bool) -> list[str]:
 
 def endpoint_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, Any]]:
     """API keys of endpoints (`apiKeySecretRef`) as `secretKeyRef` variables, on the stages that call them: the
-    judges' on the stages that score, the teacher's on generate.
+    judges' on the stages that score, the teacher's and the model endpoint's on generate.
 
     The key stays in its Secret: the manifest names the Secret and key only. Variables the user set in
     `pods` win (they are in `taken`), and every other stage never sees a key.
@@ -76,9 +76,9 @@ def endpoint_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str,
     if stage in scoring:
         scorers = [*job.spec.scoring.scorers, *(job.spec.evaluation.scorers or [])]
         endpoints += [getattr(scorer, "endpoint", None) for scorer in scorers]
-    teacher = job.spec.generation.teacher
-    if stage == "generate" and teacher is not None:
-        endpoints.append(teacher.endpoint)
+    if stage == "generate":
+        for served in (job.spec.generation.teacher, job.spec.generation.model_endpoint):
+            endpoints.append(served.endpoint if served is not None else None)
     out: list[dict[str, Any]] = []
     seen = set(taken)
     for endpoint in endpoints:

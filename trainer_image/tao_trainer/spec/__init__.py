@@ -56,6 +56,7 @@ from tao_trainer.spec.scorers import (
     parse_scorer_spec,
     validate_scorer_list,
 )
+from tao_trainer.spec.teacher import ServedModelSpec
 
 __all__ = [
     "ALL_STAGES",
@@ -96,6 +97,7 @@ __all__ = [
     "ScorerSpecList",
     "ScoringSpec",
     "SecretKeySelector",
+    "ServedModelSpec",
     "SftSpec",
     "SqlSpec",
     "Stage",

@@ -17,7 +17,7 @@ from tao_trainer.spec.evaluation import EvaluationSpec
 from tao_trainer.spec.export import ExportSpec
 from tao_trainer.spec.lora import LoraSpec
 from tao_trainer.spec.scorers import ScorerSpecList
-from tao_trainer.spec.teacher import TeacherSpec
+from tao_trainer.spec.teacher import ServedModelSpec, TeacherSpec
 from tao_trainer.spec.training_scale import TrainingScale
 
 Stage = Literal["preflight", "watch", "prepare", "generate", "score", "train", "evaluate"]
@@ -137,6 +137,12 @@ class GenerationSpec(CamelModel):
     teacher: TeacherSpec | None = Field(
         default=None,
         description="Generate with this model instead (curated distillation into the tuned model).",
+    )
+    model_endpoint: ServedModelSpec | None = Field(
+        default=None,
+        description="Sample the candidates of the model being tuned from this server instead of loading it in "
+        "the generate stage. It must serve each round's starting model (round 1: the base; later: the champion, "
+        "e.g. this TAOJob's own serving Deployment): the samples are trained on as that model's.",
     )
     backend: Literal["auto", "transformers", "vllm"] = Field(
         default="auto", description="auto: vLLM when a GPU and vllm are present, else transformers."

@@ -1,4 +1,5 @@
-"""`generation.teacher`: who writes the candidates instead of (or beside) the model being tuned."""
+"""`generation.teacher` (who writes the candidates instead of, or beside, the model being tuned) and
+`generation.modelEndpoint` (the model being tuned, sampled from a server)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from pydantic import Field, field_validator, model_validator
 from tao_trainer.spec.base import MODEL_SCHEMES, CamelModel, check_scheme
 from tao_trainer.spec.endpoint import EndpointSpec
 from tao_trainer.spec.engine import EngineSpec
+
+
+class ServedModelSpec(CamelModel):
+    """The model being tuned, as a server already serves it (`generation.modelEndpoint`)."""
+
+    endpoint: EndpointSpec = Field(description="The OpenAI-compatible server and the model name it serves.")
+    api: Literal["chat", "completions"] = Field(
+        default="chat",
+        description="chat (/chat/completions) or completions (/completions, plain-text prompts).",
+    )
 
 
 class TeacherSpec(CamelModel):

@@ -17,7 +17,7 @@ from tao_trainer.contract import StageConfig
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
 from tao_trainer.stages.common import prepare
-from tao_trainer.teacher import EndpointTeacher
+from tao_trainer.teacher import EndpointSampler
 
 
 def successes(scores: Sequence[float | None], label_values: Sequence[float] | None) -> list[bool]:
@@ -64,7 +64,7 @@ def teacher_answers(
     gen = cfg.spec.generation
     assert gen.teacher is not None  # the spec requires a teacher endpoint for teacherBaseline
     cache = AnswerCache(RunLayout(cfg.run_uri).answer_cache("teacher"))
-    teacher = EndpointTeacher(gen.teacher, cache, gen.system_prompt)
+    teacher = EndpointSampler(gen.teacher, cache, gen.system_prompt)
     answers = teacher.sample(held, 1, Sampling.greedy(gen, gen.seed))
     return (
         [a.texts[0] if a.texts else "" for a in answers],

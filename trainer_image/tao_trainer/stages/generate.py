@@ -27,7 +27,7 @@ from tao_trainer.stages.common import (
     render,
     shard_seed,
 )
-from tao_trainer.teacher import Answer, EndpointTeacher
+from tao_trainer.teacher import Answer, EndpointSampler
 
 
 def finished_part(uri: str, prompts: list[dict[str, Any]], candidates: int) -> list[dict[str, Any]] | None:
@@ -57,7 +57,7 @@ class CandidateWriters:
         self.sources = (self.n_teacher > 0) + (self.n_model > 0)  # who samples each prompt: 1 or 2
         self.bar: Any = None  # a progress bar counting each prompt once per source
         self._local: dict[str, Any] = {}
-        self.endpoint: EndpointTeacher | None = None
+        self.endpoints: dict[str, EndpointSampler] = {}
 
     def _generator(self, source: str) -> Any:
         if source not in self._local:
@@ -68,12 +68,21 @@ class CandidateWriters:
                 self._local[source] = open_generator(self.gen, self.cfg.model_uri)
         return self._local[source]
 
-    def _endpoint(self) -> EndpointTeacher:
-        if self.endpoint is None:
-            assert self.gen.teacher is not None
-            cache = AnswerCache(RunLayout(self.cfg.run_uri).answer_cache("teacher"))
-            self.endpoint = EndpointTeacher(self.gen.teacher, cache, self.gen.system_prompt)
-        return self.endpoint
+    def _endpoint(self, source: str) -> EndpointSampler | None:
+        """The server that writes `source`'s candidates (the teacher's endpoint, generation.modelEndpoint), if any."""
+        served = self.gen.teacher if source == "teacher" else self.gen.model_endpoint
+        if served is None or served.endpoint is None:
+            return None
+        if source not in self.endpoints:
+            cache = AnswerCache(RunLayout(self.cfg.run_uri).answer_cache(source))
+            # The model's answers are the round's starting model's: keyed by it, never reused by a later champion.
+            salt, field = (
+                ("", "generation.teacher.endpoint")
+                if source == "teacher"
+                else (self.cfg.model_uri, "generation.modelEndpoint")
+            )
+            self.endpoints[source] = EndpointSampler(served, cache, self.gen.system_prompt, salt, field)
+        return self.endpoints[source]
 
     def _local_answers(self, source: str, chunk: list[dict[str, Any]], sampling: Sampling) -> list[Answer]:
         generator = self._generator(source)
@@ -82,21 +91,17 @@ class CandidateWriters:
 
     def part(self, chunk: list[dict[str, Any]], start: int, seed: int) -> list[dict[str, Any]]:
         """The candidates rows of `chunk`, the prompts from `start` on in their shard."""
-        teacher = self.gen.teacher
-        if teacher is None:  # the plain TAO loop: rows as they always were
-            answers = self._local_answers(
-                "model", chunk, Sampling.from_spec(self.gen, seed, first_index=start)
-            )
-            return [{**rec, "candidates": a.texts} for rec, a in zip(chunk, answers, strict=True)]
         by_source: dict[str, list[Answer]] = {}
         for source, n in (("teacher", self.n_teacher), ("model", self.n_model)):
             if n == 0:
                 continue
             sampling = Sampling.from_spec(self.gen, seed, n=n, first_index=start)
-            if source == "teacher" and teacher.endpoint is not None:
-                by_source[source] = self._endpoint().sample(chunk, n, sampling, self.bar.update)
+            if (endpoint := self._endpoint(source)) is not None:
+                by_source[source] = endpoint.sample(chunk, n, sampling, self.bar.update)
             else:
                 by_source[source] = self._local_answers(source, chunk, sampling)
+        if self.gen.teacher is None and self.gen.model_endpoint is None:  # the plain TAO loop, rows as always
+            return [{**rec, "candidates": a.texts} for rec, a in zip(chunk, by_source["model"], strict=True)]
         rows = []
         for i, rec in enumerate(chunk):
             texts = [text for source in by_source for text in by_source[source][i].texts]
@@ -110,15 +115,15 @@ class CandidateWriters:
     def counts(self, rows: list[dict[str, Any]]) -> dict[str, int]:
         """Candidates of `rows` (the stage's shards) by source, and the endpoint teacher's counters
         (`teacher.<counter>`: this process's requests), for the result."""
-        if self.gen.teacher is None:
+        if self.gen.teacher is None and self.gen.model_endpoint is None:
             return {}
         out = {
             f"candidatesFrom{source.title()}": sum(row.get("sources", []).count(source) for row in rows)
             for source in CANDIDATE_SOURCES
         }
         out["candidatesMissing"] = sum(row.get("missing", 0) for row in rows)
-        if self.endpoint is not None:
-            out |= {f"teacher.{k}": v for k, v in self.endpoint.stats.items()}
+        for source, endpoint in self.endpoints.items():  # `teacher.*`, `model.*`: their tokens are use
+            out |= {f"{source}.{k}": v for k, v in endpoint.stats.items()}
         return out
 
 
@@ -153,9 +158,10 @@ def run_generate(cfg: StageConfig) -> StageResult:
         bar.close()
     rows = [row for i in shards for row in storage.read_jsonl(lay.shard("candidates", r, i))]
     teacher = gen_spec.teacher
+    served = teacher if teacher is not None else gen_spec.model_endpoint
     generator = (
-        f"{teacher.endpoint.url} ({teacher.endpoint.model})"
-        if teacher is not None and teacher.endpoint is not None
+        f"{served.endpoint.url} ({served.endpoint.model})"
+        if served is not None and served.endpoint is not None
         else candidate_source(gen_spec, cfg.model_uri)[0]
     )
     return StageResult(
