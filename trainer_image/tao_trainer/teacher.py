@@ -57,7 +57,7 @@ class EndpointSampler:
         round's starting model, so that a later round's champion never reads an earlier model's answers)."""
         endpoint = teacher.endpoint
         if endpoint is None:
-            raise ValueError("EndpointSampler needs generation.teacher.endpoint")
+            raise ValueError(f"{field} is not set")
         self.api, self.endpoint, self.cache, self.system_prompt = teacher.api, endpoint, cache, system_prompt
         self.key_salt, self.field = key_salt, field
         key = None
@@ -75,14 +75,14 @@ class EndpointSampler:
     def _warn(self, message: str) -> None:
         self._warned += 1
         if self._warned <= _WARNINGS:
-            log.warning("teacher %s: %s", self.endpoint.url, message)
+            log.warning("%s %s: %s", self.field, self.endpoint.url, message)
 
     def _prompt(self, record: dict[str, Any]) -> str | list[dict[str, Any]]:
         if self.api == "chat":
             return models.prompt_messages(record["prompt"], self.system_prompt)
         if not isinstance(record["prompt"], str):
             raise RequestFailed(
-                "a chat prompt cannot go to /completions (generation.teacher.api: completions)"
+                f"a chat prompt cannot go to /completions ({self.field} with api: completions)"
             )
         return (self.system_prompt + "\n\n" if self.system_prompt else "") + record["prompt"]
 
