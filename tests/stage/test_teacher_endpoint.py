@@ -78,14 +78,15 @@ def test_chat_requests_carry_the_messages_and_the_sampling(server: ScriptedJudge
     made = teacher(server.url, tmp_path, api="chat")
     made.system_prompt = "Answer with a number."
     made.sample(RECORDS[:2], 1, SAMPLING)
-    first = server.requests[0]
+    # The two requests run concurrently: taken in prompt order, whichever arrived first.
+    first, second = sorted(server.requests, key=lambda r: r["messages"][-1]["content"])
     assert first["messages"] == [
         {"role": "system", "content": "Answer with a number."},
         {"role": "user", "content": "0+1="},
     ]
     assert (first["temperature"], first["top_p"], first["n"]) == (1.0, 1.0, 1)
     # Each prompt has a seed of its own, from its place in the shard: a part asked again asks the same.
-    assert server.requests[0]["seed"] != server.requests[1]["seed"]
+    assert first["seed"] != second["seed"]
 
 
 def test_429_with_retry_after_is_waited_for(server: ScriptedJudge, tmp_path: Path) -> None:
