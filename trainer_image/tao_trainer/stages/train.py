@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tao_trainer import models, storage, tracking
-from tao_trainer.contract import StageConfig, StageResult
+from tao_trainer.contract import CANDIDATE_SOURCES, StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec, TrainingSpec
 from tao_trainer.spec.training_scale import use_gradient_checkpointing
@@ -91,7 +91,7 @@ def source_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     if not any("source" in row for row in rows):
         return {}
     return {
-        f"examplesFrom{s.title()}": sum(row.get("source") == s for row in rows) for s in ("teacher", "model")
+        f"examplesFrom{s.title()}": sum(row.get("source") == s for row in rows) for s in CANDIDATE_SOURCES
     }
 
 
