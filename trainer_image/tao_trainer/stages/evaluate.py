@@ -82,6 +82,20 @@ def metric_values(
 _NO_JSON = object()
 
 
+def label_metrics(
+    metrics: list[MetricSpec], answers: list[str], label_rows: list[dict[str, Any]]
+) -> dict[str, list[float]]:
+    """Each reporting metric's per-answer values (`metric_values`); `label_rows` holds each prompt's label fields.
+
+    >>> label_metrics([MetricSpec(name="accuracy", field="answer")], ["4", "5"], [{"answer": "4"}, {}])
+    {'accuracy': [1.0, 0.0]}
+    """
+    return {
+        m.name: metric_values(m, answers, [row.get(m.field or "") for row in label_rows], label_rows)
+        for m in metrics
+    }
+
+
 def json_value(text: str | None) -> Any:
     """The JSON value a text holds: the whole (stripped, without a Markdown code fence), else its first object
     or array; `_NO_JSON` when there is none.
@@ -242,7 +256,7 @@ def score_sides(
 def _cost_per_success(
     cfg: StageConfig,
     held: list[dict[str, Any]],
-    labels: dict[str, dict[str, Any]],
+    label_rows: list[dict[str, Any]],
     sides: dict[str, list[str]],
     scores: dict[str, Any],
     per_metric: dict[str, dict[str, list[float]]],
@@ -266,13 +280,9 @@ def _cost_per_success(
     scorers, prompts_, references, kwargs = scoring
     teacher_scores = score_sides(scorers, prompts_, {"teacher": texts}, references, kwargs)["teacher"].total
     out["teacher.score"] = mean(teacher_scores)
-    rows = [{k: v for k, v in labels.get(rec["id"], {}).items() if k != "id"} for rec in held]
-    first_values = None
-    for m in spec.evaluation.metrics:
-        values = metric_values(m, texts, [row.get(m.field or "") for row in rows], rows)
-        out[f"teacher.{m.name}"] = mean(list(values))
-        first_values = first_values if first_values is not None else list(values)
-    won = evaluate_costs.successes(teacher_scores, first_values)
+    teacher_metrics = label_metrics(spec.evaluation.metrics, texts, label_rows)
+    out |= {f"teacher.{name}": mean(list(values)) for name, values in teacher_metrics.items()}
+    won = evaluate_costs.successes(teacher_scores, teacher_metrics[first] if first else None)
     return out | evaluate_costs.per_success("teacher", won, inputs, outputs), counters
 
 
@@ -315,13 +325,11 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     metrics: dict[str, float | None] = {}
     per_metric: dict[str, dict[str, list[float]]] = {}
     guards: dict[str, Guard] = {}
+    label_rows = [{k: v for k, v in labels.get(rec["id"], {}).items() if k != "id"} for rec in held]
     for side, answers in sides.items():
         metrics[f"{side}.score"] = mean(scores[side].total)
-        for m in spec.evaluation.metrics:
-            rows = [{k: v for k, v in labels.get(rec["id"], {}).items() if k != "id"} for rec in held]
-            vals = metric_values(m, answers, [row.get(m.field or "") for row in rows], rows)
-            per_metric.setdefault(side, {})[m.name] = vals
-            metrics[f"{side}.{m.name}"] = mean(list(vals))
+        per_metric[side] = label_metrics(spec.evaluation.metrics, answers, label_rows)
+        metrics |= {f"{side}.{name}": mean(list(values)) for name, values in per_metric[side].items()}
     for m in spec.evaluation.metrics:
         if m.gate:  # a labeled canary: only the prompts that carry the label count
             # A python metric (no single field) counts a prompt that carries any label field.
@@ -362,7 +370,7 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
     )
     metrics.update(verdict.metrics())
     per_success, teacher_counts = _cost_per_success(
-        cfg, held, labels, sides, scores, per_metric, (scorers, prompts_, references, kwargs)
+        cfg, held, label_rows, sides, scores, per_metric, (scorers, prompts_, references, kwargs)
     )
     metrics.update(per_success)
     # Before anything records the promotion: a failed export fails this stage, and its re-run exports again.
