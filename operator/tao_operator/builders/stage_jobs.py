@@ -62,9 +62,10 @@ def _stage_command(stage: str, gpus: int, launcher: bool) -> list[str]:
     return ["tao-stage", stage, "--config", CONFIG_PATH]
 
 
-def endpoint_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, Any]]:
-    """API keys of endpoints (`apiKeySecretRef`) as `secretKeyRef` variables, on the stages that call them: the
-    judges' on the stages that score, the teacher's and the model endpoint's on generate.
+def secret_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, Any]]:
+    """Keys held in Secrets as `secretKeyRef` variables, on the stages that use them: judges' API keys
+    (`apiKeySecretRef`) on the stages that score, the teacher's and the model endpoint's on generate, the Hub
+    export token (`export.hub.tokenSecretRef`) on evaluate.
 
     The key stays in its Secret: the manifest names the Secret and key only. Variables the user set in
     `pods` win (they are in `taken`), and every other stage never sees a key.
@@ -77,29 +78,23 @@ def endpoint_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str,
         scorers = [*job.spec.scoring.scorers, *(job.spec.evaluation.scorers or [])]
         endpoints += [getattr(scorer, "endpoint", None) for scorer in scorers]
     if stage == "generate":
-        for served in (job.spec.generation.teacher, job.spec.generation.model_endpoint):
-            endpoints.append(served.endpoint if served is not None else None)
+        endpoints += [
+            served.endpoint
+            for served in (job.spec.generation.teacher, job.spec.generation.model_endpoint)
+            if served is not None
+        ]
+    refs = [(e.api_key_env, e.api_key_secret_ref) for e in endpoints if e is not None]
+    hub = job.spec.export.hub if job.spec.export is not None else None
+    if stage == "evaluate" and hub is not None:
+        refs.append((hub.token_env, hub.token_secret_ref))
     out: list[dict[str, Any]] = []
     seen = set(taken)
-    for endpoint in endpoints:
-        if endpoint is None or endpoint.api_key_secret_ref is None or endpoint.api_key_env in seen:
+    for env, ref in refs:
+        if ref is None or env in seen:
             continue
-        seen.add(endpoint.api_key_env)
-        ref = endpoint.api_key_secret_ref
-        out.append(
-            {"name": endpoint.api_key_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-        )
+        seen.add(env)
+        out.append({"name": env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return out
-
-
-def export_token_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, Any]]:
-    """The Hub token of `export.hub.tokenSecretRef` as a `secretKeyRef` variable, on the evaluate stage only
-    (the one that exports); a variable of that name the user set in `pods` wins."""
-    hub = job.spec.export.hub if job.spec.export is not None else None
-    if stage != "evaluate" or hub is None or hub.token_secret_ref is None or hub.token_env in taken:
-        return []
-    ref = hub.token_secret_ref
-    return [{"name": hub.token_env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
 def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, attempt: int = 1) -> Manifest:
@@ -124,8 +119,7 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
         # The operator reads the result from the termination message: that path is not the user's to move.
         fixed=frozenset({"TAO_RESULT_PATH"}),
     )
-    env += endpoint_key_env(job, stage, {e.get("name") for e in env})
-    env += export_token_env(job, stage, {e.get("name") for e in env})
+    env += secret_key_env(job, stage, {e.get("name") for e in env})
     # Several nodes or a sharding strategy: `tao-stage train` starts accelerate's launcher over this topology.
     launcher = stage == "train" and multinode.uses_launcher(job)
     if launcher:
