@@ -268,22 +268,20 @@ def _cost_per_success(
     first = spec.evaluation.metrics[0].name if spec.evaluation.metrics else None
     tokenizer = models.load_tokenizer(models.resolve(cfg.model_uri))
     out: dict[str, float | None] = {}
+    inputs = evaluate_costs.prompt_tokens(tokenizer, held, spec.generation.system_prompt)
     for side, answers in sides.items():
-        inputs, outputs = evaluate_costs.student_tokens(
-            tokenizer, held, spec.generation.system_prompt, answers
-        )
         won = evaluate_costs.successes(scores[side].total, per_metric[side][first] if first else None)
-        out |= evaluate_costs.per_success(side, won, inputs, outputs)
+        out |= evaluate_costs.per_success(side, won, inputs, evaluate_costs.answer_tokens(tokenizer, answers))
     if not spec.evaluation.teacher_baseline:
         return out, {}
-    texts, inputs, outputs, counters = evaluate_costs.teacher_answers(cfg, held)
+    texts, teacher_inputs, teacher_outputs, counters = evaluate_costs.teacher_answers(cfg, held)
     scorers, prompts_, references, kwargs = scoring
     teacher_scores = score_sides(scorers, prompts_, {"teacher": texts}, references, kwargs)["teacher"].total
     out["teacher.score"] = mean(teacher_scores)
     teacher_metrics = label_metrics(spec.evaluation.metrics, texts, label_rows)
     out |= {f"teacher.{name}": mean(list(values)) for name, values in teacher_metrics.items()}
     won = evaluate_costs.successes(teacher_scores, teacher_metrics[first] if first else None)
-    return out | evaluate_costs.per_success("teacher", won, inputs, outputs), counters
+    return out | evaluate_costs.per_success("teacher", won, teacher_inputs, teacher_outputs), counters
 
 
 def append_history(layout: RunLayout, report: dict[str, Any]) -> None:

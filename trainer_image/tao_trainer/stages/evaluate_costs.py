@@ -46,13 +46,14 @@ def per_success(
     }
 
 
-def student_tokens(
-    tokenizer: Any, held: Sequence[dict[str, Any]], system_prompt: str | None, answers: Sequence[str]
-) -> tuple[list[int], list[int]]:
-    """Prompt and answer tokens of each held-out answer of a student model (its own tokenizer)."""
-    prompts = [len(p.ids) for p in prepare(tokenizer, held, system_prompt)]
-    completions = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
-    return prompts, completions
+def prompt_tokens(tokenizer: Any, held: Sequence[dict[str, Any]], system_prompt: str | None) -> list[int]:
+    """Tokens of each held-out prompt as a student model reads it (the same for champion and challenger)."""
+    return [len(p.ids) for p in prepare(tokenizer, held, system_prompt)]
+
+
+def answer_tokens(tokenizer: Any, answers: Sequence[str]) -> list[int]:
+    """Tokens of each answer of a student model (its own tokenizer, no special tokens)."""
+    return [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
 
 
 def teacher_answers(
