@@ -78,6 +78,11 @@ class RunLayout:
         """
         return f"{self.answer_cache_root}/{endpoint}"
 
+    def model_answers(self, key: str) -> str:
+        """A model's held-out answers, kept by `evaluate` under the key of what decides them
+        (`evaluation.reuseAnswers`): one object each, read back only by a later evaluate of the same key."""
+        return f"{self.answer_cache_root}/evaluation/{key}.json"
+
     @property
     def answer_cache_root(self) -> str:
         return f"{self.root}/cache"

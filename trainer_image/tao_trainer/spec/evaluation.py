@@ -128,6 +128,13 @@ class EvaluationSpec(CamelModel):
         default_factory=list,
         description="Metrics from label fields: reporting only, unless a metric sets gate: true (a guard).",
     )
+    reuse_answers: bool = Field(
+        default=True,
+        description="Keep each evaluated model's held-out answers in the run's storage and read them back when "
+        "the same model is evaluated again (a promoted challenger, as next round's champion), instead of "
+        "generating them again. Keyed by the model's files, the held-out prompts and the generation settings: "
+        "a change to any of them generates afresh.",
+    )
     teacher_baseline: bool = Field(
         default=False,
         description="Also ask generation.teacher.endpoint for a greedy answer to each held-out prompt (cached in "

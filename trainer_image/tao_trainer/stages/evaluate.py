@@ -14,10 +14,12 @@ supported by the *champion's* samples.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from tao_trainer import export, models, storage
+from tao_trainer.answer_cache import request_key
 from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
@@ -195,19 +197,50 @@ def answer_pattern(spec: Any, scorers: list[Any]) -> str | None:
     return None
 
 
+def answers_key(
+    model_uri: str, held: list[dict[str, Any]], cfg: StageConfig, samplings: list[Sampling]
+) -> str | None:
+    """What decides a model's held-out answers: its files (each one's size and etag or mtime, so a model
+    rewritten at the same URI is answered afresh), the held-out prompts, and the generation settings. None
+    for a model outside the run's storage schemes (an hf:// id): nothing tells when its files change."""
+    try:
+        files = storage.list_versions(model_uri)
+    except ValueError:
+        return None
+    if not files:
+        return None
+    body = {
+        "files": files,
+        "held": [[rec["id"], rec["prompt"]] for rec in held],
+        "generation": cfg.spec.generation.model_dump(mode="json"),
+        "samplings": [dataclasses.asdict(s) for s in samplings],
+    }
+    return request_key(model_uri, "evaluate", body)
+
+
 def _answers(
     model_uri: str, held: list[dict[str, Any]], cfg: StageConfig, references: int
-) -> tuple[list[str], list[list[str]]]:
+) -> tuple[list[str], list[list[str]], bool]:
     """Greedy answers (and `references` samples per prompt, if asked) of one model, loaded alone: on vLLM in a
-    process of its own (model_worker), so that the champion's engine is gone before the challenger's starts."""
+    process of its own (model_worker), so that the champion's engine is gone before the challenger's starts.
+    With evaluation.reuseAnswers, a model evaluated before on the same prompts and settings is read back
+    instead (the last item says so): a promoted challenger is next round's champion."""
     gen_spec = cfg.spec.generation
     samplings = [Sampling.greedy(gen_spec, gen_spec.seed)]
     if references:
         samplings.append(Sampling.from_spec(gen_spec, gen_spec.seed + 7919, n=references))
+    key = answers_key(model_uri, held, cfg, samplings) if cfg.spec.evaluation.reuse_answers else None
+    kept_uri = RunLayout(cfg.run_uri).model_answers(key) if key is not None else None
+    if kept_uri is not None and storage.exists(kept_uri):
+        kept = storage.read_json(kept_uri)
+        log(f"evaluate: reusing the answers {model_uri} gave to these prompts in an earlier evaluation")
+        return kept["greedy"], kept["references"], True
     outputs = model_worker.sample(gen_spec, model_uri, held, samplings, engine=gen_spec.engine)
     greedy = [g[0] for g in outputs[0]]
     refs: list[list[str]] = outputs[1] if references else [[] for _ in held]
-    return greedy, refs
+    if kept_uri is not None:
+        storage.write_json(kept_uri, {"model": model_uri, "greedy": greedy, "references": refs})
+    return greedy, refs, False
 
 
 def score_sides(
@@ -307,8 +340,8 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
 
     champion_uri, challenger_uri = cfg.model_uri, lay.model(r)
     log(f"evaluate: {len(held)} held-out prompts, champion {champion_uri} vs challenger {challenger_uri}")
-    champ_greedy, champ_refs = _answers(champion_uri, held, cfg, n_refs)
-    chall_greedy, chall_refs = _answers(challenger_uri, held, cfg, n_refs)
+    champ_greedy, champ_refs, champ_reused = _answers(champion_uri, held, cfg, n_refs)
+    chall_greedy, chall_refs, chall_reused = _answers(challenger_uri, held, cfg, n_refs)
     references = [a + b for a, b in zip(champ_refs, chall_refs, strict=True)]
 
     prompts_, _, kwargs = flatten([{**rec, "candidates": [""]} for rec in held])
@@ -426,6 +459,7 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
             "wins": verdict.wins,
             "losses": verdict.losses,
             "pairs": verdict.bound.pairs,
+            "reusedAnswers": int(champ_reused) + int(chall_reused),  # models not generated again
         }
         | stats_counts(scorers)
         | teacher_counts,  # the teacher's held-out answers (evaluation.teacherBaseline): tokens paid
