@@ -266,16 +266,80 @@ def test_local_dir_caches_s3_trees_until_they_change(s3_bucket: str, tmp_path: P
     first = storage.local_dir(uri, cache_root=cache)
     assert _read_tree(first) == content
     assert cache in first.parents
-    # Reused: a marker file does the bookkeeping outside the tree, and a local edit survives
-    # because nothing is downloaded again while the remote listing is unchanged.
-    (first / "config.json").write_bytes(b"local edit")
+    # Reused: a marker file does the bookkeeping outside the tree, and nothing is downloaded again while the
+    # remote listing is unchanged (an edit of the same size survives: only sizes are checked locally).
+    (first / "config.json").write_bytes(b'{"n": 9}')
     assert storage.local_dir(uri, cache_root=cache) == first
-    assert (first / "config.json").read_bytes() == b"local edit"
+    assert (first / "config.json").read_bytes() == b'{"n": 9}'
     # The remote tree changed: downloaded again, whole.
     storage.write_bytes(f"{uri}/config.json", b'{"n": 2}')
     again = storage.local_dir(uri, cache_root=cache)
     assert again == first and (again / "config.json").read_bytes() == b'{"n": 2}'
     assert not any(p.name.endswith(".tao-tmp") for p in cache.rglob("*"))
+
+
+def test_local_dir_downloads_again_a_damaged_cached_tree(s3_bucket: str, tmp_path: Path) -> None:
+    content = _make_tree(tmp_path / "src")
+    uri = f"s3://{s3_bucket}/models/damaged"
+    storage.upload_dir(tmp_path / "src", uri)
+    cache = tmp_path / "cache"
+    first = storage.local_dir(uri, cache_root=cache)
+    # A crash or a disk cleaner cut a weight file short, or removed one: found before from_pretrained reads it.
+    weights = first / "weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert _read_tree(storage.local_dir(uri, cache_root=cache)) == content
+    (first / "weights" / "deep" / "er" / "tokenizer.json").unlink()
+    assert _read_tree(storage.local_dir(uri, cache_root=cache)) == content
+
+
+PULL = """
+import json, sys
+from tao_trainer import storage
+from tao_trainer.storage import transfers
+path = storage.local_dir(sys.argv[1])
+print(json.dumps({"path": str(path), "counts": transfers.counts()}))
+"""
+
+
+def test_processes_sharing_a_cache_directory_download_a_tree_once(s3_bucket: str, tmp_path: Path) -> None:
+    """A round's pods on one cache volume: one downloads, the others wait for it and read it complete."""
+    import subprocess
+    import sys
+
+    content = _make_tree(tmp_path / "src")
+    size = sum(len(v) for v in content.values())
+    uri = f"s3://{s3_bucket}/models/shared"
+    storage.upload_dir(tmp_path / "src", uri)
+    env = os.environ | {"TAO_CACHE_DIR": str(tmp_path / "volume")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", PULL, uri], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len({o["path"] for o in outs}) == 1 and _read_tree(Path(outs[0]["path"])) == content
+    counts = [o["counts"] for o in outs]
+    assert sum(c.get("treesPulled", 0) for c in counts) == 1
+    assert sum(c.get("treeBytesPulled", 0) for c in counts) == size
+    assert sum(c.get("treeCacheHits", 0) for c in counts) == 3
+
+
+def test_a_tree_just_uploaded_is_cached_without_a_download(s3_bucket: str, tmp_path: Path) -> None:
+    from tao_trainer.storage import transfers
+
+    content = _make_tree(tmp_path / "src")
+    uri = f"s3://{s3_bucket}/models/trained"
+    storage.upload_dir(tmp_path / "src", uri)
+    storage.cache_tree(tmp_path / "src", uri, cache_root=tmp_path / "cache")
+    transfers.reset()
+    assert _read_tree(storage.local_dir(uri, cache_root=tmp_path / "cache")) == content
+    assert transfers.counts() == {"treeCacheHits": 1}
+    # A local tree that is not what storage holds (another writer since) is not cached as it.
+    (tmp_path / "src" / "config.json").write_bytes(b"{}")
+    storage.cache_tree(tmp_path / "src", uri, cache_root=tmp_path / "c2")
+    transfers.reset()
+    assert _read_tree(storage.local_dir(uri, cache_root=tmp_path / "c2")) == content  # storage's, downloaded
+    assert transfers.counts()["treesPulled"] == 1
 
 
 def test_local_dir_uses_tao_cache_dir(

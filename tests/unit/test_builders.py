@@ -469,6 +469,37 @@ def test_the_pod_runs_the_stage_and_reports_through_the_termination_log(stage: s
     assert "activeDeadlineSeconds" not in spec
 
 
+@pytest.mark.parametrize(
+    ("cache", "volume"),
+    [
+        ({"claimName": "tao-models"}, {"persistentVolumeClaim": {"claimName": "tao-models"}}),
+        ({"hostPath": "/var/lib/tao"}, {"hostPath": {"path": "/var/lib/tao", "type": "DirectoryOrCreate"}}),
+    ],
+)
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_cache_volume_holds_every_stages_downloads(
+    stage: str, cache: dict[str, str], volume: dict[str, Any]
+) -> None:
+    """spec.storage.cache: every stage pod mounts the volume and keeps model (and hub) downloads there."""
+    manifest = build(taojob(storage={"uri": "s3://runs/tao", "cache": cache}), stage)
+    c = container(manifest)
+    assert env_of(c)["TAO_CACHE_DIR"] == "/var/cache/tao"
+    assert env_of(c)["HF_HUB_CACHE"] == "/var/cache/tao/hf"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod(manifest)["volumes"]}
+    assert volumes[mounts["/var/cache/tao"]] == {"name": "model-cache", **volume}
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+@pytest.mark.parametrize(
+    "cache", [{}, {"claimName": "a", "hostPath": "/x"}, {"hostPath": "relative/dir"}, {"claimName": "Bad_Name"}]
+)
+def test_a_cache_volume_names_one_volume(cache: dict[str, str]) -> None:
+    with pytest.raises(SpecError, match="storage.cache|claimName|hostPath"):
+        taojob(storage={"uri": "s3://runs/tao", "cache": cache})
+
+
 def test_ttl_only_when_the_operator_sets_it() -> None:
     spec = build(taojob(), "train", defaults=OperatorDefaults(ttl_seconds_after_finished=600))["spec"]
     assert spec["ttlSecondsAfterFinished"] == 600

@@ -24,6 +24,7 @@ from tao_trainer.contract import StageConfig, StageResult
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import ALL_STAGES
 from tao_trainer.stages import RUNNERS
+from tao_trainer.storage import transfers
 
 # Pod termination messages are capped at 4096 bytes by Kubernetes (bytes, not characters).
 RESULT_LIMIT = 4000
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = _runner(args.stage)(cfg)
             result.duration_seconds = round(time.monotonic() - started, 2)
-            result.counts |= compute_used(result.duration_seconds)
+            result.counts |= compute_used(result.duration_seconds) | transfers.counts()
             if result.ok and int(os.environ.get("RANK", "0")) == 0:
                 storage.write_text(stored_result_uri(cfg), result.model_dump_json(by_alias=True))
                 track(cfg, result)

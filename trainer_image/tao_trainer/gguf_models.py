@@ -129,25 +129,24 @@ def resolve_in_store(uri: str, dtype: str, store_uri: str) -> str:
     folder = stored_folder(store_uri, uri, dtype)
     record_uri = folder + ".source.json"
     wanted = {"source": uri, "version": source_version(uri), "dtype": dtype}
-    try:
-        recorded = storage.read_json(record_uri)
-    except FileNotFoundError:
-        recorded = None
-    if recorded == wanted:
-        return str(storage.local_dir(folder))
     name = folder.rpartition("/")[2]
-    local = models_root() / "converted" / name
-    scratch = models_root() / "converted" / f".{name}.{os.getpid()}.tmp"
-    shutil.rmtree(scratch, ignore_errors=True)
-    convert(local_gguf(uri), scratch, dtype)
-    storage.upload_dir(scratch, folder)
-    storage.write_json(record_uri, wanted)
-    if folder.startswith("file://"):
+    (models_root() / "converted").mkdir(parents=True, exist_ok=True)
+    # Pods sharing a cache volume convert once between them: the others wait here, then find the record.
+    with storage.cache_lock(models_root() / "converted" / f"{name}.lock"):
+        try:
+            recorded = storage.read_json(record_uri)
+        except FileNotFoundError:
+            recorded = None
+        if recorded == wanted:
+            return str(storage.local_dir(folder))
+        scratch = models_root() / "converted" / f".{name}.{os.getpid()}.tmp"
+        shutil.rmtree(scratch, ignore_errors=True)
+        convert(local_gguf(uri), scratch, dtype)
+        storage.upload_dir(scratch, folder)
+        storage.write_json(record_uri, wanted)
+        storage.cache_tree(scratch, folder)  # this pod's copy: no download of what it just converted
         shutil.rmtree(scratch, ignore_errors=True)
         return str(storage.local_dir(folder))
-    shutil.rmtree(local, ignore_errors=True)
-    scratch.rename(local)  # this pod's copy: no download of what it just converted
-    return str(local)
 
 
 def convert(src: Path, target: Path, dtype: str = DEFAULT_DTYPE) -> Path:

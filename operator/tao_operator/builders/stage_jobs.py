@@ -30,6 +30,7 @@ from tao_operator.builders.common import (
     with_extra_labels,
 )
 from tao_trainer.contract import StageConfig
+from tao_trainer.spec import CACHE_MOUNT
 
 
 def stage_configmap(job: TAOJob, config: StageConfig, attempt: int = 1) -> Manifest:
@@ -97,6 +98,24 @@ def secret_key_env(job: TAOJob, stage: str, taken: set[Any]) -> list[dict[str, A
     return out
 
 
+def cache_env(job: TAOJob) -> list[tuple[str, str]]:
+    """Where a stage keeps downloads: the cache volume (`spec.storage.cache`) when there is one, shared by the
+    round's pods, hub downloads included; else the pod's own /tmp emptyDir."""
+    if job.spec.storage.cache is None:
+        return [("TAO_CACHE_DIR", "/tmp/cache")]
+    return [("TAO_CACHE_DIR", CACHE_MOUNT), ("HF_HUB_CACHE", f"{CACHE_MOUNT}/hf")]
+
+
+def cache_volume(job: TAOJob) -> dict[str, Any] | None:
+    """The cache volume, when `spec.storage.cache` names one."""
+    cache = job.spec.storage.cache
+    if cache is None:
+        return None
+    if cache.claim_name is not None:
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+    return {"name": "model-cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
+
+
 def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, attempt: int = 1) -> Manifest:
     """The batch/v1 Job running one stage of one round (Indexed over shards for generate and score)."""
     stage, round_ = config.stage, config.round
@@ -112,7 +131,7 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
             # The root filesystem is read-only: every home, cache and model download goes to the /tmp emptyDir.
             ("HOME", "/tmp"),
             ("HF_HOME", "/tmp/hf"),
-            ("TAO_CACHE_DIR", "/tmp/cache"),
+            *cache_env(job),
             ("TOKENIZERS_PARALLELISM", "false"),
         ],
         settings.env,
@@ -144,6 +163,9 @@ def stage_job(job: TAOJob, config: StageConfig, defaults: OperatorDefaults, atte
         {"name": "config", "configMap": {"name": f"{name}-config"}},
         tmp_volume(defaults),
     ]
+    if cache := cache_volume(job):
+        volume_mounts.append({"name": cache["name"], "mountPath": CACHE_MOUNT})
+        volumes.append(cache)
     if gpus > 1:
         volume_mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append(dshm_volume(defaults))

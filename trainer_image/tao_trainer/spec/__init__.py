@@ -12,6 +12,7 @@ renders the CRD from it, and every stage reads the same models.
 """
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_regex, check_scheme
+from tao_trainer.spec.cache import CACHE_MOUNT, CacheVolumeSpec
 from tao_trainer.spec.costs import BudgetSpec, CostsSpec, TokenPrice
 from tao_trainer.spec.endpoint import EndpointSpec, SecretKeySelector
 from tao_trainer.spec.evaluation import EvaluationSpec, MetricSpec
@@ -103,6 +104,8 @@ __all__ = [
     "Stage",
     "StorageOptions",
     "StorageSpec",
+    "CACHE_MOUNT",
+    "CacheVolumeSpec",
     "TeacherSpec",
     "TokenPrice",
     "TrainingSpec",

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tao_trainer.spec.base import MODEL_SCHEMES, STORAGE_SCHEMES, CamelModel, check_scheme
+from tao_trainer.spec.cache import CacheVolumeSpec
 from tao_trainer.spec.costs import BudgetSpec, CostsSpec, check_costs
 from tao_trainer.spec.engine import EngineSpec, GrpoVllmSpec
 from tao_trainer.spec.evaluation import EvaluationSpec
@@ -117,6 +118,11 @@ class StorageSpec(StorageOptions):
     """Where every artifact of the run goes."""
 
     uri: str = Field(description="file:///path or s3://bucket/prefix.")
+    cache: CacheVolumeSpec | None = Field(
+        default=None,
+        description="A volume the stage pods share model downloads on (default: each pod downloads into its "
+        "own emptyDir).",
+    )
 
     @field_validator("uri")
     @classmethod

@@ -411,6 +411,7 @@ def run_train(cfg: StageConfig) -> StageResult:
         ):
             return StageResult(stage="train", round=r, message="not the main process")
         storage.upload_dir(local, model_uri)
+        storage.cache_tree(local, model_uri)  # evaluate on the same cache volume: no download of it
         tensorboard = tracking.keep_tensorboard(cfg, Path(tmp))
     tracked = {"tensorboard": tensorboard} if tensorboard else {}
     if run_id := tracking.mlflow_run_id(spec.training):

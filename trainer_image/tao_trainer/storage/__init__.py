@@ -16,7 +16,7 @@ URI arithmetic (``normalize``, ``join``) lives in `tao_trainer.uris` and is re-e
 
 from tao_trainer.spec.loop import StorageOptions
 from tao_trainer.storage.client import _client, configure, current_options
-from tao_trainer.storage.dirs import download_dir, local_dir, upload_dir
+from tao_trainer.storage.dirs import cache_lock, cache_tree, download_dir, local_dir, upload_dir
 from tao_trainer.storage.objects import (
     delete,
     exists,
@@ -38,6 +38,8 @@ from tao_trainer.uris import join, normalize
 __all__ = [
     "StorageOptions",
     "_client",
+    "cache_lock",
+    "cache_tree",
     "configure",
     "current_options",
     "delete",

@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tao_trainer.storage import transfers
 from tao_trainer.storage.client import _client, _not_found
 from tao_trainer.storage.objects import (
     _TMP_SUFFIX,
@@ -112,7 +114,10 @@ def download_dir(uri: str, local_dir: Path) -> Path:
 def _download_objects(uri: str, bucket: str, key: str, objects: list[dict[str, Any]], dest: Path) -> None:
     prefix = _dir_prefix(key)
     client = _client()
+    transfers.add("treesPulled")
     for obj in objects:
+        transfers.add("bytesPulled", int(obj["Size"]))
+        transfers.add("treeBytesPulled", int(obj["Size"]))
         rel = _safe_relative(uri, obj["Key"][len(prefix) :])
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +136,10 @@ def local_dir(uri: str, cache_root: Path | None = None) -> Path:
     """A local directory holding the tree at ``uri``.
 
     file://: the directory itself. s3://: a download under ``cache_root`` (else ``$TAO_CACHE_DIR``, else
-    ``~/.cache/tao``), reused while the remote listing (keys, sizes, ETags) matches the one recorded in
-    a marker written after the last complete download; otherwise downloaded again whole.
+    ``~/.cache/tao``), reused while the remote listing (keys, sizes, ETags) matches the one recorded in a
+    marker written after the last complete download and every file is there at its size; otherwise
+    downloaded again whole. Processes sharing the cache directory (a round's pods on one volume) take a
+    lock per tree: one downloads, the others wait and then find it complete.
     """
     scheme, where, key = split(uri)
     if scheme == "file":
@@ -142,29 +149,93 @@ def local_dir(uri: str, cache_root: Path | None = None) -> Path:
     objects = _s3_objects(uri, where, key)
     if not objects:
         raise _not_found(uri)
+    manifest = _manifest(where, key, objects)
+    target, marker = _cache_paths(cache_root, manifest)
+    with cache_lock(target.with_name(f"{target.name}.lock")):
+        if _complete(target, marker, manifest):
+            transfers.add("treeCacheHits")
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP_SUFFIX))
+        try:
+            _download_objects(uri, where, key, objects, tmp)
+            _install(tmp, target, marker, manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def cache_tree(local: Path, uri: str, cache_root: Path | None = None) -> None:
+    """Put a tree just uploaded to ``uri`` from ``local`` into the cache, as if downloaded: the stage that
+    wrote a model (train) spares the next one on the same cache (evaluate) its download. Copies ``local``;
+    does nothing for file:// or when the listing no longer matches ``local`` (another writer since)."""
+    scheme, where, key = split(uri)
+    if scheme == "file":
+        return
+    objects = _s3_objects(uri, where, key)
+    manifest = _manifest(where, key, objects)
+    sizes = {rel: size for rel, size, _ in manifest["objects"]}
+    if sizes != {rel: (local / rel).stat().st_size for rel in _local_files(str(local))}:
+        return
+    target, marker = _cache_paths(cache_root, manifest)
+    with cache_lock(target.with_name(f"{target.name}.lock")):
+        if _complete(target, marker, manifest):
+            return
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP_SUFFIX))
+        try:
+            shutil.copytree(local, tmp, dirs_exist_ok=True)
+            _install(tmp, target, marker, manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _manifest(bucket: str, key: str, objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a cached tree must match: the listing's keys, sizes and ETags."""
     prefix = _dir_prefix(key)
-    manifest: dict[str, Any] = {
-        "uri": f"s3://{where}/{prefix}",
+    return {
+        "uri": f"s3://{bucket}/{prefix}",
         "objects": [[o["Key"][len(prefix) :], o["Size"], o.get("ETag", "")] for o in objects],
     }
+
+
+def _cache_paths(cache_root: Path | None, manifest: dict[str, Any]) -> tuple[Path, Path]:
+    """(the tree's directory, its completion marker) in the cache; the marker sits beside the tree, not in
+    it, so the tree is exactly what was uploaded."""
     root = _cache_root(cache_root) / "s3"
-    digest = hashlib.sha256(manifest["uri"].encode("utf-8")).hexdigest()[:24]
-    target = root / digest
-    # The marker sits beside the tree, not in it, so the tree is exactly what was uploaded.
-    marker = root / f"{digest}.complete.json"
-    if target.is_dir() and marker.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            if json.loads(marker.read_text("utf-8")) == manifest:
-                return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{digest}.", suffix=_TMP_SUFFIX))
+    digest = hashlib.sha256(manifest["uri"].encode("utf-8")).hexdigest()[:24]
+    return root / digest, root / f"{digest}.complete.json"
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` between processes (flock: local disks, and NFSv4 volumes)."""
+    import fcntl
+
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _complete(target: Path, marker: Path, manifest: dict[str, Any]) -> bool:
+    """The cached tree matches the listing (marker) and holds every file at its size (a file removed or cut
+    short by a disk cleaner or a crash is caught here, not inside from_pretrained)."""
+    if not (target.is_dir() and marker.is_file()):
+        return False
     try:
-        _download_objects(uri, where, key, objects, tmp)
-        with contextlib.suppress(FileNotFoundError):
-            marker.unlink()  # the old tree is about to go; never leave a marker vouching for it
-        _swap_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if json.loads(marker.read_text("utf-8")) != manifest:
+            return False
+        return all((target / rel).stat().st_size == size for rel, size, _ in manifest["objects"])
+    except (ValueError, OSError):
+        return False
+
+
+def _install(tmp: Path, target: Path, marker: Path, manifest: dict[str, Any]) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()  # the old tree is about to go; never leave a marker vouching for it
+    _swap_dir(tmp, target)
     write_json(str(marker), manifest)
-    return target

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from tao_trainer.storage import transfers
 from tao_trainer.storage.client import _client, _is_missing, _not_found, _object_key
 from tao_trainer.uris import normalize, split
 
@@ -50,11 +51,13 @@ def open_read(uri: str) -> Iterator[IO[bytes]]:
         return
     key = _object_key(uri, where, key)
     try:
-        body = _client().get_object(Bucket=where, Key=key)["Body"]
+        response = _client().get_object(Bucket=where, Key=key)
     except Exception as exc:
         if _is_missing(exc):
             raise _not_found(uri) from None
         raise
+    body = response["Body"]
+    transfers.add("bytesPulled", int(response.get("ContentLength") or 0))
     with contextlib.closing(body):
         yield body
 
