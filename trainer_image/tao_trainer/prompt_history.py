@@ -14,21 +14,24 @@ takes the unseen prompts (the held-out set stays the stable hash split of all pr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from tao_trainer import prompts, storage
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec
 
 
-def seen_ids(layout: RunLayout, before_round: int) -> set[str]:
-    """Ids of the prompts used by rounds 1 .. before_round - 1."""
-    seen: set[str] = set()
+def iter_seen_ids(layout: RunLayout, before_round: int) -> Iterator[str]:
+    """Ids of the prompts used by rounds 1 .. before_round - 1, streamed (an id may repeat)."""
     for r in range(1, before_round):
         uri = layout.new_ids(r)
         if storage.exists(uri):
-            seen.update(line for line in storage.read_text(uri).splitlines() if line)
-    return seen
+            yield from (line.decode() for line in storage.iter_lines(uri) if line)
+
+
+def seen_ids(layout: RunLayout, before_round: int) -> set[str]:
+    """Ids of the prompts used by rounds 1 .. before_round - 1."""
+    return set(iter_seen_ids(layout, before_round))
 
 
 def changed_objects(now: dict[str, str], before: dict[str, str]) -> list[str]:
@@ -41,9 +44,10 @@ def changed_objects(now: dict[str, str], before: dict[str, str]) -> list[str]:
 
 
 def record_round(layout: RunLayout, round_: int, versions: dict[str, str], used: Iterable[str]) -> None:
-    """Write the round's watermark and the ids it used first (call after its prompts were chosen)."""
+    """Write the round's watermark and the ids it used first (call after its prompts were chosen), `used` in
+    sorted order without repeats (a stream: millions of ids are never held as strings)."""
     storage.write_json(layout.watermark(round_), versions)
-    storage.write_text(layout.new_ids(round_), "".join(f"{i}\n" for i in sorted(set(used))))
+    storage.write_lines(layout.new_ids(round_), (f"{i}\n".encode() for i in used))
 
 
 def count_new(spec: LoopSpec, layout: RunLayout, round_: int) -> tuple[int, int, int]:

@@ -44,18 +44,26 @@ def progress_bar(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="prompt", leave=False, file=stream)
 
 
+def split_sizes(count: int, shards: int) -> list[int]:
+    """The sizes of `split_shards`: nearly equal, the larger first.
+
+    >>> split_sizes(5, 2), split_sizes(1, 3)
+    ([3, 2], [1, 0, 0])
+    """
+    size, extra = divmod(count, shards)
+    return [size + (1 if i < extra else 0) for i in range(shards)]
+
+
 def split_shards(items: Sequence[Any], shards: int) -> list[list[Any]]:
     """Contiguous, nearly equal shards (some may be empty when there are fewer items than shards).
 
     >>> split_shards(list(range(5)), 2)
     [[0, 1, 2], [3, 4]]
     """
-    size, extra = divmod(len(items), shards)
     out, start = [], 0
-    for i in range(shards):
-        end = start + size + (1 if i < extra else 0)
-        out.append(list(items[start:end]))
-        start = end
+    for size in split_sizes(len(items), shards):
+        out.append(list(items[start : start + size]))
+        start += size
     return out
 
 

@@ -31,6 +31,7 @@ from tao_trainer.storage.objects import (
     write_bytes,
     write_json,
     write_jsonl,
+    write_lines,
     write_text,
 )
 from tao_trainer.uris import join, normalize
@@ -60,5 +61,6 @@ __all__ = [
     "write_bytes",
     "write_json",
     "write_jsonl",
+    "write_lines",
     "write_text",
 ]

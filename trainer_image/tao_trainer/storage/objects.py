@@ -163,6 +163,13 @@ def write_jsonl(uri: str, records: Iterable[dict[str, Any]]) -> None:
             f.write(b"\n")
 
 
+def write_lines(uri: str, lines: Iterable[bytes]) -> None:
+    """Write lines that are already encoded (each ending in a newline), atomically, streaming ``lines``."""
+    with _atomic_writer(uri) as f:
+        for line in lines:
+            f.write(line)
+
+
 def exists(uri: str) -> bool:
     """Whether an object (a file, not a directory) is at ``uri``."""
     scheme, where, key = split(uri)
