@@ -11,9 +11,15 @@ and set aside malformed lines, split held-out prompts by hash, write the held-ou
 shards back to S3. The stage's peak RSS comes from the kernel (wait4's ru_maxrss for that child alone); a bare
 interpreter that imports the same modules gives the baseline.
 
-With --breakdown N (default 100000; 0 to skip) the same load and split run again in this process under
-tracemalloc on the first N prompts, to show where the memory goes per prompt. Figures go to
-benchmarks/results/data_plane.json.
+With --compare REV, the prepare stage of that commit (a git worktree of it, e.g. the last one before prepare
+streamed) runs on the same objects in the same run, after ours: its wall time and peak RSS are printed beside
+ours as ratios, and every file both wrote (shards, held-out prompts and labels, rejects) is compared byte for
+byte. --storage file keeps the prompts and the run on local disk instead of S3 (for sizes whose objects would
+not fit in the S3 server's memory, e.g. --prompts 10000000).
+
+With --breakdown N (default 0: skip) the in-memory loader (`prompts.load_prompts`, which the watch stage and
+the benchmarks use; prepare no longer does) runs on the first N prompts under tracemalloc, to show where the
+memory goes per prompt held. Figures go to benchmarks/results/data_plane.json.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 import _bench as bench
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_RSS_MB = 500.0
+TARGET_RSS_MB = 400.0
 BUCKET = "bench"
 
 MOTO = """
@@ -84,6 +90,7 @@ def write_objects(workdir: Path, n: int, objects: int) -> tuple[list[Path], int,
     paths, dups, bad = [], 0, 0
     per = -(-n // objects)
     for k in range(objects):
+        workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / f"part-{k:03d}.jsonl"
         with path.open("w", encoding="utf-8") as f:
             first = None
@@ -182,23 +189,113 @@ def breakdown(files: list[Path], n: int) -> dict[str, Any]:
     }
 
 
+class Store:
+    """Where the prompts and the runs live: the S3 server (moto) or a local directory (file://)."""
+
+    def __init__(self, kind: str, workdir: Path, endpoint: str) -> None:
+        self.kind, self.root, self.endpoint = kind, workdir / "store", endpoint
+        self.s3: Any = None
+        if kind == "s3":
+            import boto3
+
+            session = boto3.session.Session(aws_access_key_id="bench", aws_secret_access_key="bench")
+            self.s3 = session.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            self.s3.create_bucket(Bucket=BUCKET)
+
+    def uri(self, rel: str) -> str:
+        return f"s3://{BUCKET}/{rel}" if self.kind == "s3" else (self.root / rel).as_uri()
+
+    def storage_spec(self) -> dict[str, Any]:
+        if self.kind == "s3":
+            return {"uri": self.uri("runs"), "endpointUrl": self.endpoint, "pathStyle": True}
+        return {"uri": self.uri("runs")}
+
+    def put_prompts(self, files: list[Path]) -> str:
+        for path in files:
+            if self.kind == "s3":
+                self.s3.upload_file(str(path), BUCKET, f"prompts/{path.name}")
+            else:
+                (self.root / "prompts").mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, self.root / "prompts" / path.name)
+        return self.uri("prompts/")
+
+    def outputs(self, name: str) -> dict[str, bytes]:
+        """Every file a run's prepare wrote, by path under its round directory."""
+        prefix = f"runs/default/{name}/uid/round-001/"
+        if self.kind == "file":
+            base = self.root / prefix
+            return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+        out = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            for o in page.get("Contents", []):
+                out[o["Key"][len(prefix) :]] = self.s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
+        return {k: v for k, v in out.items() if not k.startswith(("configs/", "results/"))}
+
+    def written(self, name: str) -> int:
+        return sum(len(v) for k, v in self.outputs(name).items() if k.startswith("prompts/"))
+
+
+def checkout(rev: str, dest: Path) -> Path:
+    """A git worktree of `rev` (its own trainer_image on PYTHONPATH runs that commit's stage)."""
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(dest), rev],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return dest
+
+
+def run_prepare(
+    workdir: Path, name: str, store: Store, prompts_uri: str, shards: int, env: dict[str, str]
+) -> tuple[float, float, dict[str, Any]]:
+    """(wall seconds, peak RSS MB, StageResult) of one `tao-stage prepare` writing run `name`."""
+    config = {
+        "stage": "prepare",
+        "round": 1,
+        "runUri": store.uri(f"runs/default/{name}/uid"),
+        "modelUri": "s3://bench/base-model",
+        "spec": {
+            "model": {"uri": "s3://bench/base-model"},
+            "prompts": {"uri": prompts_uri, "heldOutFraction": 0.1, "labelFields": ["answer"]},
+            "storage": store.storage_spec(),
+            "generation": {"shards": shards},
+            "scoring": {"scorers": [{"type": "regex", "pattern": ".+"}]},
+            "evaluation": {"maxPrompts": 500},
+        },
+    }
+    cfg_path, result_path = workdir / f"{name}.json", workdir / f"{name}.result.json"
+    cfg_path.write_text(json.dumps(config))
+    cmd = [sys.executable, "-m", "tao_trainer.cli", "prepare", "--config", str(cfg_path)]
+    _, wall, peak_mb = run_child(cmd + ["--result", str(result_path)], env)
+    result = json.loads(result_path.read_text())
+    if not result.get("ok"):
+        raise RuntimeError(f"prepare ({name}) failed: {result.get('message')}")
+    return wall, peak_mb, result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench.parser(__doc__)
     parser.add_argument("--prompts", type=int, default=1_000_000)
     parser.add_argument("--objects", type=int, default=8, help="JSONL objects under the prompts prefix")
     parser.add_argument("--shards", type=int, default=8, help="generation.shards: training shards written")
     parser.add_argument(
-        "--breakdown", type=int, default=100_000, help="tracemalloc over this many prompts (0: skip)"
+        "--breakdown", type=int, default=0, help="tracemalloc over this many prompts held in memory (0: skip)"
     )
+    parser.add_argument("--compare", metavar="REV", help="also run the prepare stage of this commit")
+    parser.add_argument("--storage", choices=("s3", "file"), default="s3")
     bench.add_output_flags(parser, "data_plane", "2,000 prompts, 2 objects, a 1,000-prompt breakdown")
     args = parser.parse_args(argv)
     if args.smoke:
         args.prompts, args.objects, args.shards, args.breakdown = 2000, 2, 2, 1000
 
     machine = bench.Machine()
-    machine.announce(f"{args.prompts:,} prompts in {args.objects} objects, {args.shards} shards")
+    machine.announce(
+        f"{args.prompts:,} prompts in {args.objects} objects, {args.shards} shards, {args.storage} storage"
+        + (f"; compared with {args.compare}" if args.compare else "")
+    )
     workdir = Path(tempfile.mkdtemp(prefix="tao-dataplane-"))
-    moto, endpoint = start_moto()
+    moto, endpoint = start_moto() if args.storage == "s3" else (None, "")
     env = {
         **os.environ,
         "AWS_ACCESS_KEY_ID": "bench",
@@ -211,65 +308,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         env.pop(name, None)
+    store = Store(args.storage, workdir, endpoint)
     try:
-        import boto3
-
-        files, dups, bad = write_objects(workdir, args.prompts, args.objects)
+        files, dups, bad = write_objects(workdir / "src", args.prompts, args.objects)
         size = sum(p.stat().st_size for p in files)
-        s3 = boto3.session.Session(aws_access_key_id="bench", aws_secret_access_key="bench").client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1"
-        )
-        s3.create_bucket(Bucket=BUCKET)
         started = time.monotonic()
-        for path in files:
-            s3.upload_file(str(path), BUCKET, f"prompts/{path.name}")
+        prompts_uri = store.put_prompts(files)
         upload_s = time.monotonic() - started
         print(f"  uploaded {size / 1e6:.0f} MB in {upload_s:.1f}s", flush=True)
-
-        config = {
-            "stage": "prepare",
-            "round": 1,
-            "runUri": f"s3://{BUCKET}/runs/default/bench/uid",
-            "modelUri": "s3://bench/base-model",
-            "spec": {
-                "model": {"uri": "s3://bench/base-model"},
-                "prompts": {
-                    "uri": f"s3://{BUCKET}/prompts/",
-                    "heldOutFraction": 0.1,
-                    "labelFields": ["answer"],
-                },
-                "storage": {"uri": f"s3://{BUCKET}/runs", "endpointUrl": endpoint, "pathStyle": True},
-                "generation": {"shards": args.shards},
-                "scoring": {"scorers": [{"type": "regex", "pattern": ".+"}]},
-                "evaluation": {"maxPrompts": 500},
-            },
-        }
-        cfg_path, result_path = workdir / "prepare.json", workdir / "result.json"
-        cfg_path.write_text(json.dumps(config))
         _, _, baseline_mb = run_child(
-            [sys.executable, "-c", BASELINE], env | {"TAO_S3_ENDPOINT_URL": endpoint}
+            [sys.executable, "-c", BASELINE], env | {"TAO_S3_ENDPOINT_URL": endpoint} if endpoint else env
         )
-        _, wall, peak_mb = run_child(
-            [
-                sys.executable,
-                "-m",
-                "tao_trainer.cli",
-                "prepare",
-                "--config",
-                str(cfg_path),
-                "--result",
-                str(result_path),
-            ],
-            env,
-        )
-        result = json.loads(result_path.read_text())
-        if not result.get("ok"):
-            raise RuntimeError(f"prepare failed: {result.get('message')}")
-        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/default/bench/uid/round-001/prompts/")
-        written = sum(o["Size"] for o in listed.get("Contents", []))
+        wall, peak_mb, result = run_prepare(workdir, "ours", store, prompts_uri, args.shards, env)
+        written = store.written("ours")
+        old: dict[str, Any] | None = None
+        if args.compare:
+            tree = checkout(args.compare, workdir / "old")
+            old_env = env | {"PYTHONPATH": f"{tree / 'trainer_image'}"}
+            old_wall, old_peak, _ = run_prepare(workdir, "old", store, prompts_uri, args.shards, old_env)
+            same = store.outputs("ours") == store.outputs("old")
+            old = {"rev": args.compare, "wallSeconds": round(old_wall, 2), "peakRssMb": round(old_peak, 1)}
+            old |= {"sameOutputs": same, "throughputRatio": round(old_wall / wall, 3)}
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     finally:
-        moto.terminate()
-        moto.wait(30)
+        if moto is not None:
+            moto.terminate()
+            moto.wait(30)
 
     counts = result["counts"]
     figures: dict[str, Any] = {
@@ -289,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         "expected": {"duplicates": dups, "rejects": bad},
         "targetRssMb": TARGET_RSS_MB,
         "rssTargetMet": peak_mb <= TARGET_RSS_MB,
+        "storage": args.storage,
+        "compared": old,
     }
     if args.breakdown:
         figures["breakdown"] = breakdown(files, min(args.breakdown, args.prompts))
@@ -315,8 +381,19 @@ def main(argv: list[str] | None = None) -> int:
         ("baseline RSS (imports + S3 client)", f"{baseline_mb:.0f} MB"),
         ("RSS above baseline per 1M prompts", f"{figures['peakRssMbPerMillionPrompts']:.0f} MB"),
     ]
+    if old is not None:
+        rows += [
+            (
+                f"prepare of {old['rev']}",
+                f"{old['wallSeconds']:.1f} s, peak RSS {old['peakRssMb']:.0f} MB; throughput ours/old "
+                f"{old['throughputRatio']:.2f}x, peak RSS ours/old {peak_mb / old['peakRssMb']:.2f}x",
+            ),
+            ("same outputs (every file, byte for byte)", str(old["sameOutputs"])),
+        ]
     width = max(len(k) for k, _ in rows)
-    print("\nprepare stage (tao-stage prepare) reading prompts from S3 (moto) and writing shards back")
+    print(
+        f"\nprepare stage (tao-stage prepare) reading prompts from {args.storage} storage and writing shards back"
+    )
     for k, v in rows:
         print(f"  {k.ljust(width)}  {v}")
     if "breakdown" in figures:
