@@ -1,4 +1,5 @@
-"""Continuous mode (the data flywheel): which prompts are new since earlier rounds. Imports no stage.
+"""Continuous mode (the data flywheel): which prompts are new since earlier rounds. Imports no stage (but the
+prepare stage's scratch, `stages.prepare_spill`, imported when counting).
 
 Round 1 uses every prompt, as in fixed mode. Each prepare then records two things beside its round:
 
@@ -14,7 +15,9 @@ takes the unseen prompts (the held-out set stays the stable hash split of all pr
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from tao_trainer import prompts, storage
 from tao_trainer.layout import RunLayout
@@ -58,6 +61,18 @@ def count_new(spec: LoopSpec, layout: RunLayout, round_: int) -> tuple[int, int,
     changed = [uri for uri in changed if prompts.is_prompt_source(uri)]
     if not changed:
         return 0, 0, 0
-    loaded = prompts.load_sources(changed, spec.prompts.field, spec.prompts.max_line_bytes)
-    seen = seen_ids(layout, round_)
-    return sum(rec.id not in seen for rec in loaded.records), len(changed), len(loaded.rejects)
+    # Through the prepare stage's scratch: memory stays bounded however many prompts arrived or were seen.
+    from tao_trainer.stages.prepare_spill import POOL, Spill
+
+    sources = [storage.normalize(uri) for uri in changed]
+    with tempfile.TemporaryDirectory(prefix="tao-watch-") as scratch:
+        spill = Spill(Path(scratch), ())
+        for row in prompts.iter_records(sources, spec.prompts.field, spec.prompts.max_line_bytes):
+            if isinstance(row, prompts.Reject):
+                spill.add_reject(row)
+            else:
+                spill.add(*row, held=False)
+        for seen_id in iter_seen_ids(layout, round_):
+            spill.add_seen(seen_id)
+        keep, seen = spill.finish()
+        return int((keep[POOL] & ~seen).sum()), len(changed), spill.rejects

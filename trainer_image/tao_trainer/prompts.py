@@ -258,13 +258,6 @@ def is_prompt_source(uri: str) -> bool:
     return _source_format(uri) is not None
 
 
-def load_sources(
-    sources: list[str], field: str = "prompt", max_line_bytes: int = MAX_LINE_BYTES
-) -> LoadResult:
-    """`load_prompts` over given objects (e.g. only those that changed since a watermark)."""
-    return _load([storage.normalize(s) for s in sources], field, max_line_bytes)
-
-
 def _row_problem(value: Any, field: str) -> str | None:
     if not isinstance(value, dict):
         return f"not a JSON object (got {type(value).__name__})"
