@@ -47,6 +47,8 @@ def evaluate(run: Path, round_: int, reuse: bool, work: Path) -> dict[str, Any]:
     cfg["spec"].setdefault("evaluation", {})["reuseAnswers"] = reuse
     path = work / f"evaluate-{round_}-{'on' if reuse else 'off'}.json"
     path.write_text(json.dumps(cfg))
+    # A stage whose result is stored only re-reports it: remove it, so that the evaluate really runs.
+    (run / f"round-{round_:03d}" / "results" / "evaluate.json").unlink(missing_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     cmd = [sys.executable, "-m", "tao_trainer.cli", "evaluate", "--config", str(path)]
@@ -81,12 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     champion = json.loads((run / "round-002" / "configs" / "evaluate.json").read_text())["modelUri"]
     machine.announce(f"run {args.run}; round 2's champion {champion}; {args.repeats} pair(s)")
     first = evaluate(run, 1, True, work)  # what round 1 of a run keeps today
+    kept = run / "cache" / "evaluation"
+    shutil.copytree(kept, work / "kept-after-round-1")
     print(
         f"round 1 evaluate (keeps both models' answers): {first['cpuSeconds']} CPU s, {first['wallSeconds']} s"
     )
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for i in range(args.repeats):
         for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            # Each round-2 evaluate finds what round 1 kept, and nothing of an earlier round-2 run.
+            shutil.rmtree(kept)
+            shutil.copytree(work / "kept-after-round-1", kept)
             res = evaluate(run, 2, mode == "on", work)
             runs[mode].append(res)
             print(
