@@ -493,7 +493,8 @@ def test_a_cache_volume_holds_every_stages_downloads(
 
 
 @pytest.mark.parametrize(
-    "cache", [{}, {"claimName": "a", "hostPath": "/x"}, {"hostPath": "relative/dir"}, {"claimName": "Bad_Name"}]
+    "cache",
+    [{}, {"claimName": "a", "hostPath": "/x"}, {"hostPath": "relative/dir"}, {"claimName": "Bad_Name"}],
 )
 def test_a_cache_volume_names_one_volume(cache: dict[str, str]) -> None:
     with pytest.raises(SpecError, match="storage.cache|claimName|hostPath"):
