@@ -1,7 +1,7 @@
 """The streaming prepare writes what loading every prompt into memory would: the same held-out split and files,
 labels split off, the same round slices with maxPerRound's wrap-around, duplicates kept once (the first, across
 files), rejects with their lines, and in continuous mode the same unseen prompts and recorded ids. The reference
-here is the in-memory path (`prompts.load_prompts`, `split`, `round_slice`, `split_shards`)."""
+here is the in-memory path (`prompts.load_prompts`, `split`, `round_slice`, contiguous shards)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tao_trainer import prompt_history, prompts, storage
 from tao_trainer.contract import StageConfig
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec
-from tao_trainer.stages.common import split_shards
+from tao_trainer.stages.common import split_sizes
 from tao_trainer.stages.prepare import round_slice, run_prepare
 
 LABELS = ["answer"]
@@ -74,7 +74,9 @@ def test_outputs_match_the_in_memory_prepare(tmp_path: Path, per_round: int | No
         result, lay = run(spec, tmp_path / "runs", r)
         chosen = round_slice(pool, r, per_round)
         shards = [storage.read_jsonl(lay.shard("prompts", r, i)) for i in range(3)]
-        assert shards == [[public(p) for p in s] for s in split_shards(chosen, 3)], f"round {r}"
+        starts = [sum(split_sizes(len(chosen), 3)[:i]) for i in range(4)]
+        expected = [[public(p) for p in chosen[starts[i] : starts[i + 1]]] for i in range(3)]
+        assert shards == expected, f"round {r}"
         assert storage.read_jsonl(lay.heldout(r)) == [public(p) for p in held[:7]]
         assert storage.read_jsonl(lay.heldout_labels(r)) == [
             {"id": p.id, "answer": p.fields["answer"]} for p in held[:7]
@@ -110,7 +112,7 @@ def test_continuous_rounds_take_only_unseen_prompts_and_record_them(tmp_path: Pa
         assert got == [public(p) for p in expected]
         recorded = storage.read_text(lay.new_ids(r)).splitlines()
         assert recorded == sorted({p.id for p in expected} | {p.id for p in held})
-        assert prompt_history.seen_ids(lay, r + 1) >= {p.id for p in expected}
+        assert set(prompt_history.iter_seen_ids(lay, r + 1)) >= {p.id for p in expected}
         used |= {p.id for p in expected}
         assert result.counts["prompts"] == 20
     # Round 3 takes the last unseen ones; once none is left, prepare says so.

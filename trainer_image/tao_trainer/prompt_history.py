@@ -32,11 +32,6 @@ def iter_seen_ids(layout: RunLayout, before_round: int) -> Iterator[str]:
             yield from (line.decode() for line in storage.iter_lines(uri) if line)
 
 
-def seen_ids(layout: RunLayout, before_round: int) -> set[str]:
-    """Ids of the prompts used by rounds 1 .. before_round - 1."""
-    return set(iter_seen_ids(layout, before_round))
-
-
 def changed_objects(now: dict[str, str], before: dict[str, str]) -> list[str]:
     """Objects that are new, or whose version changed (appended to, rewritten), since `before`.
 
@@ -67,11 +62,7 @@ def count_new(spec: LoopSpec, layout: RunLayout, round_: int) -> tuple[int, int,
     sources = [storage.normalize(uri) for uri in changed]
     with tempfile.TemporaryDirectory(prefix="tao-watch-") as scratch:
         spill = Spill(Path(scratch), ())
-        for row in prompts.iter_records(sources, spec.prompts.field, spec.prompts.max_line_bytes):
-            if isinstance(row, prompts.Reject):
-                spill.add_reject(row)
-            else:
-                spill.add(*row, held=False)
+        spill.read(sources, spec.prompts.field, spec.prompts.max_line_bytes, held_fraction=0.0)
         for seen_id in iter_seen_ids(layout, round_):
             spill.add_seen(seen_id)
         keep, seen = spill.finish()

@@ -45,26 +45,13 @@ def progress_bar(total: int, desc: str) -> Any:
 
 
 def split_sizes(count: int, shards: int) -> list[int]:
-    """The sizes of `split_shards`: nearly equal, the larger first.
+    """Contiguous shards' sizes: nearly equal, the larger first (some 0 when there are fewer items than shards).
 
     >>> split_sizes(5, 2), split_sizes(1, 3)
     ([3, 2], [1, 0, 0])
     """
     size, extra = divmod(count, shards)
     return [size + (1 if i < extra else 0) for i in range(shards)]
-
-
-def split_shards(items: Sequence[Any], shards: int) -> list[list[Any]]:
-    """Contiguous, nearly equal shards (some may be empty when there are fewer items than shards).
-
-    >>> split_shards(list(range(5)), 2)
-    [[0, 1, 2], [3, 4]]
-    """
-    out, start = [], 0
-    for size in split_sizes(len(items), shards):
-        out.append(list(items[start : start + size]))
-        start += size
-    return out
 
 
 def shard_seed(base: int, round_: int, shard: int) -> int:

@@ -49,30 +49,16 @@ def chosen_ranges(available: int, round_: int, per_round: int | None) -> list[tu
 def run_prepare(cfg: StageConfig) -> StageResult:
     """One pass over the prompts into local scratch (`prepare_spill`), then the outputs copied from it: memory
     stays bounded whatever the number of prompts."""
-    import gc
-
     import numpy as np
 
     spec, lay, r = cfg.spec, RunLayout(cfg.run_uri), cfg.round
     # Listed before loading: an object that arrives while this round loads counts as new for the next one.
     versions = storage.list_versions(spec.prompts.uri) if spec.continuous is not None else {}
     sources = prompts.resolve_sources(spec.prompts.uri)
-    fraction, labels = spec.prompts.held_out_fraction, spec.prompts.label_fields
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"held-out fraction must be between 0 and 1, got {fraction}")
+    fraction = spec.prompts.held_out_fraction
     with tempfile.TemporaryDirectory(prefix="tao-prepare-") as scratch:
-        spill = Spill(Path(scratch), labels)
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # nothing read here makes reference cycles: no GC rescans of a growing heap
-        try:
-            for row in prompts.iter_records(sources, spec.prompts.field, spec.prompts.max_line_bytes):
-                if isinstance(row, prompts.Reject):
-                    spill.add_reject(row)
-                else:
-                    spill.add(*row, held=prompts.is_held_out(row[0], fraction))
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        spill = Spill(Path(scratch), spec.prompts.label_fields)
+        spill.read(sources, spec.prompts.field, spec.prompts.max_line_bytes, fraction)
         if spec.continuous is not None:
             for seen_id in prompt_history.iter_seen_ids(lay, r):
                 spill.add_seen(seen_id)

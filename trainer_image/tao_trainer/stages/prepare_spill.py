@@ -12,12 +12,14 @@ outputs are the lines of the spill files, copied in order.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import struct
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from tao_trainer import prompts
 from tao_trainer.prompts import Reject
 
 BUCKETS = 64
@@ -60,6 +62,20 @@ class Spill:
         self._out[f"{name}.ids"].write(_ID.pack(number))
         self.count[side] += 1
         self._buckets[number >> 58].write(_ENTRY.pack(number, self.count[side], side))
+
+    def read(self, sources: list[str], field: str, max_line_bytes: int, held_fraction: float) -> None:
+        """Every row of the sources, once: valid prompts by their side of the held-out split, bad rows as rejects."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # nothing read here makes reference cycles: no GC rescans of a growing heap
+        try:
+            for row in prompts.iter_records(sources, field, max_line_bytes):
+                if isinstance(row, Reject):
+                    self.add_reject(row)
+                else:
+                    self.add(*row, held=prompts.is_held_out(row[0], held_fraction))
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     def add_reject(self, reject: Reject) -> None:
         self._out["rejects.jsonl"].write(self._encode(reject.model_dump()).encode("utf-8") + b"\n")
