@@ -8,20 +8,23 @@ child processes import this file before they time anything).
 - `Machine`: the load average before and after, cores, wall time, and the two epilogues: the system
   benchmarks' (load average after, figures with a `machine` record, `figures: PATH`) and the quality
   benchmarks' (load average and wall, figures with the command and settings, `wrote PATH`, the plot);
-- tables and numbers: right-aligned and left-aligned tables, percentiles, mean ± sd over seeds.
+- tables and numbers: right-aligned and left-aligned tables, percentiles, mean ± sd over seeds;
+- `worktree`: an older commit checked out beside this one, for the `--compare REV` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +297,24 @@ def pyplot() -> Any:
         print("note: matplotlib is not installed; skipping plots (pip install -e '.[bench]')")
         return None
     return plt
+
+
+# ------------------------------------------------------------------------------------- an older commit
+
+
+@contextlib.contextmanager
+def worktree(rev: str, dest: Path) -> Iterator[Path]:
+    """A git worktree of `rev` at `dest`, removed afterwards. Its `operator` and `trainer_image` folders on
+    PYTHONPATH run that commit's code (they come before the editable install of this one)."""
+    git = ["git", "-C", str(REPO), "worktree"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run([*git, "add", "--detach", str(dest), rev], check=True, **quiet)  # type: ignore[call-overload]
+    try:
+        yield dest
+    finally:
+        subprocess.run([*git, "remove", "--force", str(dest)], check=False, **quiet)  # type: ignore[call-overload]
+
+
+def pythonpath(tree: Path) -> str:
+    """The PYTHONPATH that runs a worktree's code."""
+    return f"{tree / 'operator'}{os.pathsep}{tree / 'trainer_image'}"

@@ -6,7 +6,9 @@
   number of objects. It counts requests per verb and resource (the operator's apart from the control
   plane's), lists without a label selector, and the timeline of stage Jobs and TAOJobs;
 - `FastPlane`: the Job controller and the kubelet with no process: for each stage Job the operator
-  creates, a pod whose terminated container carries a valid StageResult, then the Job marked Complete.
+  creates, a pod whose terminated container carries a valid StageResult, then the Job marked Complete; and
+  Jobs of other workloads on demand;
+- the operator's process (this commit's, or an older one's from a worktree) and its CPU and RSS from /proc.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import random
+import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -23,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import _bench as bench  # noqa: E402
 import aiohttp  # noqa: E402
 import aiohttp.web  # noqa: E402
 import kmock  # noqa: E402
@@ -34,9 +40,20 @@ from kube_harness import (  # noqa: E402
     Emulator,
     declare_resources,
     now,
+    selector_matches,
 )
 
-__all__ = ["NS", "TAOJOBS", "BenchEmulator", "FastPlane", "declare_resources", "stage_result"]
+__all__ = [
+    "NS",
+    "TAOJOBS",
+    "BenchEmulator",
+    "FastPlane",
+    "declare_resources",
+    "operator_code",
+    "proc_stats",
+    "stage_result",
+    "start_operator",
+]
 
 
 # ------------------------------------------------------------------------------------- the API server
@@ -119,7 +136,7 @@ class BenchEmulator(Emulator, _DirectDispatch):
                 int(labels["tao.dev/round"]),
                 labels["tao.dev/stage"],
             )
-        elif not ours and verb == "patch" and what == "jobs" and isinstance(data, dict):
+        elif not ours and verb == "patch" and what == "jobs" and request.name in self.job_meta:
             if any(c.get("type") == "Complete" for c in (data.get("status") or {}).get("conditions", [])):
                 self.completed.setdefault(request.name, t)
         elif ours and verb == "patch" and what == "taojobs/status" and isinstance(data, dict):
@@ -178,20 +195,16 @@ class BenchEmulator(Emulator, _DirectDispatch):
             self.by_label[(request.resource, ns, k, v)].append(key)
 
     async def _serve_list(self, request: Any) -> Any:
-        """Server-side label selection (equality terms only: all the operator uses), from the label index."""
-        wanted = [
-            tuple(term.split("=", 1))
-            for term in request.params.get("labelSelector", "").split(",")
-            if "=" in term
-        ]
-        first = wanted[0] if wanted else (None, None)
+        """Server-side label selection, from the label index (its first equality term) then the selector."""
+        selector = request.params.get("labelSelector", "")
+        equal = [tuple(t.split("=", 1)) for t in selector.split(",") if "=" in t and "!=" not in t]
+        first = equal[0] if equal else (None, None)
         items = []
         for key in self.by_label.get((request.resource, request.namespace, *first), []):
             obj = self.objects._objects.get(key)
             if obj is None or obj.deleted:
                 continue
-            labels = obj.raw.get("metadata", {}).get("labels") or {}
-            if all(labels.get(k) == v for k, v in wanted):
+            if selector_matches(selector, obj.raw.get("metadata", {}).get("labels") or {}):
                 items.append(obj.raw)
         return {"metadata": {"resourceVersion": "..."}, "items": items}
 
@@ -256,6 +269,30 @@ class FastPlane:
 
     def start(self) -> None:
         self.loop_task = asyncio.create_task(self._loop())
+
+    async def unrelated_jobs(self, events: int) -> None:
+        """`events` watch events of Jobs that are not the operator's (no tao.dev labels), as other workloads
+        in a watched namespace make: half as many Jobs created, then each one's status patched."""
+        slots = asyncio.Semaphore(20)
+        names = [f"unrelated-{i:05d}" for i in range((events + 1) // 2)]
+
+        async def create(name: str) -> None:
+            job = {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": name, "namespace": NS, "labels": {"app": "someone-else"}},
+                "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "busybox"}]}}},
+            }
+            async with slots:
+                await self.call("POST", PATHS["jobs"], job)
+
+        async def finish(name: str) -> None:
+            status = {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+            async with slots:
+                await self.call("PATCH", f"{PATHS['jobs']}/{name}", status, merge=True)
+
+        await asyncio.gather(*(create(n) for n in names))
+        await asyncio.gather(*(finish(n) for n in names[: events - len(names)]))
 
     async def _loop(self) -> None:
         while True:
@@ -341,3 +378,53 @@ class FastPlane:
             *self.tasks, *([self.loop_task] if self.loop_task else []), return_exceptions=True
         )
         await self.session.close()
+
+
+# ------------------------------------------------------------------------------------------- the operator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The operator's own process: what `tao operator -n default` runs (the same registry, handlers and settings: a
+# 60 s safety sweep, no metrics port), logged in straight to the emulator's URL so that no kubeconfig is needed.
+OPERATOR = """
+import asyncio, sys, kopf, tao_operator
+print("operator code:", tao_operator.__file__, flush=True)
+from tao_operator.builders import OperatorDefaults
+from tao_operator.handlers import build_registry
+url, liveness = sys.argv[1], sys.argv[2]
+defaults = OperatorDefaults(trainer_image="tao-trainer:bench", serving_image="vllm:bench")
+asyncio.run(kopf.operator(registry=build_registry(defaults, server=url, metrics_port=None),
+                          namespaces=["default"], liveness_endpoint=liveness, standalone=True))
+"""
+
+
+def start_operator(url: str, workdir: Path, tree: Path | None) -> subprocess.Popen[bytes]:
+    """This commit's operator, or (`tree`) the one of an older commit's worktree."""
+    cmd = [sys.executable, "-c", OPERATOR, url, f"http://127.0.0.1:{free_port()}/healthz"]
+    env = {**os.environ, "HOME": str(workdir)}
+    if tree is not None:
+        env["PYTHONPATH"] = bench.pythonpath(tree)
+    log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def operator_code(workdir: Path) -> str:
+    """Where the running operator's package came from (its first log line)."""
+    for line in (workdir / "operator.log").read_text(errors="replace").splitlines():
+        if line.startswith("operator code: "):
+            return line.removeprefix("operator code: ")
+    return "?"
+
+
+def proc_stats(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system), peak and current RSS in MB, from /proc."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    kb = lambda key: int(status[key].split()[0])  # noqa: E731
+    return {"cpu_s": bench.proc_cpu_seconds(pid), "hwm_mb": kb("VmHWM") / 1024, "rss_mb": kb("VmRSS") / 1024}

@@ -235,17 +235,6 @@ class Store:
         return sum(len(v) for k, v in self.outputs(name).items() if k.startswith("prompts/"))
 
 
-def checkout(rev: str, dest: Path) -> Path:
-    """A git worktree of `rev` (its own trainer_image on PYTHONPATH runs that commit's stage)."""
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(dest), rev],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return dest
-
-
 def run_prepare(
     workdir: Path, name: str, store: Store, prompts_uri: str, shards: int, env: dict[str, str]
 ) -> tuple[float, float, dict[str, Any]]:
@@ -323,13 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         written = store.written("ours")
         old: dict[str, Any] | None = None
         if args.compare:
-            tree = checkout(args.compare, workdir / "old")
-            old_env = env | {"PYTHONPATH": f"{tree / 'trainer_image'}"}
-            old_wall, old_peak, _ = run_prepare(workdir, "old", store, prompts_uri, args.shards, old_env)
+            with bench.worktree(args.compare, workdir / "old") as tree:
+                old_env = env | {"PYTHONPATH": bench.pythonpath(tree)}
+                old_wall, old_peak, _ = run_prepare(workdir, "old", store, prompts_uri, args.shards, old_env)
             same = store.outputs("ours") == store.outputs("old")
             old = {"rev": args.compare, "wallSeconds": round(old_wall, 2), "peakRssMb": round(old_peak, 1)}
             old |= {"sameOutputs": same, "throughputRatio": round(old_wall / wall, 3)}
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     finally:
         if moto is not None:
             moto.terminate()

@@ -1,6 +1,7 @@
 """The operator under many concurrent TAOJobs: stage-transition latency, API requests per transition, RSS and CPU.
 
-    python benchmarks/operator_scale.py [--taojobs 50,200] [--paced 200:10] [--rounds 2] [--smoke]
+    python benchmarks/operator_scale.py [--taojobs 50,200] [--paced 200:10,1000:10] [--rounds 2]
+        [--compare REV] [--unrelated 1000] [--smoke]
 
 Two processes. This one runs kmock's emulated API server (the tests' `Emulator`, with reads and writes
 answered straight from its object store and server-side label selection, as a real API server does, so that
@@ -21,16 +22,18 @@ Two kinds of run:
   the throughput, the CPU per transition and requests per transition at each size;
 - paced (--paced N:S): N TAOJobs arriving over S seconds, each stage 'running' 0.5-1.5x S: latency when the
   operator is not saturated (real stages run for minutes).
-Figures go to benchmarks/results/operator_scale.json.
+With --compare REV every fleet runs again, back to back, with the operator of that commit (a git worktree on
+PYTHONPATH): its CPU per stage Job against this one's. --unrelated N: before the first saturation fleet, N watch
+events of Jobs that are not the operator's (created, then completed, in the same namespace) and the operator
+CPU they cost, as a share of the fleet's. Figures go to benchmarks/results/operator_scale.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,49 +44,21 @@ from typing import Any
 
 import _bench as bench
 import kmock
-from _operator_rig import NS, TAOJOBS, BenchEmulator, FastPlane, declare_resources
+from _operator_rig import (
+    NS,
+    TAOJOBS,
+    BenchEmulator,
+    FastPlane,
+    declare_resources,
+    operator_code,
+    proc_stats,
+    start_operator,
+)
 
 STAGES_PER_ROUND = ("prepare", "generate", "score", "train", "evaluate")
-TARGETS = {"p95_ms": 1000.0, "rss_mb": 250.0}
-
-
-# ------------------------------------------------------------------------------------------- the operator
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# The operator's own process: what `tao operator -n default` runs (the same registry, handlers and settings: a
-# 60 s safety timer, no metrics port), logged in straight to the emulator's URL so that no kubeconfig is needed.
-OPERATOR = """
-import asyncio, sys, kopf
-from tao_operator.builders import OperatorDefaults
-from tao_operator.handlers import build_registry
-url, liveness = sys.argv[1], sys.argv[2]
-defaults = OperatorDefaults(trainer_image="tao-trainer:bench", serving_image="vllm:bench")
-asyncio.run(kopf.operator(registry=build_registry(defaults, server=url, metrics_port=None),
-                          namespaces=["default"], liveness_endpoint=liveness, standalone=True))
-"""
-
-
-def start_operator(url: str, workdir: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-c", OPERATOR, url, f"http://127.0.0.1:{free_port()}/healthz"]
-    log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        cmd, env={**os.environ, "HOME": str(workdir)}, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def proc_stats(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system), peak and current RSS in MB, from /proc."""
-    status = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
-    kb = lambda key: int(status[key].split()[0])  # noqa: E731
-    return {"cpu_s": bench.proc_cpu_seconds(pid), "hwm_mb": kb("VmHWM") / 1024, "rss_mb": kb("VmRSS") / 1024}
+# Latency and RSS of this operator; its CPU per stage Job against an older one (--compare); the share of CPU
+# that unrelated Job events cost.
+TARGETS = {"p95_ms": 1000.0, "rss_mb": 250.0, "cpu_ratio": 0.5, "unrelated_cpu": 0.10}
 
 
 def taojob_manifest(name: str, rounds: int) -> dict[str, Any]:
@@ -106,12 +81,22 @@ def taojob_manifest(name: str, rounds: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ one run
 
 
-async def run_once(n: int, rounds: int, stage_seconds: float, timeout: float) -> dict[str, Any]:
+async def run_once(
+    n: int,
+    rounds: int,
+    stage_seconds: float,
+    timeout: float,
+    side: tuple[str, Path | None] = ("main", None),
+    unrelated: int = 0,
+) -> dict[str, Any]:
+    """One fleet against a fresh emulator and operator. `side`: (label, worktree of an older commit or None
+    for this one); `unrelated`: Job events of other workloads made in the namespace during the run."""
     workdir = Path(tempfile.mkdtemp(prefix="tao-opscale-"))
+    label, tree = side
     async with BenchEmulator() as emu, kmock.Server(emu):
         declare_resources(emu)
         url = str(emu.url).rstrip("/")
-        operator = start_operator(url, workdir)
+        operator = start_operator(url, workdir, tree)
         plane = FastPlane(emu, url, stage_seconds)
         try:
             deadline = time.monotonic() + 60
@@ -123,6 +108,16 @@ async def run_once(n: int, rounds: int, stage_seconds: float, timeout: float) ->
                     )
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
+            code = operator_code(workdir)
+            if tree is not None and not code.startswith(str(tree)):
+                raise RuntimeError(f"the {label} operator ran this commit's code ({code})")
+            unrelated_cpu = 0.0
+            if unrelated:
+                # Before the fleet, alone: the operator CPU they cost is then theirs, not the rig's contention.
+                before = proc_stats(operator.pid)["cpu_s"]
+                await plane.unrelated_jobs(unrelated)
+                await asyncio.sleep(1.0)
+                unrelated_cpu = proc_stats(operator.pid)["cpu_s"] - before
             startup = proc_stats(operator.pid)
             startup_requests = sum(c for (who, _, _), c in emu.counts.items() if who == "operator")
             emu.counts.clear()
@@ -183,6 +178,8 @@ async def run_once(n: int, rounds: int, stage_seconds: float, timeout: float) ->
     plane_total = sum(c for (who, _, _), c in emu.counts.items() if who == "plane")
     cpu = end["cpu_s"] - startup["cpu_s"]
     return {
+        "operator": label,
+        "unrelatedJobEvents": unrelated,
         "taojobs": n,
         "rounds": rounds,
         "stageSeconds": stage_seconds,
@@ -217,6 +214,7 @@ async def run_once(n: int, rounds: int, stage_seconds: float, timeout: float) ->
             "afterStartup": round(startup["rss_mb"], 1),
         },
         "operatorCpuSeconds": round(cpu, 2),
+        "unrelatedCpuSeconds": round(unrelated_cpu, 3),
         "operatorCpuMsPerStageJob": round(cpu / handled * 1000, 2),
         "operatorCpuShare": round(cpu / wall, 2),
         "rigCpuShare": round(rig_cpu / wall, 2),  # the emulated API server and the fake control plane
@@ -226,6 +224,76 @@ async def run_once(n: int, rounds: int, stage_seconds: float, timeout: float) ->
 # ------------------------------------------------------------------------------------------------- main
 
 
+def run_all(
+    args: argparse.Namespace, plan: list[tuple[int, float]], rounds: int, tree: Path | None
+) -> list[Any]:
+    """Every planned fleet with this commit's operator, then (`tree`) the older one's, back to back. The
+    first saturation fleet's runs start with the unrelated Job events."""
+    sides: list[tuple[str, Path | None]] = [("main", None)]
+    if tree is not None:
+        sides.append((args.compare, tree))
+    first_saturation = next((i for i, (_, secs) in enumerate(plan) if not secs), None)
+    runs = []
+    for i, (n, secs) in enumerate(plan):
+        extra = args.unrelated if i == first_saturation else 0
+        for side in sides:
+            run = asyncio.run(run_once(n, rounds, secs, args.timeout, side, extra))
+            runs.append(run)
+            print(
+                f"  done: {side[0]}, {n} TAOJobs, stages of {secs:g}s"
+                + (f", after {extra} unrelated Job events" if extra else "")
+                + f", in {run['wallSeconds']}s",
+                flush=True,
+            )
+    return runs
+
+
+def label(r: dict[str, Any]) -> str:
+    return f"{r['operator']} N={r['taojobs']}/{r['stageSeconds']:g}s"
+
+
+def comparisons(runs: list[dict[str, Any]], rev: str | None) -> dict[str, Any]:
+    """CPU per stage Job against the older operator (same fleet, same run of this script), and the CPU that
+    unrelated Job events cost each operator, as a share of what the fleet's run then cost it."""
+
+    def find(operator: str, n: int, secs: float, unrelated: int) -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for r in runs
+                if (r["operator"], r["taojobs"], r["stageSeconds"], r["unrelatedJobEvents"])
+                == (operator, n, secs, unrelated)
+            ),
+            None,
+        )
+
+    cpu = []
+    for r in runs:
+        old = find(rev, r["taojobs"], r["stageSeconds"], r["unrelatedJobEvents"]) if rev else None
+        if r["operator"] == "main" and old is not None:
+            ratio = r["operatorCpuMsPerStageJob"] / old["operatorCpuMsPerStageJob"]
+            cpu.append(
+                {
+                    "run": label(r),
+                    "main": r["operatorCpuMsPerStageJob"],
+                    rev: old["operatorCpuMsPerStageJob"],
+                    "ratio": round(ratio, 3),
+                }
+            )
+    unrelated = [
+        {
+            "operator": r["operator"],
+            "events": r["unrelatedJobEvents"],
+            "taojobs": r["taojobs"],
+            "cpuSeconds": r["unrelatedCpuSeconds"],
+            "addedCpuShare": round(r["unrelatedCpuSeconds"] / r["operatorCpuSeconds"], 3),
+        }
+        for r in runs
+        if r["unrelatedJobEvents"]
+    ]
+    return {"cpuPerStageJob": cpu, "unrelatedJobEvents": unrelated}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench.parser(__doc__)
     parser.add_argument(
@@ -233,29 +301,50 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--paced",
-        default="200:10",
+        default="200:10,1000:10",
         help="paced runs as TAOJOBS:STAGE_SECONDS (comma-separated; '' for none): each stage Job "
         "'runs' 0.5-1.5x STAGE_SECONDS and TAOJobs arrive over STAGE_SECONDS",
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run every fleet with the operator of this commit (a git worktree)",
+    )
+    parser.add_argument(
+        "--unrelated",
+        type=int,
+        default=None,
+        help="Job events of other workloads in the namespace for an extra run of the first saturation fleet "
+        "(default 1000; 0 for none; none with --smoke)",
+    )
     bench.add_output_flags(parser, "operator_scale", "3 TAOJobs, 1 round, no paced run (the smoke test)")
     args = parser.parse_args(argv)
+    if args.unrelated is None:
+        args.unrelated = 0 if args.smoke else 1000
     plan = [(3, 0.0)] if args.smoke else [(int(x), 0.0) for x in args.taojobs.split(",") if x]
     if not args.smoke:
         plan += [(int(n), float(secs)) for n, secs in (p.split(":") for p in args.paced.split(",") if p)]
     rounds = 1 if args.smoke else args.rounds
 
     machine = bench.Machine()
-    machine.announce(f"{rounds} round(s) per TAOJob")
-    runs = []
-    for n, secs in plan:
-        run = asyncio.run(run_once(n, rounds, secs, args.timeout))
-        runs.append(run)
-        print(f"  done: {n} TAOJobs, stages of {secs:g}s, in {run['wallSeconds']}s", flush=True)
+    machine.announce(
+        f"{rounds} round(s) per TAOJob" + (f"; compared with {args.compare}" if args.compare else "")
+    )
+    if args.compare:
+        with (
+            tempfile.TemporaryDirectory(prefix="tao-opscale-old-") as tmp,
+            bench.worktree(args.compare, Path(tmp) / "old") as tree,
+        ):
+            runs = run_all(args, plan, rounds, tree)
+    else:
+        runs = run_all(args, plan, rounds, None)
 
     header = [
+        "operator",
         "taojobs",
+        "unrelated",
         "stage s",
         "stage jobs",
         "transitions",
@@ -275,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     rows = [
         [
+            r["operator"],
             str(r["taojobs"]),
+            str(r["unrelatedJobEvents"]),
             f"{r['stageSeconds']:g}",
             str(r["stageJobs"]),
             str(r["transitions"]),
@@ -303,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\noperator API requests per stage Job, by verb and resource")
     print(
         bench.right_table(
-            ["request", *(f"N={r['taojobs']}/{r['stageSeconds']:g}s" for r in runs)],
+            ["request", *(label(r) for r in runs)],
             [[k, *(f"{r['operatorRequestsByKindPerStageJob'].get(k, 0):.2f}" for r in runs)] for k in kinds],
         )
     )
@@ -311,21 +402,37 @@ def main(argv: list[str] | None = None) -> int:
         "watch requests during the runs (reconnects; each replays its resource): "
         + ", ".join(str(r["operatorWatchRequests"]) for r in runs)
     )
+    compared = comparisons(runs, args.compare)
+    for c in compared["cpuPerStageJob"]:
+        print(
+            f"operator CPU per stage Job, {c['run']}: {c['main']:.2f} ms vs {c[args.compare]:.2f} ms "
+            f"({args.compare}): {c['ratio']:.2f}x (target <= {TARGETS['cpu_ratio']}x: "
+            f"{'met' if c['ratio'] <= TARGETS['cpu_ratio'] else 'MISSED'})"
+        )
+    for u in compared["unrelatedJobEvents"]:
+        print(
+            f"{u['events']} unrelated Job events cost the {u['operator']} operator {u['cpuSeconds']:.2f} CPU s: "
+            f"{u['addedCpuShare'] * 100:.1f}% of its CPU for N={u['taojobs']} (target <= "
+            f"{TARGETS['unrelated_cpu'] * 100:.0f}%: "
+            f"{'met' if u['addedCpuShare'] <= TARGETS['unrelated_cpu'] else 'MISSED'})"
+        )
+    main_runs = [r for r in runs if r["operator"] == "main"]
     verdicts = []
-    for r in runs:
+    for r in main_runs:
         verdicts.append(
             {
                 "taojobs": r["taojobs"],
                 "stageSeconds": r["stageSeconds"],
+                "unrelatedJobEvents": r["unrelatedJobEvents"],
                 "p95<=1s": r["latencyMs"]["p95"] <= TARGETS["p95_ms"],
                 "rss<=250MB": r["operatorRssMb"]["peak"] <= TARGETS["rss_mb"],
                 "noUnselectedLists": not r["operatorListsWithoutSelector"],
             }
         )
-    per_job = [r["operatorRequestsPerStageJob"] for r in runs if not r["stageSeconds"]]
+    per_job = [r["operatorRequestsPerStageJob"] for r in main_runs if not r["stageSeconds"]]
     bounded = len(per_job) < 2 or max(per_job) <= 1.25 * min(per_job)
     print(
-        "\ntargets: "
+        "\ntargets (main): "
         + "; ".join(
             f"N={v['taojobs']}/{v['stageSeconds']:g}s: p95<=1s {'met' if v['p95<=1s'] else 'MISSED'}, "
             f"RSS<=250MB {'met' if v['rss<=250MB'] else 'MISSED'}"
@@ -334,8 +441,15 @@ def main(argv: list[str] | None = None) -> int:
         + f"; requests per stage Job independent of N: {'yes' if bounded else 'NO'} ({', '.join(map(str, per_job))})"
     )
     figures = {
-        "targets": {"p95LatencyMs": TARGETS["p95_ms"], "rssMb": TARGETS["rss_mb"]},
+        "targets": {
+            "p95LatencyMs": TARGETS["p95_ms"],
+            "rssMb": TARGETS["rss_mb"],
+            "cpuRatio": TARGETS["cpu_ratio"],
+            "unrelatedCpuShare": TARGETS["unrelated_cpu"],
+        },
+        "compared": args.compare,
         "runs": runs,
+        "comparisons": compared,
         "verdicts": verdicts,
         "requestsPerStageJobIndependentOfN": bounded,
     }

@@ -58,8 +58,37 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def selector_matches(selector: str, labels: dict[str, str]) -> bool:
+    """A label selector as the API server applies it (`key`, `!key`, `key=value`, `key==value`, `key!=value`,
+    comma-joined; set terms are not used here).
+
+    >>> selector_matches("tao.dev/job", {"tao.dev/job": "a"}), selector_matches("a=1,!b", {"a": "1", "b": ""})
+    (True, False)
+    """
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _labels(obj: Any) -> dict[str, str]:
+    return ((obj or {}).get("metadata") or {}).get("labels") or {}
+
+
 class Emulator(kmock.KubernetesEmulator):
-    """kmock 0.8 plus the metadata an API server manages, 422 on failed patch tests, and a create log."""
+    """kmock 0.8 plus the metadata an API server manages, label selectors on lists and watches, 422 on failed
+    patch tests, and a create log."""
 
     _rv = itertools.count(1)
 
@@ -105,6 +134,23 @@ class Emulator(kmock.KubernetesEmulator):
         if request.action == kmock.action.CREATE and isinstance(data, dict) and request.resource is not None:
             self.creations[(request.resource.plural, data["metadata"].get("name"))] += 1
         return response
+
+    # kmock 0.8 ignores labelSelector; an API server applies it, and the operator's watches rely on it.
+    async def _serve_list(self, request: Any) -> Any:
+        payload = await super()._serve_list(request)
+        if selector := request.params.get("labelSelector"):
+            payload["items"] = [i for i in payload["items"] if selector_matches(selector, _labels(i))]
+        return payload
+
+    async def _serve_watch(self, request: Any) -> Any:
+        selector = request.params.get("labelSelector")
+        async for event in super()._serve_watch(request):
+            if (
+                not selector
+                or not isinstance(event, dict)
+                or selector_matches(selector, _labels(event.get("object")))
+            ):
+                yield event
 
 
 def declare_resources(emu: Emulator) -> None:

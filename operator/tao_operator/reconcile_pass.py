@@ -7,16 +7,18 @@ from tao_operator import builders
 from tao_operator.api import ConditionType, EventReason, Reason, StageStatus, TAOJob, TAOJobStatus
 from tao_operator.children import Foreign
 from tao_operator.status import set_condition
+from tao_trainer.spec import LoopSpec
 
 Event = tuple[str, str, str]  # (type, reason, message)
 Problem = tuple[str, str]  # (reason, message) for the Degraded condition
 
 
 class Pass:
-    """What one reconcile pass collects: events to post and problems for the Degraded condition."""
+    """What one reconcile pass collects: events to post and problems for the Degraded condition. `loop` is
+    the spec's loop part (`job.spec.loop()`), built once per spec."""
 
-    def __init__(self, job: TAOJob, status: TAOJobStatus, now: str) -> None:
-        self.job, self.status, self.now = job, status, now
+    def __init__(self, job: TAOJob, loop: LoopSpec, status: TAOJobStatus, now: str) -> None:
+        self.job, self.loop, self.status, self.now = job, loop, status, now
         self.events: list[Event] = []
         self.problems: list[Problem] = []
         self.generation = job.metadata.generation

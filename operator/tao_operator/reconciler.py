@@ -9,7 +9,10 @@ as this TAOJob's only when its controller ownerReference carries the TAOJob's ui
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
+import json
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -23,6 +26,7 @@ from tao_operator.api import (
     EventReason,
     Reason,
     SpecError,
+    TAOJob,
     TAOJobStatus,
     parse_taojob,
 )
@@ -41,11 +45,25 @@ from tao_operator.status import (
     results_from_status,
     set_condition,
 )
+from tao_operator.triggers import EndedJobs
+from tao_trainer.spec import LoopSpec
 
 # Each reconcile records at most one finished stage per loop turn; this bounds a single pass.
 MAX_STEPS_PER_PASS = 32
-# kopf retries a pass that met an API error after this many seconds (and on every later event).
+# A pass that failed (an API error, a crash) runs again after this many seconds, and on every later event.
 RETRY_DELAY = 10.0
+
+log = logging.getLogger("tao_operator.reconciler")
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """A TAOJob as validated, keyed by what it was validated from (uid, generation, spec, annotations, labels)."""
+
+    key: tuple[str | None, int | None, str]
+    job: TAOJob
+    loop: LoopSpec
+    digest: dict[str, str]  # edits.spec_digest: one digest per spec section
 
 
 def utcnow() -> str:
@@ -69,8 +87,40 @@ class Reconciler:
         self.post_event = post_event
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.waiting: dict[tuple[str, str], int] = {}
+        self.retries: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.parsed: dict[tuple[str, str], Parsed] = {}
+        self.ended_jobs = EndedJobs()
 
-    async def reconcile(self, namespace: str, name: str) -> None:
+    async def trigger(self, namespace: str, name: str) -> bool:
+        """A pass for a watch event or the sweep that never raises (False: the TAOJob is gone). One that fails
+        is logged and runs again after RETRY_DELAY (a kopf.TemporaryError's own delay), once per TAOJob
+        however many passes failed: kopf retries only the handlers it keeps progress for, which these (event
+        handlers) are not."""
+        try:
+            return await self.reconcile(namespace, name)
+        except Exception as e:
+            delay = e.delay if isinstance(e, kopf.TemporaryError) and e.delay else RETRY_DELAY
+            log.warning("TAOJob %s/%s: the pass failed (again in %.0fs): %s", namespace, name, delay, e)
+            key = (namespace, name)
+            if key not in self.retries:
+                self.retries[key] = asyncio.get_running_loop().create_task(self._retry_later(key, delay))
+            return True
+
+    async def _retry_later(self, key: tuple[str, str], delay: float) -> None:
+        await asyncio.sleep(delay)
+        del self.retries[key]
+        await self.trigger(*key)
+
+    async def close(self) -> None:
+        """Stop the scheduled retries and the API session (the operator is stopping)."""
+        for task in self.retries.values():
+            task.cancel()
+        await asyncio.gather(*self.retries.values(), return_exceptions=True)
+        self.retries.clear()
+        await self.cluster.close()
+
+    async def reconcile(self, namespace: str, name: str) -> bool:
+        """One pass over the TAOJob; False when it does not exist (or is being deleted)."""
         # One pass at a time per TAOJob: Job events and TAOJob events may arrive together. A lock lives only
         # while someone holds or waits for it, so the map stays as small as the work in flight.
         key = (namespace, name)
@@ -83,9 +133,11 @@ class Reconciler:
                     body = await self.cluster.get("taojobs", namespace, name)
                     if body is None or body["metadata"].get("deletionTimestamp"):
                         metrics.set_phase(namespace, name, None)
-                        return
+                        self.parsed.pop(key, None)
+                        return False
                     phase = await self._reconcile(body)
                     metrics.set_phase(namespace, name, phase)
+                    return True
                 except Exception:
                     metrics.RECONCILE_ERRORS.inc()
                     raise
@@ -96,14 +148,14 @@ class Reconciler:
 
     async def _reconcile(self, body: dict[str, Any]) -> str:
         meta = body["metadata"]
-        namespace, name, generation = meta.get("namespace", "default"), meta["name"], meta.get("generation")
+        generation = meta.get("generation")
         old = body.get("status") or {}
         status = TAOJobStatus.model_validate(own_status(old))
         now = utcnow()
         # Every generation is observed, accepted or not: the conditions say what became of it.
         status.observed_generation = generation
         try:
-            job = parse_taojob({k: v for k, v in body.items() if k != "status"}, f"TAOJob {namespace}/{name}")
+            parsed = self._parsed(body)
         except SpecError as e:
             problems = "; ".join(e.problems)
             set_condition(
@@ -117,10 +169,10 @@ class Reconciler:
             await self._write(body, old, status, [("Warning", EventReason.INVALID_SPEC, problems)])
             return status.phase
 
-        p = Pass(job, status, now)
+        p = Pass(parsed.job, parsed.loop, status, now)
         error: Exception | None = None
         try:
-            await self._run(p)
+            await self._run(p, parsed.digest)
         except (ApiError, ValueError) as e:
             # Said on the object, then retried by kopf: a 500 passes, a 422 or a quota needs the user; a
             # ValueError is a spec the models accepted but a manifest cannot carry (a bad URI, a long name).
@@ -146,9 +198,30 @@ class Reconciler:
             raise kopf.TemporaryError(str(error), delay=RETRY_DELAY) from error
         return status.phase
 
-    async def _run(self, p: Pass) -> None:
-        job, status = p.job, p.status
-        spec = job.spec.loop()
+    def _parsed(self, body: dict[str, Any]) -> Parsed:
+        """The TAOJob validated, its loop spec and its digest: built once per spec and metadata, not per pass
+        (validation is most of a pass's own CPU). Raises SpecError."""
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace", "default"), meta["name"]
+        # The spec's text, not only its generation: writers that do not bump generation are not trusted.
+        source = {
+            "spec": body.get("spec"),
+            "annotations": meta.get("annotations"),
+            "labels": meta.get("labels"),
+        }
+        key = (meta.get("uid"), meta.get("generation"), json.dumps(source, sort_keys=True))
+        cached = self.parsed.get((namespace, name))
+        if cached is not None and cached.key == key:
+            return cached
+        job = parse_taojob({k: v for k, v in body.items() if k != "status"}, f"TAOJob {namespace}/{name}")
+        digest = spec_digest(job.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True))
+        parsed = Parsed(key, job, job.spec.loop(), digest)
+        if key[0] is not None and key[1] is not None:
+            self.parsed[(namespace, name)] = parsed
+        return parsed
+
+    async def _run(self, p: Pass, digest: dict[str, str]) -> None:
+        job, status, spec = p.job, p.status, p.loop
         layout = job.run_layout()
         status.run_uri = layout.root
         if not_allowed := refusals(job, self.defaults):
@@ -159,9 +232,8 @@ class Reconciler:
             p.problems.append((Reason.NOT_ALLOWED, message))
             p.events.append(("Warning", EventReason.NOT_ALLOWED, message))
             return
-        digest = spec_digest(job.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True))
         if not status.spec_digest:
-            status.spec_digest = digest  # the run starts: what it may not lose from now on
+            status.spec_digest = dict(digest)  # the run starts: what it may not lose from now on
         if refused := refused_edits(status.spec_digest, digest):
             message = (
                 f"edits of {', '.join(refused)} are refused while the run goes on (nothing of them was "
@@ -172,7 +244,8 @@ class Reconciler:
                 p.events.append(("Warning", EventReason.EDIT_REFUSED, message))
             return
         self._retry(p)
-        step, rollout = StageStep(self.cluster, self.defaults, p), Rollout(self.cluster, self.defaults, p)
+        step = StageStep(self.cluster, self.defaults, p, self.ended_jobs)
+        rollout = Rollout(self.cluster, self.defaults, p)
         for _ in range(MAX_STEPS_PER_PASS):
             action = next_action(spec, layout, results_from_status(status))
             if isinstance(action, Failed):

@@ -32,7 +32,7 @@ class Rollout:
         """Roll out what the plan says to serve: the champion or the pinned round; nothing else."""
         p = self.p
         job, status = p.job, p.status
-        spec = job.spec.loop()
+        spec = p.loop
         results = results_from_status(status)
         champ_round, champ_uri = champion(spec, layout, results, rounds_seen(spec, results) + 1)
         status.champion = champion_status(status, champ_round, champ_uri)

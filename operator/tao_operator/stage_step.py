@@ -37,6 +37,7 @@ from tao_operator.status import (
     stage_result_from_pods,
     stage_status,
 )
+from tao_operator.triggers import EndedJobs
 from tao_operator.usage import Usage, add, budget_exhausted
 from tao_trainer.contract import StageConfig
 from tao_trainer.spec import LoopSpec
@@ -65,8 +66,15 @@ def reported_all(k8s_job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
 
 
 class StageStep:
-    def __init__(self, cluster: Cluster, defaults: builders.OperatorDefaults, p: Pass) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        defaults: builders.OperatorDefaults,
+        p: Pass,
+        ended_jobs: EndedJobs | None = None,
+    ) -> None:
         self.cluster, self.defaults, self.p = cluster, defaults, p
+        self.ended_jobs = ended_jobs or EndedJobs(limit=0)
 
     async def advance(self, action: RunStage) -> bool:
         """Move one stage forward; True when a result was recorded (the plan can go on at once)."""
@@ -81,7 +89,13 @@ class StageStep:
             st.job = builders.child_name(job.metadata.name, action.round, action.stage)
             rnd.stages.append(st)
         child = st.job or builders.child_name(job.metadata.name, action.round, action.stage, st.attempt)
-        k8s_job = await self.cluster.get("jobs", ns, child)
+        # The Job of a stage not recorded as started exists only when a pass created it and stopped before
+        # writing status: its create then answers 409 and reads it back (`_create`). So it is read first only
+        # when this pass may not create it (suspended, over budget), to be followed if it exists.
+        may_create = st.started_at is None and not suspend and self._within_budget()
+        k8s_job = None
+        if not may_create:
+            k8s_job = self.ended_jobs.take(ns, child) or await self.cluster.get("jobs", ns, child)
         if f := foreign(k8s_job, uid):
             p.conflict(f)
             p.ready(
@@ -95,8 +109,8 @@ class StageStep:
             if suspend:
                 p.ready(False, Reason.SUSPENDED, "spec.suspend is true")
                 return False
-            if not self._within_budget():
-                return False
+            if not may_create:
+                return False  # over budget: said by _within_budget
             k8s_job = await self._create(action, st.attempt, child)
             if k8s_job is None:
                 return False
@@ -150,13 +164,14 @@ class StageStep:
             round=action.round,
             run_uri=p.status.run_uri or "",
             model_uri=action.model_uri,
-            spec=round_spec(job.spec.loop(), round_status(p.status, action.round), action.stage),
+            spec=round_spec(p.loop, round_status(p.status, action.round), action.stage),
         )
         cm = builders.stage_configmap(job, cfg, attempt)
         if not await self.cluster.create(cm):
             live = await self.cluster.get("configmaps", ns, cm["metadata"]["name"])
             if f := foreign(live, uid):
-                p.conflict(f)
+                # Named by the Job when it is someone else's too (the predecessor left both): the one to see.
+                p.conflict(foreign(await self.cluster.get("jobs", ns, child), uid) or f)
                 return None
             if live is not None and live.get("data") != cm["data"]:
                 # Ours, written by a pass that stopped before its Job: bring it to this pass's config.
