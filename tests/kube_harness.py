@@ -96,6 +96,7 @@ class Emulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.creations: collections.Counter[tuple[str, str]] = collections.Counter()
         self.operator_calls: set[tuple[str, str, str]] = set()  # (verb, group, resource[/subresource])
+        self.watch_selectors: collections.defaultdict[str, set[str | None]] = collections.defaultdict(set)
 
     async def _handle(self, request: Any) -> Any:
         if (
@@ -144,6 +145,8 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _serve_watch(self, request: Any) -> Any:
         selector = request.params.get("labelSelector")
+        if request.resource is not None:
+            self.watch_selectors[request.resource.plural].add(selector)
         async for event in super()._serve_watch(request):
             if (
                 not selector

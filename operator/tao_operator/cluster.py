@@ -89,10 +89,10 @@ class Cluster:
         async with self._session.request(
             method, self.info.server.rstrip("/") + path, data=data, headers=headers
         ) as resp:
-            text = await resp.text()
+            raw = await resp.read()  # JSON is UTF-8: no charset detection, no decoded copy
             if resp.status >= 400:
-                raise ApiError(resp.status, method, path, text)
-            return json.loads(text) if text else None
+                raise ApiError(resp.status, method, path, raw.decode("utf-8", "replace"))
+            return json.loads(raw) if raw else None
 
     def _path(self, resource: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
         prefix, plural = RESOURCES[resource]

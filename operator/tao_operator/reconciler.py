@@ -100,7 +100,7 @@ class Reconciler:
             return await self.reconcile(namespace, name)
         except Exception as e:
             delay = e.delay if isinstance(e, kopf.TemporaryError) and e.delay else RETRY_DELAY
-            log.warning("TAOJob %s/%s: the pass failed (again in %.0fs): %s", namespace, name, delay, e)
+            log.warning("TAOJob %s/%s: the pass failed (again in %gs): %s", namespace, name, delay, e)
             key = (namespace, name)
             if key not in self.retries:
                 self.retries[key] = asyncio.get_running_loop().create_task(self._retry_later(key, delay))

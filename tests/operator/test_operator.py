@@ -434,6 +434,32 @@ async def _degraded(api: Api, reason: str) -> bool:
     return any(c["type"] == "Degraded" and c["status"] == "True" and c["reason"] == reason for c in conds)
 
 
+async def test_no_finalizer_holds_a_taojob_and_only_the_operators_jobs_are_watched(
+    k8s: Any, tmp_path: Path, tiny_model: Path
+) -> None:
+    """A TAOJob carries nothing of the operator's in its metadata, so deleting it never waits for a running
+    operator; one left with an earlier version's kopf finalizer is released. The API server selects the
+    Jobs and Deployments the operator watches (other workloads' events never reach it)."""
+    api: Api = k8s.api
+    doc = manifest(tmp_path, tiny_model)
+    # What an earlier version left: kopf's finalizer (for its per-TAOJob timer) and its bookkeeping.
+    doc["metadata"]["finalizers"] = ["kopf.zalando.org/KopfFinalizerMarker"]
+    await api.call("POST", TAOJOBS, doc)
+    await eventually(lambda: api.get("jobs", "arith-r1-prepare"), timeout=120)
+
+    async def released() -> bool:
+        return not (await taojob(api))["metadata"].get("finalizers")
+
+    await eventually(released, timeout=30)
+    annotations = (await taojob(api))["metadata"].get("annotations") or {}
+    assert not [a for a in annotations if a.startswith(("tao.dev/", "kopf.zalando.org/"))], annotations
+    assert k8s.emu.watch_selectors["jobs"] == {"tao.dev/job"}
+    assert k8s.emu.watch_selectors["deployments"] == {"tao.dev/job"}
+    k8s.operator.stop()
+    await api.call("DELETE", f"{TAOJOBS}/arith")
+    assert await api.get("taojobs", "arith") is None  # gone at once, with no operator running
+
+
 async def test_deleting_a_taojob_removes_children_and_keeps_artifacts(
     k8s: Any, tmp_path: Path, tiny_model: Path
 ) -> None:
