@@ -21,17 +21,27 @@ PROMPTS = [(a, b) for a in range(10) for b in range(10)]
 ANSWERS: dict[str, Callable[[int, int], str]] = {
     "right": lambda a, b: str(b),
     "collapsed": lambda a, b: "5",  # one answer to every prompt
-    "wrong": lambda a, b: str(
-        a
-    ),  # a consistent wrong answer per prompt (the other digit)  # a consistent wrong answer per prompt
+    "wrong": lambda a, b: str(a),  # a consistent wrong answer per prompt (the other digit)
+    # Right on the prompts of task "low" (a < 5), wrong on those of task "high": one task regresses.
+    "wrong-high": lambda a, b: str(b) if a < 5 else str(a),
 }
 
 
-def write_prompts(path: Path) -> Path:
-    """The task's prompts with their label (reporting only: the loop never sees it)."""
+def task(a: int) -> str:
+    """The task of prompt (a, b) in the multi-task tests."""
+    return "low" if a < 5 else "high"
+
+
+def write_prompts(path: Path, tasks: bool = False) -> Path:
+    """The task's prompts with their label (reporting only: the loop never sees it); with `tasks`, each
+    with its `task` field too."""
     path.write_text(
         "".join(
-            json.dumps({"prompt": PROMPT.format(a=a, b=b), "answer": ANSWERS["right"](a, b)}) + "\n"
+            json.dumps(
+                {"prompt": PROMPT.format(a=a, b=b), "answer": ANSWERS["right"](a, b)}
+                | ({"task": task(a)} if tasks else {})
+            )
+            + "\n"
             for a, b in PROMPTS
         )
     )

@@ -25,14 +25,22 @@ from tao_trainer.spec import LoopSpec
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def judge(champion: Path, challenger: Path, tmp: Path) -> dict[str, Any]:
+def judge(
+    champion: Path,
+    challenger: Path,
+    tmp: Path,
+    tasks: bool = False,
+    evaluation: dict[str, Any] | None = None,
+    promoted: bool = False,
+) -> dict[str, Any]:
     """Round 1's prepare and evaluate stages with `challenger` in place of the round's trained model;
-    returns eval/report.json."""
+    returns eval/report.json. `tasks`: the prompts carry a `task` field; `evaluation`: settings on top."""
+    tmp.mkdir(parents=True, exist_ok=True)
     spec = LoopSpec.model_validate(
         {
             "model": {"uri": champion.as_uri()},
             "prompts": {
-                "uri": write_prompts(tmp / "prompts.jsonl").as_uri(),
+                "uri": write_prompts(tmp / "prompts.jsonl", tasks).as_uri(),
                 "heldOutFraction": 0.5,
                 "labelFields": ["answer"],
             },
@@ -42,7 +50,8 @@ def judge(champion: Path, challenger: Path, tmp: Path) -> dict[str, Any]:
             "evaluation": {
                 "maxPrompts": 50,
                 "metrics": [{"name": "accuracy", "field": "answer", "extract": r"(\d)"}],
-            },
+            }
+            | (evaluation or {}),
         }
     )
     layout = RunLayout((tmp / "runs" / "job").as_uri())
@@ -51,7 +60,7 @@ def judge(champion: Path, challenger: Path, tmp: Path) -> dict[str, Any]:
     shutil.copytree(challenger, Path(layout.model(1).removeprefix("file://")))
     result = _runner("evaluate")(StageConfig(stage="evaluate", **common))
     report: dict[str, Any] = storage.read_json(layout.eval_report(1))
-    assert result.ok and result.promoted is False and result.outputs["reason"] == report["gate"]["reason"]
+    assert result.ok and result.promoted is promoted and result.outputs["reason"] == report["gate"]["reason"]
     return report
 
 
@@ -103,3 +112,28 @@ def test_a_collapsed_challenger_that_supplies_its_own_majority_is_rejected_by_th
     assert gate["health"]["challenger"]["diversity"] == 0.0 < gate["health"]["champion"]["diversity"]
     assert gate["health"]["challenger"]["support"] < 0.5 < gate["health"]["champion"]["support"]
     assert "alarms: unsupported-wins" in report["verdict"]
+
+
+def test_a_regression_on_one_task_vetoes_a_promotion_the_other_would_earn(
+    gate_champion: Path, tmp_path: Path
+) -> None:
+    """Multi-task TAO: prompts of two tasks in one held-out set. The challenger keeps task "low" and unlearns
+    task "high". With the overall bar and the alarms set aside, the per-task guard alone says no; listing
+    "high" in allowTaskRegression lets it through."""
+    mixed = fine_tune(gate_champion, tmp_path / "mixed", "wrong-high", epochs=10)
+    lenient = {"minImprovement": -10.0, "alarms": False}
+    report = judge(gate_champion, mixed, tmp_path / "strict", tasks=True, evaluation=lenient)
+    metrics, gate = report["metrics"], report["gate"]
+    # Genuinely: the high task's label accuracy fell, the low task's did not.
+    assert metrics["task.high.champion.accuracy"] - metrics["task.high.challenger.accuracy"] > 0.5
+    assert metrics["task.low.challenger.accuracy"] >= metrics["task.low.champion.accuracy"] - 0.1
+    assert metrics["task.low.prompts"] + metrics["task.high.prompts"] == report["heldOutPrompts"]
+    assert gate["reason"] == "guard:task:high"
+    verdicts = {g["name"]: g["passed"] for g in gate["guards"]}
+    assert verdicts == {"task:low": True, "task:high": False}
+
+    allowed = lenient | {"allowTaskRegression": ["high"]}
+    report = judge(gate_champion, mixed, tmp_path / "allowed", tasks=True, evaluation=allowed, promoted=True)
+    assert report["gate"]["reason"] == "promoted"
+    assert [g["name"] for g in report["gate"]["guards"]] == ["task:low"]
+    assert report["metrics"]["task.high.challenger.score"] is not None  # still reported

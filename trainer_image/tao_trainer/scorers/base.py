@@ -34,6 +34,7 @@ __all__ = [
     "ScorerError",
     "check_batch",
     "check_references",
+    "coerce_details",
     "coerce_scores",
     "completion_text",
     "group_spans",
@@ -113,6 +114,19 @@ def check_references(name: str, completions: Sequence[Any], references: Sequence
         raise ValueError(
             f"scorer {name!r}: got {len(references)} reference groups for {len(completions)} completions"
         )
+
+
+def coerce_details(details: Any, expected: int, where: str) -> list[dict[str, Any] | None]:
+    if not isinstance(details, list | tuple) or len(details) != expected:
+        raise ScorerError(f"{where} returned details that are not a list of {expected} dicts or None")
+    out: list[dict[str, Any] | None] = []
+    for index, detail in enumerate(details):
+        if detail is not None and not isinstance(detail, Mapping):
+            raise ScorerError(
+                f"{where} returned a {type(detail).__name__} as details at index {index}; expected a dict or None"
+            )
+        out.append(None if detail is None else dict(detail))
+    return out
 
 
 def coerce_scores(values: Any, expected: int, where: str) -> list[Score]:

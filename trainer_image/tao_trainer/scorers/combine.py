@@ -32,7 +32,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .base import Detail, Detailed, Score, Scorer, ScorerError, coerce_scores, group_spans
+from .base import Detail, Detailed, Score, Scorer, coerce_details, coerce_scores, group_spans
+from .tasks import judge, task_masks, task_set
 
 __all__ = [
     "NORMALIZATIONS",
@@ -155,6 +156,7 @@ def combine_scores(
     per_scorer: Sequence[Sequence[Score]],
     weights: Sequence[float],
     pass_at: Sequence[float | None] | None = None,
+    applies: Sequence[Sequence[bool] | None] | None = None,
 ) -> list[Score]:
     """Weighted sum in which a missing judgement (None) does not count as 0, behind optional gates.
 
@@ -173,10 +175,17 @@ def combine_scores(
     abstention); a completion a gate did not judge (None) gets None; the others get the sum above, the
     gates counted in it with their own weights.
 
+    `applies[i]`, when not None, says which completions scorer i judges at all (multi-task TAO: its
+    `tasks`); where it does not apply it is neither a gate nor an abstention, and W is the sum of the
+    weights of the scorers that apply there.
+
     >>> combine_scores([[1.0, 1.0, None], [0.0, None, None]], weights=[1.0, 3.0])
     [1.0, 4.0, None]
     >>> combine_scores([[1.0, 0.0, None], [0.8, 0.9, 0.7]], weights=[0.0, 1.0], pass_at=[1.0, None])
     [0.8, 0.0, None]
+    >>> combine_scores([[1.0, None], [None, 0.5]], weights=[1.0, 2.0], pass_at=[1.0, None],
+    ...                applies=[[True, False], [False, True]])
+    [1.0, 1.0]
     """
     if len(per_scorer) != len(weights):
         raise ValueError(f"{len(per_scorer)} score lists for {len(weights)} weights")
@@ -184,17 +193,22 @@ def combine_scores(
         raise ValueError(f"{len(pass_at)} gates for {len(weights)} weights")
     if not per_scorer:
         return []
+    if applies is not None and len(applies) != len(weights):
+        raise ValueError(f"{len(applies)} task masks for {len(weights)} weights")
     gates = [(i, float(t)) for i, t in enumerate(pass_at or []) if t is not None]
     total_weight = sum(weights)
     totals: list[Score] = []
-    for row in zip(*per_scorer, strict=True):
-        gate_values = [(row[i], threshold) for i, threshold in gates]
+    for r, row in enumerate(zip(*per_scorer, strict=True)):
+        here = [a is None or a[r] for a in applies] if applies is not None else None
+        gate_values = [(row[i], threshold) for i, threshold in gates if here is None or here[i]]
         if any(v is not None and v < threshold - _PASS_EPSILON for v, threshold in gate_values):
             totals.append(0.0)
             continue
         if any(v is None for v, _ in gate_values):
             totals.append(None)
             continue
+        if here is not None:
+            total_weight = sum(w for w, h in zip(weights, here, strict=True) if h)
         present = [(w, v) for w, v in zip(weights, row, strict=True) if v is not None]
         present_weight = sum(w for w, _ in present)
         if present_weight <= 0:
@@ -216,8 +230,8 @@ def _composition(scorer: Scorer[Any]) -> tuple[bool, float, str, Sequence[float]
 
 
 def needs_combined(scorers: Sequence[Scorer[Any]]) -> bool:
-    """True when a scorer is a gate (`require`) or has a normalization: only the combined score applies
-    them, so per-scorer reward functions would silently train on something else.
+    """True when a scorer is a gate (`require`), has a normalization or judges some tasks only: only the
+    combined score applies them, so per-scorer reward functions would silently train on something else.
 
     >>> from tao_trainer.scorers import build_scorers
     >>> needs_combined(build_scorers([{"type": "json"}]))
@@ -227,7 +241,7 @@ def needs_combined(scorers: Sequence[Scorer[Any]]) -> bool:
     """
     for scorer in scorers:
         require, _, normalization, _ = _composition(scorer)
-        if require or normalization != "none":
+        if require or normalization != "none" or task_set(scorer) is not None:
             return True
     return False
 
@@ -246,28 +260,16 @@ def _check_lengths(prompts: Sequence[Any], completions: Sequence[Any]) -> None:
         )
 
 
-def _coerce_details(details: Any, expected: int, where: str) -> list[dict[str, Any] | None]:
-    if not isinstance(details, list | tuple) or len(details) != expected:
-        raise ScorerError(f"{where} returned details that are not a list of {expected} dicts or None")
-    out: list[dict[str, Any] | None] = []
-    for index, detail in enumerate(details):
-        if detail is not None and not isinstance(detail, Mapping):
-            raise ScorerError(
-                f"{where} returned a {type(detail).__name__} as details at index {index}; expected a dict or None"
-            )
-        out.append(None if detail is None else dict(detail))
-    return out
-
-
 def compose(
     scorers: Sequence[Scorer[Any]],
     prompts: Sequence[Any],
     raw: Mapping[str, Sequence[Any]],
     details: Mapping[str, Sequence[Detail] | None] | None = None,
+    applies: Sequence[Sequence[bool] | None] | None = None,
 ) -> ScoredBatch:
     """The batch from each scorer's raw values (by name): normalised, gated and combined (steps 2 to 4
     of this module's docstring). `score_all` is `compose` over the scorers' own outputs; call it directly
-    to recombine stored raw values under other settings."""
+    to recombine stored raw values under other settings. `applies`: see `combine_scores`."""
     n = len(prompts)
     per_scorer: dict[str, list[Score]] = {}
     raw_out: dict[str, list[Score]] = {}
@@ -284,9 +286,9 @@ def compose(
         gates.append(pass_at if require else None)
         found = (details or {}).get(scorer.name)
         if found is not None:
-            details_out[scorer.name] = _coerce_details(found, n, where)
+            details_out[scorer.name] = coerce_details(found, n, where)
     total: list[Score] = (
-        combine_scores(list(per_scorer.values()), [scorer.weight for scorer in scorers], gates)
+        combine_scores(list(per_scorer.values()), [scorer.weight for scorer in scorers], gates, applies)
         if scorers
         else [None] * n
     )
@@ -294,7 +296,10 @@ def compose(
 
 
 def _from_results(
-    scorers: Sequence[Scorer[Any]], prompts: Sequence[Any], results: list[Detailed]
+    scorers: Sequence[Scorer[Any]],
+    prompts: Sequence[Any],
+    results: list[Detailed],
+    applies: Sequence[Sequence[bool] | None] | None = None,
 ) -> ScoredBatch:
     raw: dict[str, Sequence[Any]] = {}
     details: dict[str, Sequence[Detail] | None] = {}
@@ -303,7 +308,7 @@ def _from_results(
             # A subclass's `detailed` that returns a bare list of values.
             result = Detailed(result)
         raw[scorer.name], details[scorer.name] = result.values, result.details
-    return compose(scorers, prompts, raw, details)
+    return compose(scorers, prompts, raw, details, applies)
 
 
 def score_all(
@@ -333,8 +338,12 @@ def score_all(
     """
     _check_names(scorers)
     _check_lengths(prompts, completions)
-    results = [scorer.detailed(prompts, completions, **kwargs) for scorer in scorers]
-    return _from_results(scorers, prompts, results)
+    masks = task_masks(scorers, len(prompts), kwargs)
+    results = [
+        judge(scorer, mask, scorer.detailed, (prompts, completions), kwargs)
+        for scorer, mask in zip(scorers, masks, strict=True)
+    ]
+    return _from_results(scorers, prompts, results, masks)
 
 
 def score_against_all(
@@ -352,8 +361,12 @@ def score_against_all(
     models' answers to a prompt side by side)."""
     _check_names(scorers)
     _check_lengths(prompts, completions)
-    results = [scorer.detailed_against(prompts, completions, references, **kwargs) for scorer in scorers]
-    return _from_results(scorers, prompts, results)
+    masks = task_masks(scorers, len(prompts), kwargs)
+    results = [
+        judge(scorer, mask, scorer.detailed_against, (prompts, completions, references), kwargs)
+        for scorer, mask in zip(scorers, masks, strict=True)
+    ]
+    return _from_results(scorers, prompts, results, masks)
 
 
 def stats_counts(scorers: Sequence[Scorer[Any]]) -> dict[str, int]:
@@ -388,8 +401,8 @@ def as_reward_funcs(
     with this module's None semantics, gates and normalisations. It reports each scorer's mean
     (normalised) value through TRL's `log_metric` as `rewards/<name>/mean`, so per-scorer curves stay.
 
-    The default (`combined=None`) is per-scorer, unless a scorer is a gate or has a normalization
-    (`needs_combined`): then combined, since per-scorer functions would ignore them. Asking for
+    The default (`combined=None`) is per-scorer, unless a scorer is a gate, has a normalization or judges
+    some tasks only (`needs_combined`): then combined, since per-scorer functions would ignore them. Asking for
     per-scorer functions with such scorers is an error.
 
     >>> from tao_trainer.scorers import build_scorers
@@ -407,7 +420,7 @@ def as_reward_funcs(
     if not combined:
         if composed:
             raise ValueError(
-                "scorers with require or a normalization only take effect in the combined score; "
+                "scorers with require, a normalization or tasks only take effect in the combined score; "
                 "use combined=True (or leave combined unset)"
             )
         return list(scorers), [scorer.weight for scorer in scorers]

@@ -113,6 +113,19 @@ class EvaluationSpec(CamelModel):
         le=1.0,
         description="How much worse a guard's lower confidence bound may be than the champion's value.",
     )
+    task_tolerance: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Multi-task TAO (prompts with a `task` field): how much worse the lower confidence bound of "
+        "one task's gate score may be than the champion's before that task vetoes the promotion (each task is "
+        "a guard of its own). Unset: guardTolerance.",
+    )
+    allow_task_regression: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Tasks whose regression is reported but does not veto a promotion.",
+    )
     max_prompts: int = Field(default=200, ge=1, description="Held-out prompts evaluated per round.")
     scorers: ScorerSpecList | None = Field(
         default=None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -10,6 +10,8 @@ from tao_trainer.spec.base import CamelModel
 
 # Names double as metric keys, log labels and JSONL columns, so keep them boring.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+# The prompt record field that names a prompt's task (multi-task TAO: scorers[].tasks, per-task evaluation).
+TASK_FIELD = "task"
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 MODULE_PATTERN = rf"^{IDENTIFIER}(\.{IDENTIFIER})*$"
 # `pkg.mod:fn` or `pkg.mod.fn`; a bare `mod:fn` is allowed too (a top-level module).
@@ -88,6 +90,17 @@ class ScorerSpecBase(CamelModel):
         min_length=2,
         max_length=2,
         description="[lo, hi] of the raw values; required by normalization: range.",
+    )
+    tasks: list[Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_PATTERN)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description=(
+            "Multi-task TAO: the tasks this scorer judges, by the `task` field of each prompt record. A "
+            "candidate of another task (or of none) is not judged by it: no value, and as a `require` gate "
+            "it does not apply there, and its weight is left out of that candidate's total. Unset: every "
+            "prompt."
+        ),
     )
 
     def _default_name(self) -> str:

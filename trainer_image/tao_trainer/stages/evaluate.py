@@ -25,7 +25,7 @@ from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
 from tao_trainer.promotion import Guard, Health, decide, mean
 from tao_trainer.spec import MetricSpec
-from tao_trainer.stages import evaluate_costs, model_worker
+from tao_trainer.stages import evaluate_costs, evaluate_tasks, model_worker
 from tao_trainer.stages.common import log, trl_prompt_kwargs
 from tao_trainer.stages.score import flatten
 
@@ -380,6 +380,17 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         g_scores = score_sides([g], prompts_, sides, references, kwargs)
         tol = spec.evaluation.guard_tolerance
         guards[g.name] = Guard(g_scores["champion"].total, g_scores["challenger"].total, tol)
+    # Multi-task: each task reported apart, and each one a guard (a regression on any task vetoes).
+    ev = spec.evaluation
+    task_metrics, task_guards = evaluate_tasks.per_task(
+        held,
+        {side: scores[side].total for side in sides},
+        per_metric,
+        ev.task_tolerance if ev.task_tolerance is not None else ev.guard_tolerance,
+        ev.allow_task_regression,
+    )
+    metrics |= task_metrics
+    guards |= task_guards
 
     pattern = answer_pattern(spec, scorers)
     champ_health, _ = health(champ_greedy, champ_refs, champ_refs, scores["champion"].total, pattern)
