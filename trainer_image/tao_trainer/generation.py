@@ -62,6 +62,27 @@ def left_padded(prompts: list[PromptIds], pad_id: int) -> tuple[list[list[int]],
     return ids, mask
 
 
+def check_positions(prompt_tokens: int, max_new_tokens: int, config: Any) -> None:
+    """A prompt and its answer must fit the model's positions (`max_position_embeddings`, GPT-2's
+    `n_positions`): past them a model with learned positions fails deep inside torch ("index out of range"),
+    one with rotary positions writes text it was never trained to. vLLM refuses the same (max_model_len).
+
+    >>> from types import SimpleNamespace
+    >>> check_positions(18, 40, SimpleNamespace(n_positions=64))
+    >>> check_positions(18, 48, SimpleNamespace(n_positions=64))
+    Traceback (most recent call last):
+    ...
+    ValueError: a prompt of 18 tokens and generation.maxNewTokens 48 need 66 positions; the model has 64: lower generation.maxNewTokens to at most 46, or shorten the prompts
+    """
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and prompt_tokens + max_new_tokens > limit:
+        raise ValueError(
+            f"a prompt of {prompt_tokens} tokens and generation.maxNewTokens {max_new_tokens} need "
+            f"{prompt_tokens + max_new_tokens} positions; the model has {limit}: lower generation.maxNewTokens "
+            f"to at most {max(limit - prompt_tokens, 0)}, or shorten the prompts"
+        )
+
+
 class TransformersGenerator:
     """Batched `model.generate` on the prompts' own token ids, left-padded here (the tokenizer's padding side and
     special-token settings play no part). Positions follow the attention mask, so a padded prompt is read as the
@@ -85,6 +106,7 @@ class TransformersGenerator:
             # parts whose size is a multiple of the batch size, reproduces the same candidates.
             torch.manual_seed(sampling.seed * 1_000_003 + sampling.first_index + start)
             ids, mask = left_padded(batch, self.tokenizer.pad_token_id)
+            check_positions(len(ids[0]), sampling.max_new_tokens, self.model.config)
             input_ids = torch.tensor(ids, dtype=torch.long, device=self.model.device)
             attention_mask = torch.tensor(mask, dtype=torch.long, device=self.model.device)
             kwargs: dict[str, Any] = {
