@@ -4,22 +4,14 @@ scorer and label metrics behave (doctests), without the model."""
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 from types import ModuleType
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "extraction"
+import examples_rig
 
 
 def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"extraction_{name}", EXAMPLE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return examples_rig.load("extraction", name)
 
 
 def test_prompts_are_deterministic_chats_with_the_label_apart() -> None:
@@ -38,10 +30,4 @@ def test_grounding_and_metrics_doctests() -> None:
 
 
 def test_manifest_validates() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tao_operator.cli", "validate", str(EXAMPLE / "taojob.yaml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    examples_rig.validate("extraction")
