@@ -30,6 +30,43 @@ EXAMPLE = ROOT / "examples" / "multitask"
 TASKS = ("math", "sort")
 
 
+def decompose(samples: list[dict[str, Any]], side: str) -> dict[str, Any]:
+    """Where accuracy comes from, per task, for one side's greedy answers (`eval/samples.jsonl`). math: the
+    share of answers by route (column / compensation / other) and the accuracy within each; sort: the share
+    that wrote exactly the prompt's digits (any order), and of those the share in ascending order."""
+    import re
+
+    routes: dict[str, list[int]] = {"column": [0, 0], "compensation": [0, 0], "other": [0, 0]}
+    same_digits = ordered = sorts = 0
+    for row in samples:
+        prompt, answer = row["prompt"], row[side]["answer"]
+        ok = row[side].get("accuracy") == 1.0
+        if "+" in prompt:
+            first = answer.split(",")[0].split(";")[0]
+            plus = first.split("=")[0].count("+") if "=" in first else 0
+            route = routes[{2: "column", 1: "compensation"}.get(plus, "other")]
+            route[0] += 1
+            route[1] += ok
+        else:
+            sorts += 1
+            digits = sorted(re.findall(r"\d", prompt.split("=")[0]))
+            final = re.search(r";(\d+)$", answer)
+            written = sorted(final.group(1)) if final else None
+            same_digits += written == digits
+            ordered += bool(written == digits and ok)
+    adds = sum(n for n, _ in routes.values())
+    return {
+        "math": {
+            name: {"share": round(n / adds, 3), "accuracy": round(k / n, 3) if n else None}
+            for name, (n, k) in routes.items()
+        },
+        "sort": {
+            "rightDigits": round(same_digits / sorts, 3),
+            "orderedGivenRightDigits": round(ordered / same_digits, 3) if same_digits else None,
+        },
+    }
+
+
 def run_seed(seed: int, work: Path, fresh: bool) -> dict[str, Any]:
     """Prepare (unless kept) and run the example for one seed; each task's accuracy per round."""
     folder = work / f"seed-{seed}"
@@ -64,11 +101,17 @@ def run_seed(seed: int, work: Path, fresh: bool) -> dict[str, Any]:
             }
         )
     first = json.loads((run / "round-001" / "eval" / "report.json").read_text())["metrics"]
+    read = lambda r: [json.loads(x) for x in (run / f"round-{r:03d}" / "eval" / "samples.jsonl").open()]  # noqa: E731
+    last = rounds[-1]
     return {
         "seed": seed,
         "base": {t: first[f"task.{t}.champion.accuracy"] for t in TASKS},
         "rounds": rounds,
-        "tuned": rounds[-1]["champion"],
+        "tuned": last["champion"],
+        "decomposition": {
+            "base": decompose(read(1), "champion"),
+            "tuned": decompose(read(last["round"]), "challenger" if last["promoted"] else "champion"),
+        },
     }
 
 
@@ -93,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         for s in seeds
     ]
     print(bench.right_table(header, rows))
+    for s in seeds:
+        for when in ("base", "tuned"):
+            d = s["decomposition"][when]
+            print(
+                f"seed {s['seed']} {when}: math routes "
+                + ", ".join(f"{k} {v['share']:.2f}@{v['accuracy']}" for k, v in d["math"].items())
+                + f"; sort: right digits {d['sort']['rightDigits']:.2f}, of those ordered "
+                f"{d['sort']['orderedGivenRightDigits']}"
+            )
     gains = {t: [s["tuned"][t] - s["base"][t] for s in seeds] for t in TASKS}
     summary = {
         t: {
