@@ -119,18 +119,20 @@ def build_registry(
         id="stage-job",
         registry=registry,
     )
-    @kopf.on.event(
-        "apps", "v1", "deployments", labels={LABEL_JOB: kopf.PRESENT}, id="serving", registry=registry
-    )
-    async def on_child(
+    async def on_stage_job(
         event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
     ) -> None:
         ns = namespace or "default"
-        if body.get("kind") == "Job":
-            if event["type"] == "MODIFIED":  # its end, just seen: the pass reads it from here
-                memo.reconciler.ended_jobs.add(ns, event["object"])
-            elif event["type"] == "DELETED":
-                memo.reconciler.ended_jobs.drop(ns, body["metadata"]["name"])
+        if event["type"] == "DELETED":
+            memo.reconciler.ended_jobs.drop(ns, body["metadata"]["name"])
+        else:  # it ended (job_ended): the pass reads it from here, not again from the API
+            memo.reconciler.ended_jobs.add(ns, event["object"])
         await memo.reconciler.trigger(ns, body["metadata"]["labels"][LABEL_JOB])
+
+    @kopf.on.event(
+        "apps", "v1", "deployments", labels={LABEL_JOB: kopf.PRESENT}, id="serving", registry=registry
+    )
+    async def on_serving(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+        await memo.reconciler.trigger(namespace or "default", body["metadata"]["labels"][LABEL_JOB])
 
     return registry
