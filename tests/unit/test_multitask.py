@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tao_trainer.promotion import decide
+from tao_trainer.promotion import Guard, decide
 from tao_trainer.scorers import as_reward_funcs, build_scorers, score_against_all, score_all
 from tao_trainer.spec import LoopSpec
 from tao_trainer.stages.evaluate_tasks import per_task
@@ -108,3 +108,19 @@ def test_prompts_without_tasks_add_no_metrics_or_guards() -> None:
         [{}, {"fields": {"other": 1}}], {"champion": [1, 0], "challenger": [0, 1]}, {}, 0.05
     )
     assert metrics == {} and guards == {}
+
+
+def test_a_labeled_canary_is_cut_by_task_so_one_tasks_loss_does_not_hide_behind_anothers_gain() -> None:
+    # The vote's scores rise on both tasks (self-consistency), while the canary's labels say task b got worse:
+    # over all prompts the canary's change is +0.2 and passes; on task b alone it is -0.4 and vetoes.
+    held = [{"fields": {"task": "a"}}] * 30 + [{"fields": {"task": "b"}}] * 10
+    scores = {"champion": [0.5] * 40, "challenger": [1.0] * 40}
+    canary = Guard([0.0] * 30 + [1.0] * 10, [0.4] * 30 + [0.6] * 10, tolerance=0.05, uses_labels=True)
+    assert decide(scores["champion"], scores["challenger"], 0.01, guards={"accuracy": canary}).promoted
+    _, guards = per_task(held, scores, {}, 0.05, canaries={"accuracy": canary})
+    assert sorted(guards) == ["task:a", "task:a:accuracy", "task:b", "task:b:accuracy"]
+    verdict = decide(scores["champion"], scores["challenger"], 0.01, guards={"accuracy": canary, **guards})
+    assert (verdict.promoted, verdict.reason) == (False, "guard:task:b:accuracy")
+    assert guards["task:b:accuracy"].uses_labels and guards["task:b:accuracy"].tolerance == 0.05
+    _, allowed = per_task(held, scores, {}, 0.05, ["b"], canaries={"accuracy": canary})
+    assert sorted(allowed) == ["task:a", "task:a:accuracy"]

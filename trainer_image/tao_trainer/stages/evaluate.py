@@ -380,7 +380,8 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         g_scores = score_sides([g], prompts_, sides, references, kwargs)
         tol = spec.evaluation.guard_tolerance
         guards[g.name] = Guard(g_scores["champion"].total, g_scores["challenger"].total, tol)
-    # Multi-task: each task reported apart, and each one a guard (a regression on any task vetoes).
+    # Multi-task: each task reported apart, and each one a guard (a regression on any task vetoes), its
+    # labeled canaries too.
     ev = spec.evaluation
     task_metrics, task_guards = evaluate_tasks.per_task(
         held,
@@ -388,6 +389,7 @@ def run_evaluate(cfg: StageConfig) -> StageResult:
         per_metric,
         ev.task_tolerance if ev.task_tolerance is not None else ev.guard_tolerance,
         ev.allow_task_regression,
+        canaries={g: guards[g] for g in guards if guards[g].uses_labels},
     )
     metrics |= task_metrics
     guards |= task_guards

@@ -3,8 +3,9 @@
 Prompts carry their task in the record field `task` (`TASK_FIELD`). One TAOJob then tunes one model on every
 task at once, and a challenger better on average may still be worse on one task: each task's paired gate
 scores become a guard named `task:<name>` that vetoes the promotion when its lower confidence bound falls more
-than `evaluation.taskTolerance` (default `guardTolerance`) below the champion's, unless the task is listed in
-`evaluation.allowTaskRegression`. Prompts without a task are in the overall figures only.
+than `evaluation.taskTolerance` (default `guardTolerance`) below the champion's, and each labeled canary is cut
+by task the same way (`task:<name>:<metric>`), unless the task is listed in `evaluation.allowTaskRegression`.
+Prompts without a task are in the overall figures only.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ def per_task(
     label_metrics: Mapping[str, Mapping[str, Sequence[float | None]]],
     tolerance: float,
     allowed: Sequence[str] = (),
+    canaries: Mapping[str, Guard] | None = None,
 ) -> tuple[dict[str, float | None], dict[str, Guard]]:
     """Per task: `task.<name>.prompts`, each side's `task.<name>.<side>.score` and label metrics; and a guard
-    of its gate scores (none for an allowed task). Nothing when no prompt has a task.
+    of its gate scores, `task:<name>`, with each labeled canary (an `evaluation.metrics` entry with `gate: true`)
+    cut to the task's prompts, `task:<name>:<metric>`, at the canary's own tolerance: a canary over all prompts
+    would let one task's loss hide behind another's gain (none for an allowed task). Nothing when no prompt
+    has a task.
 
     >>> held = [{"fields": {"task": "sql"}}, {"fields": {"task": "sql"}}, {"fields": {"task": "math"}}, {}]
     >>> metrics, guards = per_task(held, {"champion": [1, 0, 1, 1], "challenger": [1, 1, 0, 1]}, {}, 0.05)
@@ -60,6 +65,10 @@ def per_task(
             guards[GUARD_PREFIX + name] = Guard(
                 only(scores["champion"]), only(scores["challenger"]), tolerance
             )
+            for metric, g in (canaries or {}).items():
+                guards[f"{GUARD_PREFIX}{name}:{metric}"] = Guard(
+                    only(g.champion), only(g.challenger), g.tolerance, uses_labels=True
+                )
     return metrics, guards
 
 
