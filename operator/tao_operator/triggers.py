@@ -13,9 +13,7 @@ import collections
 from typing import Any
 
 from tao_operator.api import ANNOTATION_RETRY
-
-# The Job conditions that end it (`status: "True"`): its pods' results are then read and the plan goes on.
-TERMINAL_JOB_CONDITIONS = frozenset({"Complete", "Failed"})
+from tao_operator.status import job_outcome
 
 # (uid, generation, the retry annotation, being deleted): what a TAOJob event must change to need a pass.
 Fingerprint = tuple[str | None, int | None, str | None, bool]
@@ -69,10 +67,8 @@ def job_event_needs_pass(event_type: str | None, body: dict[str, Any]) -> bool:
     >>> job_event_needs_pass("DELETED", {})
     True
     """
-    if event_type == "DELETED":
-        return True
-    conditions = (body.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in TERMINAL_JOB_CONDITIONS and c.get("status") == "True" for c in conditions)
+    # The same reading of a Job's end as the pass's (`status.job_outcome`).
+    return event_type == "DELETED" or job_outcome(body) is not None
 
 
 class EndedJobs:
@@ -103,7 +99,6 @@ class EndedJobs:
 
 
 __all__ = [
-    "TERMINAL_JOB_CONDITIONS",
     "EndedJobs",
     "TAOJobEvents",
     "job_event_needs_pass",
