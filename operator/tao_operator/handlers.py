@@ -7,6 +7,7 @@ in triggers.py: most are not (the operator's own status patches, a Job's pods st
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any, cast
 
 import kopf
@@ -46,7 +47,9 @@ async def sweep(reconciler: Reconciler, taojobs: TAOJobEvents, interval: float) 
 
     async def one(namespace: str, name: str) -> None:
         async with slots:
-            if not await reconciler.trigger(namespace, name):
+            # In the context kopf gives its handlers: kopf.event posts through a queue it sets there only.
+            task = asyncio.create_task(reconciler.trigger(namespace, name), context=taojobs.context)
+            if not await task:
                 taojobs.forget(namespace, name)  # deleted while its DELETED event was missed
 
     while True:
@@ -100,6 +103,8 @@ def build_registry(
         await memo.reconciler.close()
 
     def taojob_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+        if memo.taojob_events.context is None:  # for the sweep's passes (see `sweep`)
+            memo.taojob_events.context = contextvars.copy_context()
         return bool(memo.taojob_events.needs_pass(type, cast(dict[str, Any], body)))
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="taojob", when=taojob_changed, registry=registry)

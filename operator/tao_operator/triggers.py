@@ -10,6 +10,7 @@ periodic safety sweep (handlers.py) still runs a pass for every TAOJob, so a fil
 from __future__ import annotations
 
 import collections
+import contextvars
 from typing import Any
 
 from tao_operator.api import ANNOTATION_RETRY
@@ -40,6 +41,8 @@ class TAOJobEvents:
 
     def __init__(self) -> None:
         self.seen: dict[tuple[str, str], Fingerprint] = {}
+        # The context of kopf's handlers, kept from the first TAOJob event for the sweep's passes.
+        self.context: contextvars.Context | None = None
 
     def needs_pass(self, event_type: str | None, body: dict[str, Any]) -> bool:
         meta = body.get("metadata") or {}
