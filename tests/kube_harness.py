@@ -265,6 +265,8 @@ class ControlPlane:
         self.serve_models = False
         self.endpoints: dict[str, str] = {}  # Deployment name -> base URL clients use (the proxy's, if any)
         self.servers: dict[str, list[asyncio.subprocess.Process]] = {}
+        # Jobs whose pods wait on an image that cannot be pulled (ImagePullBackOff) until taken out of the set.
+        self.unpullable: set[str] = set()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop())
@@ -367,6 +369,13 @@ class ControlPlane:
                 "spec": job["spec"]["template"]["spec"],
             },
         )
+        if job_name in self.unpullable:
+            waiting = {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}
+            await self.api.patch(
+                "pods", pod_name, {"status": {"containerStatuses": [{"state": {"waiting": waiting}}]}}
+            )
+            while job_name in self.unpullable:
+                await asyncio.sleep(0.05)
         term = self.workdir / f"{pod_name}.termination"
         env = dict(self.env)
         for var in container.get("env", []):

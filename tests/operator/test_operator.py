@@ -264,6 +264,39 @@ async def test_a_failed_stage_fails_the_taojob_once_with_the_pods_message(
     assert "StageFailed" in [r for r, _ in await events(api)]
 
 
+async def test_a_pod_stuck_on_its_image_is_said_once_by_the_safety_sweep_and_cleared_when_it_starts(
+    k8s: Any, tmp_path: Path, tiny_model: Path
+) -> None:
+    # Pods are not watched and a running Job's events start no pass: only the safety sweep (every 2 s here) finds
+    # a stuck pod, so its Warning event is posted from a sweep pass (kopf.event needs the handler context there).
+    api: Api = k8s.api
+    k8s.plane.unpullable.add("arith-r1-prepare")
+    await api.call("POST", TAOJOBS, manifest(tmp_path, tiny_model))
+
+    async def degraded() -> dict[str, Any]:
+        return next((c for c in (await status(api)).get("conditions", []) if c["type"] == "Degraded"), {})
+
+    async def stuck_events() -> list[str]:
+        return [m for r, m in await events(api) if r == "PodStuck"]
+
+    said = await eventually(stuck_events, timeout=60)
+    assert "round 1 prepare" in said[0] and "ImagePullBackOff" in said[0], said
+    cond = await degraded()
+    assert (cond["status"], cond["reason"]) == ("True", "PodStuck"), cond
+    await asyncio.sleep(5)  # two more sweeps: the condition stays, the event is not repeated
+    assert len(await stuck_events()) == 1 and (await status(api)).get("phase") == "Generating"
+
+    k8s.plane.unpullable.discard("arith-r1-prepare")  # the image arrives: the pod runs, the stage ends
+    await eventually(lambda: _complete(api, "arith-r1-prepare"), timeout=120)
+    cond = await eventually(lambda: _cleared(degraded), timeout=30)
+    assert cond["reason"] == "AsExpected"
+
+
+async def _cleared(degraded: Any) -> dict[str, Any] | None:
+    cond = await degraded()
+    return cond if cond.get("status") == "False" else None
+
+
 async def test_a_preflight_that_finds_no_signal_stops_the_taojob_before_round_one(
     k8s: Any, tmp_path: Path, tiny_model: Path
 ) -> None:
