@@ -54,7 +54,8 @@ def sft_on_labels(
     from tao_trainer import generation as generate
     from tao_trainer import models
     from tao_trainer.spec import TrainingSpec
-    from tao_trainer.stages.train import _common_args, sft_tokens  # the exact recipe of TAO's train stage
+    from tao_trainer.stages.train import _common_args
+    from tao_trainer.stages.train_data import sft_tokens  # the exact recipe of TAO's train stage
 
     done = out / "result.json"
     if done.exists():

@@ -172,7 +172,8 @@ def sft_on_labels(
     from tao_trainer.spec import LoopSpec
     from tao_trainer.stages.evaluate import label_metrics
     from tao_trainer.stages.prepare import round_slice
-    from tao_trainer.stages.train import _common_args, sft_tokens  # the exact recipe of TAO's train stage
+    from tao_trainer.stages.train import _common_args
+    from tao_trainer.stages.train_data import sft_tokens  # the exact recipe of TAO's train stage
 
     started = time.monotonic()
     models.cpu_threads()

@@ -132,7 +132,10 @@ def _weights(path: Path) -> Any:
 def test_training_runs_a_real_step_and_writes_a_loadable_model(
     workspace: dict[str, Path], method: str
 ) -> None:
-    stages = ("prepare", "train") if method == "grpo" else ("prepare", "generate", "score", "train")
+    # GRPO's majority vote is taken over the round's candidates (training.grpo.votes), so generate runs first.
+    stages = (
+        ("prepare", "generate", "train") if method == "grpo" else ("prepare", "generate", "score", "train")
+    )
     # DPO needs pairs with a margin: a regex that only some random candidates satisfy gives them.
     overrides: dict[str, Any] = {
         "training": {
@@ -152,6 +155,66 @@ def test_training_runs_a_real_step_and_writes_a_loadable_model(
         import torch
 
         assert not torch.equal(_weights(model_dir), _weights(workspace["model"]))
+
+
+def _chosen_logprob(model_dir: Path, rows: list[dict[str, Any]]) -> float:
+    """Mean log-probability per token of each pair's chosen answer after its prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            prompt = tok(row["prompt"])["input_ids"]
+            answer = tok(row["chosen"], add_special_tokens=False)["input_ids"]
+            logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
+            picked = torch.log_softmax(logits, -1)[range(len(answer)), answer]
+            total, count = total + float(picked.sum()), count + len(answer)
+    return total / count
+
+
+def test_dpo_sft_weight_keeps_learning_the_chosen_answers(workspace: dict[str, Path]) -> None:
+    import shutil
+
+    dpo = {"method": "dpo", "learningRate": 5e-3, "batchSize": 4, "epochs": 3, "dpo": {"minMargin": 0.1}}
+    run_through(workspace, "prepare", "generate", "score", training=dpo)
+    plain = dict(workspace, runs=workspace["runs"].parent / "runs-plain")
+    shutil.copytree(workspace["runs"], plain["runs"])  # the same pairs, trained twice
+    with_sft = run_through(workspace, "train", training=dpo | {"dpo": dpo["dpo"] | {"sftWeight": 1.0}})
+    without = run_through(plain, "train", training=dpo | {"dpo": dpo["dpo"] | {"sftWeight": 0.0}})
+    rows = storage.read_jsonl(f"{RunLayout(config(workspace, 'train').run_uri).train_dir(1)}/dataset.jsonl")
+    assert rows
+    models = [Path(r["train"].outputs["model"].removeprefix("file://")) for r in (with_sft, without)]
+    before, after_sft, after_plain = (_chosen_logprob(m, rows) for m in (workspace["model"], *models))
+    # The likelihood term raises the chosen answers' probability beyond what the preference alone does.
+    assert after_sft > after_plain and after_sft > before, (before, after_sft, after_plain)
+
+
+def test_grpo_votes_on_the_rounds_candidates_or_on_its_own_group(workspace: dict[str, Path]) -> None:
+    grpo = {"method": "grpo", "learningRate": 1e-3, "batchSize": 4, "epochs": 1}
+    res = run_through(workspace, "prepare", "generate", "train", training=grpo)["train"]
+    assert res.ok and res.counts["steps"] >= 1
+    lay = RunLayout(config(workspace, "train").run_uri)
+    rows = storage.read_jsonl(f"{lay.train_dir(1)}/dataset.jsonl")
+    generated = [rec for i in range(2) for rec in storage.read_jsonl(lay.shard("candidates", 1, i))]
+    # Each prompt's vote is the 4 candidates generate sampled for it, not the completions of its GRPO group.
+    assert sorted(row["tao_votes"] for row in rows) == sorted(rec["candidates"] for rec in generated)
+    assert all(len(row["tao_votes"]) == 4 for row in rows)
+
+    # votes: group needs no generate stage (its vote is the group's own completions), and a group of 2 is asked.
+    workspace["runs"] = workspace["runs"].parent / "runs-group"
+    group = grpo | {"grpo": {"votes": "group", "numGenerations": 2}}
+    assert config(workspace, "train", training=group).spec.stages() == (
+        "preflight",
+        "prepare",
+        "train",
+        "evaluate",
+    )
+    res = run_through(workspace, "prepare", "train", training=group)["train"]
+    assert res.ok and res.counts["steps"] >= 1
+    rows = storage.read_jsonl(f"{RunLayout(config(workspace, 'train').run_uri).train_dir(1)}/dataset.jsonl")
+    assert rows and not any("tao_votes" in row for row in rows)
 
 
 def test_lora_adapter_is_merged_into_a_plain_model(workspace: dict[str, Path]) -> None:

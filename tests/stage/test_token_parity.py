@@ -20,7 +20,7 @@ from tao_trainer.capture import records_from_request
 from tao_trainer.contract import StageConfig
 from tao_trainer.layout import RunLayout
 from tao_trainer.spec import LoopSpec
-from tao_trainer.stages import common, train
+from tao_trainer.stages import common, train, train_data
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -112,7 +112,7 @@ def trl_trainer(
 ) -> tuple[Any, list[dict[str, Any]]]:
     spec = loop_spec(model_dir, method)
     cfg = write_round(tmp_path / "run", spec, PROMPTS)
-    rows = train.build_dataset(cfg, tokenizer)
+    rows = train_data.build_dataset(cfg, tokenizer)
     return train._trainer(cfg, str(model_dir), tokenizer, rows, str(tmp_path / "out")), rows
 
 
@@ -186,7 +186,7 @@ def test_a_tool_chat_renders_with_its_tools_once_and_dpo_rows_carry_them(tmp_pat
     assert models.prepare_prompt(tok, chat, None, tools=[]).text == with_tools.text.removeprefix(
         "<tools>add;"
     )
-    row = train._trl_prompt(with_tools)
+    row = train_data._trl_prompt(with_tools)
     assert row["tools"] == tools  # TRL's DPOTrainer renders a row's tools: the same text as generation
     with pytest.raises(ValueError, match="tools"):
-        train.check_trl_prompt_ids(tok, row)  # GRPO would render without them
+        train_data.check_trl_prompt_ids(tok, row)  # GRPO would render without them

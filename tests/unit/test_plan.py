@@ -88,14 +88,35 @@ def test_preflight_is_on_by_default() -> None:
     assert LoopSpec.model_validate(spec().model_dump(by_alias=True, exclude={"preflight"})).preflight.enabled
 
 
-def test_grpo_rounds_skip_offline_generation_and_scoring() -> None:
+@pytest.mark.parametrize(
+    ("votes", "scorers", "stages"),
+    [
+        # A majority vote over the round's candidates: generate samples them, GRPO scores online against them.
+        (
+            "candidates",
+            [{"type": "majority", "extract": "(.*)"}],
+            ["prepare", "generate", "train", "evaluate"],
+        ),
+        ("group", [{"type": "majority", "extract": "(.*)"}], ["prepare", "train", "evaluate"]),
+        # No group scorer: nothing to vote on, GRPO samples and scores inside training alone.
+        ("candidates", [{"type": "json"}], ["prepare", "train", "evaluate"]),
+    ],
+)
+def test_grpo_rounds_skip_offline_scoring_and_generate_only_for_votes(
+    votes: str, scorers: list[dict], stages: list[str]
+) -> None:
     s = spec(rounds=1, method="grpo")
+    s = LoopSpec.model_validate(
+        s.model_dump(by_alias=True)
+        | {"scoring": {"scorers": scorers}}
+        | {"training": s.training.model_dump(by_alias=True) | {"grpo": {"votes": votes}}}
+    )
     results: dict = {}
     seen = []
     while isinstance(action := next_action(s, LAYOUT, results), RunStage):
         seen.append(action.stage)
         results |= done(1, action.stage, promoted=True)
-    assert seen == ["prepare", "train", "evaluate"]
+    assert seen == stages
 
 
 def test_report_has_base_and_per_round_values() -> None:

@@ -37,6 +37,7 @@ from .tasks import judge, task_masks, task_set
 
 __all__ = [
     "NORMALIZATIONS",
+    "VOTES_COLUMN",
     "ScoredBatch",
     "as_reward_funcs",
     "combine_scores",
@@ -47,6 +48,10 @@ __all__ = [
     "score_all",
     "stats_counts",
 ]
+
+# The dataset column that carries, for each GRPO prompt, the samples its group scorers vote on (TRL hands every
+# extra column to the reward functions as a keyword argument, one value per completion).
+VOTES_COLUMN = "tao_votes"
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "range", "sigmoid", "group_minmax", "group_zscore")
 
@@ -389,7 +394,7 @@ def stats_counts(scorers: Sequence[Scorer[Any]]) -> dict[str, int]:
 
 
 def as_reward_funcs(
-    scorers: Sequence[Scorer[Any]], *, combined: bool | None = None
+    scorers: Sequence[Scorer[Any]], *, combined: bool | None = None, votes: str | None = None
 ) -> tuple[list[Callable[..., list[Score]]], list[float]]:
     """`(reward_funcs, reward_weights)` for TRL's GRPOTrainer / GRPOConfig.
 
@@ -405,6 +410,15 @@ def as_reward_funcs(
     some tasks only (`needs_combined`): then combined, since per-scorer functions would ignore them. Asking for
     per-scorer functions with such scorers is an error.
 
+    `votes` names the keyword argument (a dataset column) that holds each completion's reference samples:
+    group scorers then judge a completion against them (`score_against_all`), not against the other
+    completions of its group. It implies combined.
+
+    >>> from tao_trainer.scorers import build_scorers
+    >>> funcs, _ = as_reward_funcs(build_scorers([{"type": "majority", "extract": r"=(\\d+)"}]), votes="v")
+    >>> funcs[0](["1+1"] * 2, ["=3", "=2"], v=[["=2", "=2", "=3"]] * 2)
+    [0.0, 1.0]
+
     >>> from tao_trainer.scorers import build_scorers
     >>> funcs, weights = as_reward_funcs(build_scorers([{"type": "json", "weight": 2}]))
     >>> [f.__name__ for f in funcs], weights
@@ -416,7 +430,11 @@ def as_reward_funcs(
     _check_names(scorers)
     composed = needs_combined(scorers)
     if combined is None:
-        combined = composed
+        combined = composed or votes is not None
+    if votes is not None and not combined:
+        raise ValueError(
+            "votes apply in the combined score only; use combined=True (or leave combined unset)"
+        )
     if not combined:
         if composed:
             raise ValueError(
@@ -427,7 +445,11 @@ def as_reward_funcs(
     chosen = list(scorers)
 
     def tao_total(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Score]:
-        batch = score_all(chosen, prompts, completions, **kwargs)
+        if votes is None:
+            batch = score_all(chosen, prompts, completions, **kwargs)
+        else:
+            references = kwargs.pop(votes)
+            batch = score_against_all(chosen, prompts, completions, references, **kwargs)
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             for name, values in batch.per_scorer.items():

@@ -122,6 +122,17 @@ def _check_list(specs: list[Any]) -> list[Any]:
     return specs
 
 
+def judges_groups(spec: AnyScorerSpec) -> bool:
+    """Whether a scorer's value for a candidate depends on the other candidates of its prompt (a majority vote, a
+    relative judge): such a scorer needs a group of samples to judge against.
+
+    >>> vote = parse_scorer_spec({"type": "majority", "extract": "=(.*)"})
+    >>> judges_groups(vote), judges_groups(parse_scorer_spec({"type": "json"}))
+    (True, False)
+    """
+    return isinstance(spec, MajoritySpec) or (isinstance(spec, JudgeSpec) and spec.mode == "relative")
+
+
 ScorerSpecList = Annotated[list[ScorerSpec], AfterValidator(_check_list)]
 """A whole `scorers:` list: unique names, at least one positive weight. Use it as a field type."""
 
