@@ -17,9 +17,11 @@ the final answer against the prompt's `answer` label (reporting only):
 - ``tao-majority``: `tao run` of the example's TAOJob (majority vote over 8 samples, SFT on the kept);
 - ``tao-verifier``: the scorer is a python rule that recomputes a+b from the prompt (a task rule, no
   label; on this task it is a perfect checker);
-- ``tao-dpo``: majority scores, DPO on the best vs worst candidate of each prompt;
-- ``tao-grpo``: majority vote as the online reward of TRL's GRPO, on fewer prompts (GRPO samples inside
-  training; on CPU it is the slowest method).
+- ``tao-dpo``: majority scores, DPO on the best vs worst candidate of each prompt (training.dpo's defaults:
+  a likelihood term on the chosen answer);
+- ``tao-grpo``: majority vote as the online reward of TRL's GRPO (training.grpo's defaults: the vote is taken
+  over the round's generated candidates, a KL term to the starting model), lr 5e-5, one epoch, batch 64;
+- ``tao-grpo-verifier``: the verifier as GRPO's reward, same settings.
 
 TAO variants run through the real product: a TAOJob per variant (the example's, with scoring/training
 changed) and `tao run` as a subprocess; accuracy is read from report.json (`base.accuracy`,
@@ -43,13 +45,14 @@ import _bench as bench  # noqa: E402
 import _common as c  # noqa: E402
 import _labeled_sft as labeled  # noqa: E402
 
-TAO_METHODS = ("tao-majority", "tao-verifier", "tao-dpo", "tao-grpo")
+TAO_METHODS = ("tao-majority", "tao-verifier", "tao-dpo", "tao-grpo", "tao-grpo-verifier")
 DESCRIPTIONS = {
     "base": ("base model", "-"),
     "tao-majority": ("TAO: majority vote, SFT on kept", "none"),
     "tao-verifier": ("TAO: a+b verifier (rule), SFT on kept", "none"),
     "tao-dpo": ("TAO: majority vote, DPO best vs worst", "none"),
     "tao-grpo": ("TAO: majority vote as GRPO reward", "none"),
+    "tao-grpo-verifier": ("TAO: a+b verifier as GRPO reward", "none"),
 }
 
 
@@ -59,14 +62,8 @@ def method_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     specs: dict[str, dict[str, Any]] = {
         "tao-majority": {},
         "tao-verifier": {"scoring": {"scorers": [verifier]}},
-        "tao-dpo": {
-            "training": {
-                "method": "dpo",
-                "learningRate": args.dpo_lr,
-                "epochs": args.dpo_epochs,
-                "dpo": {"minMargin": 0.5, "beta": 0.1},
-            }
-        },
+        # DPO and GRPO keep the shipped defaults of training.dpo and training.grpo (docs/training.md).
+        "tao-dpo": {"training": {"method": "dpo", "learningRate": args.dpo_lr, "epochs": args.dpo_epochs}},
         # GRPO: 8 samples of a prompt form a group; batch 64 = 8 prompts per step.
         "tao-grpo": {
             "prompts": {"maxPerRound": args.grpo_prompts},
@@ -79,6 +76,7 @@ def method_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             },
         },
     }
+    specs["tao-grpo-verifier"] = c.deep_merge(specs["tao-grpo"], specs["tao-verifier"])
     specs = {name: c.deep_merge({"rounds": args.rounds}, spec) for name, spec in specs.items()}
     if args.smoke:  # every code path, seconds per stage: a few prompts, thresholds that always keep something
         smoke = {
@@ -88,7 +86,8 @@ def method_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "evaluation": {"maxPrompts": 12, "minImprovement": -10.0},
         }
         specs = {name: c.deep_merge(spec, smoke) for name, spec in specs.items()}
-        specs["tao-grpo"] = c.deep_merge(specs["tao-grpo"], {"prompts": {"maxPerRound": 4}})
+        for grpo in ("tao-grpo", "tao-grpo-verifier"):
+            specs[grpo] = c.deep_merge(specs[grpo], {"prompts": {"maxPerRound": 4}})
     return specs
 
 
@@ -403,10 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--dpo-lr", type=float, default=5e-5)
     p.add_argument("--dpo-epochs", type=float, default=2)
-    p.add_argument(
-        "--grpo-prompts", type=int, default=512, help="round prompts for GRPO (the others use 1600)"
-    )
-    p.add_argument("--grpo-lr", type=float, default=1e-4)
+    p.add_argument("--grpo-prompts", type=int, default=1600, help="round prompts for GRPO (as the others)")
+    p.add_argument("--grpo-lr", type=float, default=5e-5)
     p.add_argument("--grpo-batch", type=int, default=64, help="completions per GRPO step (a multiple of 8)")
     bench.quality_flags(
         p,

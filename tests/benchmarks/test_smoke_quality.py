@@ -96,3 +96,18 @@ def test_compute_scaling_smoke(work: Path, tmp_path: Path) -> None:
     assert row["tokensPerAnswer"]["mean"] > 0 and row["candidateTokens"]["mean"] > 0
     run = data["seeds"][0]["byCandidates"]["2"]
     assert run["rounds"][0]["candidates"] == 2 * 16
+
+
+def test_training_settings_smoke(work: Path, tmp_path: Path) -> None:
+    out = tmp_path / "training_settings.json"
+    proc = bench("training_settings.py", work, out)
+    assert "grpo-votes-kl004-lr5e-5" in proc.stdout and "dpo-sft1" in proc.stdout
+    data = json.loads(out.read_text())
+    rows = data["summary"]["variants"]
+    assert set(rows) == {"grpo-votes-kl004-lr5e-5", "dpo-sft1"}
+    for row in rows.values():
+        d = row["decomposition"]
+        assert d["mix"] + d["skill"] == pytest.approx(d["change"], abs=2e-3)
+    # Every setting is spelled out in the results, so a later change of a default cannot change a row's meaning.
+    grpo = data["taojobSpecChanges"]["grpo-votes-kl004-lr5e-5"]["training"]["grpo"]
+    assert grpo == {"votes": "candidates", "beta": 0.04, "numGenerations": 8}

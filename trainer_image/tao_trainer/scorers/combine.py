@@ -415,17 +415,19 @@ def as_reward_funcs(
     completions of its group. It implies combined.
 
     >>> from tao_trainer.scorers import build_scorers
-    >>> funcs, _ = as_reward_funcs(build_scorers([{"type": "majority", "extract": r"=(\\d+)"}]), votes="v")
-    >>> funcs[0](["1+1"] * 2, ["=3", "=2"], v=[["=2", "=2", "=3"]] * 2)
-    [0.0, 1.0]
-
-    >>> from tao_trainer.scorers import build_scorers
     >>> funcs, weights = as_reward_funcs(build_scorers([{"type": "json", "weight": 2}]))
     >>> [f.__name__ for f in funcs], weights
     (['json'], [2.0])
     >>> funcs, weights = as_reward_funcs(build_scorers([{"type": "json", "weight": 2, "require": True}]))
     >>> [f.__name__ for f in funcs], weights
     (['tao_total'], [1.0])
+
+    A vote over reference samples: "=2" agrees with the references' majority, "=3" does not, whatever the
+    two completions of the group would have voted among themselves.
+
+    >>> funcs, _ = as_reward_funcs(build_scorers([{"type": "majority", "extract": r"=(\\d+)"}]), votes="v")
+    >>> funcs[0](["1+1"] * 2, ["=3", "=2"], v=[["=2", "=2", "=3"]] * 2)
+    [0.0, 1.0]
     """
     _check_names(scorers)
     composed = needs_combined(scorers)
