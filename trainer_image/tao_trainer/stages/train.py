@@ -1,6 +1,6 @@
 """Stage 3: train toward the high-scoring candidates with TRL.
 
-Each method is a (dataset builder, trainer) pair, as TRL pairs a config with a trainer:
+Each method is a (dataset builder in train_data.py, trainer here) pair, as TRL pairs a config with a trainer:
 - sft: rejection sampling: a prompt's candidates at or above `sft.minScore` (best first, `topK` at most);
 - dpo: the best and the worst candidate of a prompt, when their scores differ by `dpo.minMargin` (plus a
   likelihood term on the chosen one, `dpo.sftWeight`);
