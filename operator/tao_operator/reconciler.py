@@ -182,9 +182,9 @@ class Reconciler:
             error = e
         if p.problems:
             reason, message = p.problems[0]
-            if reason == Reason.POD_STUCK and not _degraded_by(old, reason, message):
+            said = set_condition(status, ConditionType.DEGRADED, True, reason, message, generation, now)
+            if reason == Reason.POD_STUCK and said:
                 p.events.append(("Warning", EventReason.POD_STUCK, message))  # once, not every pass
-            set_condition(status, ConditionType.DEGRADED, True, reason, message, generation, now)
         else:
             set_condition(status, ConditionType.DEGRADED, False, Reason.AS_EXPECTED, "", generation, now)
         was_suspended = old.get("phase") == "Suspended"
@@ -310,20 +310,6 @@ class Reconciler:
             await self.cluster.patch("taojobs", namespace, meta["name"], {"status": patch}, sub="status")
         for kind, reason, message in events:
             self.post_event(body, kind, reason, message)
-
-
-def _degraded_by(status: dict[str, Any], reason: str, message: str) -> bool:
-    """Whether a status's Degraded condition already says this (the event for it was posted then).
-
-    >>> said = {"conditions": [{"type": "Degraded", "status": "True", "reason": "PodStuck", "message": "m"}]}
-    >>> _degraded_by(said, "PodStuck", "m"), _degraded_by(said, "PodStuck", "other"), _degraded_by({}, "PodStuck", "m")
-    (True, False, False)
-    """
-    return any(
-        (c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
-        == (ConditionType.DEGRADED, "True", reason, message)
-        for c in status.get("conditions") or []
-    )
 
 
 __all__ = ["Reconciler"]

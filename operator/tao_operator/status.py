@@ -60,10 +60,10 @@ def derive_phase(status: TAOJobStatus) -> Phase:
     >>> st = TAOJobStatus()
     >>> derive_phase(st)
     'Pending'
-    >>> set_condition(st, ConditionType.READY, False, "Training", "round 1: train", 1, "t0")
+    >>> _ = set_condition(st, ConditionType.READY, False, "Training", "round 1: train", 1, "t0")
     >>> derive_phase(st)
     'Training'
-    >>> set_condition(st, ConditionType.READY, False, Reason.STAGE_FAILED, "boom", 1, "t1")
+    >>> _ = set_condition(st, ConditionType.READY, False, Reason.STAGE_FAILED, "boom", 1, "t1")
     >>> derive_phase(st)
     'Failed'
     """
@@ -277,15 +277,21 @@ def prune_history(status: TAOJobStatus, keep: int) -> int:
 
 def set_condition(
     status: TAOJobStatus, type_: str, state: bool, reason: str, message: str, generation: int | None, now: str
-) -> None:
-    """Upsert a condition; lastTransitionTime moves only when the status value flips (metav1 semantics).
+) -> bool:
+    """Upsert a condition; lastTransitionTime moves only when the status value flips (metav1 semantics). True
+    when the condition says something new (another status, reason or message), e.g. to post an event once.
 
     >>> st = TAOJobStatus()
     >>> set_condition(st, "Ready", False, "Training", "", 1, "t0")
+    True
     >>> set_condition(st, "Ready", False, "Evaluating", "", 1, "t1")
+    True
     >>> st.conditions[0].reason, st.conditions[0].last_transition_time
     ('Evaluating', 't0')
+    >>> set_condition(st, "Ready", False, "Evaluating", "", 1, "t2")
+    False
     >>> set_condition(st, "Ready", True, "Succeeded", "", 1, "t2")
+    True
     >>> len(st.conditions), st.conditions[0].last_transition_time
     (1, 't2')
     """
@@ -301,8 +307,9 @@ def set_condition(
     )
     if previous is None:
         status.conditions.append(condition)
-    else:
-        status.conditions[status.conditions.index(previous)] = condition
+        return True
+    status.conditions[status.conditions.index(previous)] = condition
+    return (previous.status, previous.reason, previous.message) != (value, reason, condition.message)
 
 
 def dump(status: TAOJobStatus) -> dict[str, Any]:
