@@ -97,9 +97,14 @@ def next_action(spec: LoopSpec, layout: RunLayout, results: Results) -> Action:
     r = 1
     while last is None or r <= last:  # continuous without a limit: some stage of a later round is always next
         _, start = champion(spec, layout, results, r)
-        for stage in spec.stages(r):
+        stages = spec.stages(r)
+        for i, stage in enumerate(stages):
             result = results.get((r, stage))
             if result is None:
+                if any((r, later) in results for later in stages[i + 1 :]):
+                    # The round went past it: a stage its spec then did not have (a spec edited since, or a
+                    # default of a newer version, e.g. GRPO's generate stage for votes), which nothing needs now.
+                    continue
                 return RunStage(r, stage, start)
             if not result.ok:
                 return Failed(r, stage, result.message)

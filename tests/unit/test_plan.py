@@ -119,6 +119,21 @@ def test_grpo_rounds_skip_offline_scoring_and_generate_only_for_votes(
     assert seen == stages
 
 
+def test_a_stage_the_round_went_past_is_not_run_again() -> None:
+    # A GRPO run finished before its vote moved to the round's candidates: its rounds have no generate stage.
+    # Under the new default (generate before train) nothing is run again; the next round gets the new stage.
+    s = spec(rounds=2, method="grpo")
+    assert s.stages(1) == ("prepare", "generate", "train", "evaluate")
+    finished = done(1, "prepare", "train", "evaluate", promoted=True) | done(
+        2, "prepare", "train", "evaluate"
+    )
+    assert isinstance(next_action(s, LAYOUT, finished), Finished)
+    under_way = done(1, "prepare", "train", "evaluate", promoted=True) | done(2, "prepare")
+    assert next_action(s, LAYOUT, under_way) == RunStage(2, "generate", LAYOUT.model(1))
+    # A round whose train has not run yet still gets the stage before it.
+    assert next_action(s, LAYOUT, done(1, "prepare")) == RunStage(1, "generate", s.model.uri)
+
+
 def test_report_has_base_and_per_round_values() -> None:
     results = done(1, *STAGES) | done(2, *STAGES)
     results[(1, "prepare")] = StageResult(stage="prepare", round=1, counts={"prompts": 100, "heldOut": 20})
