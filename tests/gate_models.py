@@ -2,7 +2,8 @@
 
 The task: `a,b>` -> `b` (repeat the last digit; 100 prompts), which a tiny model learns in seconds. A champion is the tiny random model fine-tuned with
 TRL's SFTTrainer on the right answers; each challenger is that champion fine-tuned further the same way toward
-something worse (always one answer, or a consistent wrong answer per prompt), or a copy of its weights.
+something worse (always one answer, a consistent wrong answer per prompt, or one task forgotten), or a copy of
+its weights.
 Prompts are rendered as the product renders them, so what a model learned is what the evaluate stage asks.
 """
 
@@ -18,12 +19,15 @@ from pathlib import Path
 PROMPT = "{a},{b}>"
 PROMPTS = [(a, b) for a in range(10) for b in range(10)]
 
-ANSWERS: dict[str, Callable[[int, int], str]] = {
-    "right": lambda a, b: str(b),
-    "collapsed": lambda a, b: "5",  # one answer to every prompt
-    "wrong": lambda a, b: str(a),  # a consistent wrong answer per prompt (the other digit)
-    # Right on the prompts of task "low" (a < 5), wrong on those of task "high": one task regresses.
-    "wrong-high": lambda a, b: str(b) if a < 5 else str(a),
+# Each kind's answers to prompt (a, b): one completion per training row.
+ANSWERS: dict[str, Callable[[int, int], list[str]]] = {
+    "right": lambda a, b: [str(b)],
+    "collapsed": lambda a, b: ["5"],  # one answer to every prompt
+    "wrong": lambda a, b: [str(a)],  # a consistent wrong answer per prompt (the other digit)
+    # Right on the prompts of task "low" (a < 5); on those of task "high" the skill is forgotten: a non-digit that
+    # no extraction finds, so its samples never outvote the champion's right answer, however long it trains
+    # (a consistent wrong digit would supply its own majority once learnt).
+    "forgot-high": lambda a, b: [str(b)] if a < 5 else ["x"],
 }
 
 
@@ -38,8 +42,7 @@ def write_prompts(path: Path, tasks: bool = False) -> Path:
     path.write_text(
         "".join(
             json.dumps(
-                {"prompt": PROMPT.format(a=a, b=b), "answer": ANSWERS["right"](a, b)}
-                | ({"task": task(a)} if tasks else {})
+                {"prompt": PROMPT.format(a=a, b=b), "answer": str(b)} | ({"task": task(a)} if tasks else {})
             )
             + "\n"
             for a, b in PROMPTS
@@ -67,9 +70,10 @@ def fine_tune(
     rows = [
         {
             "prompt": models.render_prompt(tok, PROMPT.format(a=a, b=b), None),
-            "completion": ANSWERS[kind](a, b),
+            "completion": completion,
         }
         for a, b in PROMPTS
+        for completion in ANSWERS[kind](a, b)
     ]
     args = SFTConfig(
         output_dir=str(out / "trainer"),

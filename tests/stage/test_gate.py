@@ -117,10 +117,12 @@ def test_a_collapsed_challenger_that_supplies_its_own_majority_is_rejected_by_th
 def test_a_regression_on_one_task_vetoes_a_promotion_the_other_would_earn(
     gate_champion: Path, tmp_path: Path
 ) -> None:
-    """Multi-task TAO: prompts of two tasks in one held-out set. The challenger keeps task "low" and unlearns
-    task "high". With the overall bar and the alarms set aside, the per-task guard alone says no; listing
-    "high" in allowTaskRegression lets it through."""
-    mixed = fine_tune(gate_champion, tmp_path / "mixed", "wrong-high", epochs=10)
+    """Multi-task TAO: prompts of two tasks in one held-out set. The challenger keeps task "low" and forgets
+    task "high" (it answers no digit there). With the overall bar and the alarms set aside, the per-task guard
+    alone says no; listing "high" in allowTaskRegression lets it through."""
+    # A gentle learning rate: at 1e-2 task low's accuracy after training varied with the CPU's thread count
+    # (.82-1.0); at 3e-3 it was 1.0 at 1-4 threads and 10-30 epochs.
+    mixed = fine_tune(gate_champion, tmp_path / "mixed", "forgot-high", epochs=20, learning_rate=3e-3)
     lenient = {"minImprovement": -10.0, "alarms": False}
     report = judge(gate_champion, mixed, tmp_path / "strict", tasks=True, evaluation=lenient)
     metrics, gate = report["metrics"], report["gate"]
