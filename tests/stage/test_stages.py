@@ -217,6 +217,42 @@ def test_grpo_votes_on_the_rounds_candidates_or_on_its_own_group(workspace: dict
     assert rows and not any("tao_votes" in row for row in rows)
 
 
+def test_grpo_leaves_out_a_prompt_without_candidates_and_says_so_when_none_has_any(
+    workspace: dict[str, Path],
+) -> None:
+    """A teacher endpoint's failed requests can leave a prompt with no candidate (its row says how many are
+    `missing`): GRPO's majority has nothing to vote on there, so that prompt sits the round out; when no prompt
+    has any, the train stage fails with what happened and what to change, and trains nothing."""
+    grpo = {"method": "grpo", "learningRate": 1e-3, "batchSize": 4, "epochs": 1}
+    run_through(workspace, "prepare", "generate", training=grpo)
+    lay = RunLayout(config(workspace, "train").run_uri)
+    shard = lay.shard("candidates", 1, 0)
+    rows = storage.read_jsonl(shard)
+    lost = rows[0] | {"candidates": [], "sources": [], "missing": 4}
+    storage.write_jsonl(shard, [lost, *rows[1:]])
+    generated = [rec for i in range(2) for rec in storage.read_jsonl(lay.shard("candidates", 1, i))]
+
+    res = run_through(workspace, "train", training=grpo)["train"]
+    assert res.ok and res.counts["examples"] == len(generated) - 1
+    assert res.counts["candidates"] == 4 * (len(generated) - 1)  # the candidates voted on
+    dataset = storage.read_jsonl(f"{lay.train_dir(1)}/dataset.jsonl")
+    assert lost["prompt"] not in [row["prompt"] for row in dataset]
+    assert all(len(row["tao_votes"]) == 4 for row in dataset)
+
+    workspace["runs"] = workspace["runs"].parent / "runs-none"
+    run_through(workspace, "prepare", "generate", training=grpo)
+    lay = RunLayout(config(workspace, "train").run_uri)
+    for i in range(2):
+        shard = lay.shard("candidates", 1, i)
+        storage.write_jsonl(
+            shard, [row | {"candidates": [], "missing": 4} for row in storage.read_jsonl(shard)]
+        )
+    with pytest.raises(ValueError, match="round 1: no prompt to train on") as failed:
+        run_through(workspace, "train", training=grpo)
+    assert "candidatesMissing" in str(failed.value) and "training.grpo.votes: group" in str(failed.value)
+    assert not storage.exists(lay.model(1) + "/config.json")
+
+
 def test_lora_adapter_is_merged_into_a_plain_model(workspace: dict[str, Path]) -> None:
     overrides = {
         "training": {

@@ -12,6 +12,9 @@ from tao_trainer.spec import CamelModel, LoopSpec, Stage
 CANDIDATE_SOURCES: tuple[str, ...] = ("teacher", "model")
 """Who wrote a candidate: the `sources` of candidates and scores rows, and the `source` of training examples."""
 
+CANDIDATE_FIELDS: tuple[str, ...] = ("candidates", "sources", "missing")
+"""What the generate stage adds to a prompt record to make its candidates row: without them, the prompt record."""
+
 
 class StageConfig(CamelModel):
     """Everything one stage process needs: written by the executor, read by `tao-stage <stage> --config`."""

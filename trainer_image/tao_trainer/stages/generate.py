@@ -15,7 +15,7 @@ from typing import Any
 
 from tao_trainer import storage
 from tao_trainer.answer_cache import AnswerCache
-from tao_trainer.contract import CANDIDATE_SOURCES, StageConfig, StageResult
+from tao_trainer.contract import CANDIDATE_FIELDS, CANDIDATE_SOURCES, StageConfig, StageResult
 from tao_trainer.generation import Sampling
 from tao_trainer.layout import RunLayout
 from tao_trainer.stages.common import (
@@ -38,7 +38,7 @@ def finished_part(uri: str, prompts: list[dict[str, Any]], candidates: int) -> l
         return None
     rows = storage.read_jsonl(uri)
     same = len(rows) == len(prompts) and all(
-        {k: v for k, v in row.items() if k not in ("candidates", "sources", "missing")} == rec
+        {k: v for k, v in row.items() if k not in CANDIDATE_FIELDS} == rec
         and len(row.get("candidates", ())) + row.get("missing", 0) == candidates
         for row, rec in zip(rows, prompts, strict=True)
     )

@@ -30,6 +30,7 @@ from tao_trainer.stages.common import log, my_shards
 from tao_trainer.stages.train_data import (
     build_dataset,
     check_trl_prompt_ids,
+    no_examples_error,
     scored_candidates,
     sft_tokens,
     source_counts,
@@ -247,16 +248,12 @@ def run_train(cfg: StageConfig) -> StageResult:
     tokenizer = models.load_tokenizer(model_path)
     rows = build_dataset(cfg, tokenizer)
     n_candidates = (
-        0
+        sum(len(row.get(VOTES_COLUMN, ())) for row in rows)  # those its group scorers voted on
         if spec.training.method == "grpo"
         else sum(len(rec["candidates"]) for rec, _ in scored_candidates(lay, r, my_shards(cfg)))
     )
     if not rows:
-        raise ValueError(
-            f"round {r}: no training example: no candidate reached training.sft.minScore "
-            f"({spec.training.sft.min_score}) / no pair reached training.dpo.minMargin; check the scorers "
-            "(their per-scorer values are in the scores shards) or lower the threshold"
-        )
+        raise ValueError(no_examples_error(spec, r))
     if is_main_process():
         storage.write_jsonl(f"{lay.train_dir(r)}/dataset.jsonl", rows)
     log(f"train: {spec.training.method} on {len(rows)} example(s) from {cfg.model_uri}")

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from tao_trainer import storage
-from tao_trainer.contract import CANDIDATE_SOURCES, StageConfig
+from tao_trainer.contract import CANDIDATE_FIELDS, CANDIDATE_SOURCES, StageConfig
 from tao_trainer.layout import RunLayout
 from tao_trainer.scorers.combine import VOTES_COLUMN
-from tao_trainer.spec import TrainingSpec
-from tao_trainer.stages.common import my_shards, prepare
+from tao_trainer.spec import LoopSpec, TrainingSpec
+from tao_trainer.stages.common import log, my_shards, prepare
 
 
 def scored_candidates(
@@ -101,12 +101,11 @@ def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
     system = spec.generation.system_prompt
     rows: list[dict[str, Any]] = []
     if spec.training.method == "grpo":
-        records = [rec for i in my_shards(cfg) for rec in storage.read_jsonl(lay.shard("prompts", r, i))]
-        votes = _votes(lay, r, my_shards(cfg)) if spec.grpo_votes_on_candidates() else None
-        for rec, prepared in zip(records, prepare(tokenizer, records, system), strict=True):
+        records, votes = _grpo_prompts(lay, r, my_shards(cfg), spec.grpo_votes_on_candidates())
+        for k, (rec, prepared) in enumerate(zip(records, prepare(tokenizer, records, system), strict=True)):
             row = {**rec.get("fields", {}), **_trl_prompt(prepared)}
             if votes is not None:
-                row[VOTES_COLUMN] = votes[rec["id"]]
+                row[VOTES_COLUMN] = votes[k]
             rows.append(row)
         return rows
     scored = list(scored_candidates(lay, r, my_shards(cfg)))
@@ -135,14 +134,42 @@ def build_dataset(cfg: StageConfig, tokenizer: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _votes(lay: RunLayout, round_: int, shards: list[int]) -> dict[str, list[Any]]:
-    """The generate stage's candidates of every prompt of the round, by prompt id: GRPO's group scorers judge
-    each completion against them (`training.grpo.votes: candidates`)."""
-    return {
-        rec["id"]: rec["candidates"]
-        for i in shards
-        for rec in storage.read_jsonl(lay.shard("candidates", round_, i))
-    }
+def no_examples_error(spec: LoopSpec, round_: int) -> str:
+    """Why a round has no training example, and what to change."""
+    if spec.training.method == "grpo":
+        return (
+            f"round {round_}: no prompt to train on: none has a candidate for GRPO's group scorers to vote on "
+            "(training.grpo.votes: candidates); the generate stage's candidatesMissing says how many failed "
+            "(a teacher endpoint's errors are in its log); fix the generator, or set training.grpo.votes: group"
+        )
+    return (
+        f"round {round_}: no training example: no candidate reached training.sft.minScore "
+        f"({spec.training.sft.min_score}) / no pair reached training.dpo.minMargin; check the scorers "
+        "(their per-scorer values are in the scores shards) or lower the threshold"
+    )
+
+
+def _grpo_prompts(
+    lay: RunLayout, round_: int, shards: list[int], on_candidates: bool
+) -> tuple[list[dict[str, Any]], list[list[Any]] | None]:
+    """GRPO's prompt records and, with `training.grpo.votes: candidates`, each one's candidates from the generate
+    stage, which its group scorers judge every completion against.
+
+    Votes are read from the candidates rows, which are the prompt records with their candidates added, so a
+    prompt and its votes cannot be mismatched. A prompt left without any candidate (every one of a teacher's
+    requests failed) has nothing to be voted against and is left out of the round's training, with a count.
+    """
+    if not on_candidates:
+        return [rec for i in shards for rec in storage.read_jsonl(lay.shard("prompts", round_, i))], None
+    rows = [row for i in shards for row in storage.read_jsonl(lay.shard("candidates", round_, i))]
+    voted = [row for row in rows if row.get("candidates")]
+    if len(voted) < len(rows):
+        log(
+            f"train: {len(rows) - len(voted)} of {len(rows)} prompt(s) have no candidates to vote on "
+            "(see the generate stage's candidatesMissing); GRPO leaves them out of this round"
+        )
+    records = [{k: v for k, v in row.items() if k not in CANDIDATE_FIELDS} for row in voted]
+    return records, [row["candidates"] for row in voted]
 
 
 def _trl_prompt(prepared: Any) -> dict[str, Any]:
