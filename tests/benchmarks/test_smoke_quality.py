@@ -111,3 +111,20 @@ def test_training_settings_smoke(work: Path, tmp_path: Path) -> None:
     # Every setting is spelled out in the results, so a later change of a default cannot change a row's meaning.
     grpo = data["taojobSpecChanges"]["grpo-votes-kl004-lr5e-5"]["training"]["grpo"]
     assert grpo == {"votes": "candidates", "beta": 0.04, "numGenerations": 8}
+
+
+def test_spec_sweep_smoke_appends_one_line_per_trial(work: Path, tmp_path: Path) -> None:
+    out = tmp_path / "spec_sweep.jsonl"
+    out.write_text('{"earlier": "trial"}\n')  # a results file is appended to, never rewritten
+    grpo = {"training": {"method": "grpo", "learningRate": 5e-5, "epochs": 1, "grpo": {"beta": 0.2}}}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "spec_sweep.py"), "0", "kl02", json.dumps(grpo)]
+    cmd += ["--verifier", "--smoke", "--work", str(work), "--out", str(out)]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0] == {"earlier": "trial"} and len(lines) == 2
+    row = lines[1]
+    assert row["seed"] == 0 and row["name"] == "kl02" and row["verifier"] is True and row["change"] == grpo
+    d = row["decomposition"]
+    assert d["mix"] + d["skill"] == pytest.approx(d["change"], abs=2e-3)
+    assert row["accuracy"] == pytest.approx(row["baseAccuracy"] + d["change"], abs=2e-3)
