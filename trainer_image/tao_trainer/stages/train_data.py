@@ -157,7 +157,7 @@ def _grpo_prompts(
 
     Votes are read from the candidates rows, which are the prompt records with their candidates added, so a
     prompt and its votes cannot be mismatched. A prompt left without any candidate (every one of a teacher's
-    requests failed) has nothing to be voted against and is left out of the round's training, with a count.
+    requests failed) has nothing to be voted against and is left out of the round's training; the log says how many.
     """
     if not on_candidates:
         return [rec for i in shards for rec in storage.read_jsonl(lay.shard("prompts", round_, i))], None
