@@ -6,8 +6,8 @@
 For a question training_settings.py does not ask, on any seed: the base and prompts are tao_vs_labels.py's
 for the seed (prepared once in --work), every run starts fresh, and one line per run is appended to --out
 (default benchmarks/results/spec_sweep.jsonl): the seed, the change, the held-out greedy accuracy of the
-base and of the round's model, its split into route mix and skill within a route, and whether the gate
-promoted it. `--verifier` adds the a+b verifier as the only scorer (as tao_vs_labels.py's verifier methods).
+base and of the last round's model (and of each round's), its split into route mix and skill within a route,
+and whether the gate promoted every round's model. `--verifier` adds the a+b verifier as the only scorer (as tao_vs_labels.py's verifier methods).
 `--smoke`: the plumbing in seconds (the smoke base, a few prompts; measures nothing).
 
     python benchmarks/spec_sweep.py 0 kl02 '{"prompts": {"maxPerRound": 1600}, "training": {"method": "grpo",
@@ -68,8 +68,9 @@ def trial(
         "verifier": verifier,
         "change": change,
         "baseAccuracy": base["accuracy"],
-        "accuracy": result["accuracy"],
-        "promoted": result["promotedAll"],
+        "accuracy": result["accuracy"],  # the last round's model
+        "perRound": result["perRound"],  # the base's, then each round's model's
+        "promoted": result["promotedAll"],  # every round's model
         "decomposition": c.decompose(base, result["analysis"]),
         "routes": {k: [v["share"], v["accuracy"]] for k, v in result["analysis"]["routes"].items()},
         "seconds": result["seconds"],

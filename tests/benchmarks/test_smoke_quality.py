@@ -128,3 +128,4 @@ def test_spec_sweep_smoke_appends_one_line_per_trial(work: Path, tmp_path: Path)
     d = row["decomposition"]
     assert d["mix"] + d["skill"] == pytest.approx(d["change"], abs=2e-3)
     assert row["accuracy"] == pytest.approx(row["baseAccuracy"] + d["change"], abs=2e-3)
+    assert row["perRound"] == [row["baseAccuracy"], row["accuracy"]]  # the base, then the one round's model
