@@ -68,6 +68,14 @@ def verifier(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) 
     return out
 
 
+# The TAOJob spec change that makes `verifier` a run's only scorer.
+VERIFIER_SCORING: dict[str, Any] = {
+    "scoring": {
+        "scorers": [{"type": "python", "path": str(Path(__file__).resolve()), "function": "verifier"}]
+    }
+}
+
+
 # ------------------------------------------------------------------------------------ the example's code
 
 

@@ -37,11 +37,6 @@ SMOKE = {
     "training": {"batchSize": 8, "grpo": {"numGenerations": 4}, "sft": {"minScore": 0.0}},
     "evaluation": {"maxPrompts": 12, "minImprovement": -10.0},
 }
-VERIFIER = {
-    "scoring": {
-        "scorers": [{"type": "python", "path": str(Path(c.__file__).resolve()), "function": "verifier"}]
-    }
-}
 
 
 def trial(
@@ -50,7 +45,7 @@ def trial(
     """One fresh round of the example's TAOJob with `change`, measured on the seed's held-out prompts."""
     base_dir = c.base_dir(work, seed)
     c.prepare_base(seed, base_dir, smoke=smoke)
-    spec = c.deep_merge({"rounds": 1}, c.deep_merge(change, VERIFIER) if verifier else change)
+    spec = c.deep_merge({"rounds": 1}, c.deep_merge(change, c.VERIFIER_SCORING) if verifier else change)
     if smoke:
         spec = c.deep_merge(spec, SMOKE)
     result = c.run_variant(

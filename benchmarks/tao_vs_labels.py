@@ -58,10 +58,9 @@ DESCRIPTIONS = {
 
 def method_specs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Each TAO variant's changes to the example's TAOJob spec."""
-    verifier = {"type": "python", "path": str(Path(c.__file__).resolve()), "function": "verifier"}
     specs: dict[str, dict[str, Any]] = {
         "tao-majority": {},
-        "tao-verifier": {"scoring": {"scorers": [verifier]}},
+        "tao-verifier": c.VERIFIER_SCORING,
         # DPO and GRPO keep the shipped defaults of training.dpo and training.grpo (docs/training.md).
         "tao-dpo": {"training": {"method": "dpo", "learningRate": args.dpo_lr, "epochs": args.dpo_epochs}},
         # GRPO: 8 samples of a prompt form a group; batch 64 = 8 prompts per step.

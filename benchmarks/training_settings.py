@@ -56,12 +56,6 @@ def _dpo(sft_weight: float) -> dict[str, Any]:
     return {"training": {"method": "dpo", "learningRate": 5e-5, "epochs": 2, "dpo": dpo}}
 
 
-VERIFIER = {
-    "scoring": {
-        "scorers": [{"type": "python", "path": str(Path(c.__file__).resolve()), "function": "verifier"}]
-    }
-}
-
 VARIANTS: dict[str, dict[str, Any]] = {
     "grpo-group-kl0-lr1e-4": _grpo("group", 0.0, 1e-4, 512),  # the first benchmark's GRPO
     "grpo-group-kl0-lr1e-5": _grpo("group", 0.0, 1e-5, 512),
@@ -73,12 +67,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grpo-votes-kl004-lr1e-4": _grpo("candidates", 0.04, 1e-4, 512),
     "grpo-16votes-kl004-lr1e-4": _grpo("candidates", 0.04, 1e-4, 512, candidates=16),
     "grpo-votes-kl004-lr5e-5-1600": _grpo("candidates", 0.04, 5e-5, 1600),
-    "grpo-verifier-kl0-lr1e-4-1600": c.deep_merge(_grpo("candidates", 0.0, 1e-4, 1600), VERIFIER),
-    "grpo-verifier-kl004-lr1e-4-1600": c.deep_merge(_grpo("candidates", 0.04, 1e-4, 1600), VERIFIER),
-    "grpo-verifier-kl004-lr5e-5-512": c.deep_merge(_grpo("candidates", 0.04, 5e-5, 512), VERIFIER),
-    "grpo-verifier-kl004-lr5e-5-1600": c.deep_merge(_grpo("candidates", 0.04, 5e-5, 1600), VERIFIER),
+    "grpo-verifier-kl0-lr1e-4-1600": c.deep_merge(_grpo("candidates", 0.0, 1e-4, 1600), c.VERIFIER_SCORING),
+    "grpo-verifier-kl004-lr1e-4-1600": c.deep_merge(
+        _grpo("candidates", 0.04, 1e-4, 1600), c.VERIFIER_SCORING
+    ),
+    "grpo-verifier-kl004-lr5e-5-512": c.deep_merge(_grpo("candidates", 0.04, 5e-5, 512), c.VERIFIER_SCORING),
+    "grpo-verifier-kl004-lr5e-5-1600": c.deep_merge(
+        _grpo("candidates", 0.04, 5e-5, 1600), c.VERIFIER_SCORING
+    ),
     "grpo-verifier-kl004-lr5e-5-1600-g16": c.deep_merge(
-        _grpo("candidates", 0.04, 5e-5, 1600, group=16), VERIFIER
+        _grpo("candidates", 0.04, 5e-5, 1600, group=16), c.VERIFIER_SCORING
     ),
     "dpo-plain": _dpo(0.0),
     "dpo-sft1": _dpo(1.0),
