@@ -42,7 +42,8 @@ SMOKE = {
 def trial(
     seed: int, name: str, change: dict[str, Any], work: Path, verifier: bool, smoke: bool = False
 ) -> dict[str, Any]:
-    """One fresh round of the example's TAOJob with `change`, measured on the seed's held-out prompts."""
+    """A fresh run of the example's TAOJob with `change` (one round unless it sets `rounds`), measured on the
+    seed's held-out prompts."""
     base_dir = c.base_dir(work, seed)
     c.prepare_base(seed, base_dir, smoke=smoke)
     spec = c.deep_merge({"rounds": 1}, c.deep_merge(change, c.VERIFIER_SCORING) if verifier else change)
@@ -87,14 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if len(args.trials) % 2:
         p.error("trials come in pairs: NAME 'JSON spec change'")
-    for name in args.trials[::2]:
+    # Every trial is checked before the first one runs: a typo in the last must not cost the others' time.
+    changes: dict[str, dict[str, Any]] = {}
+    for name, text in zip(args.trials[::2], args.trials[1::2], strict=True):
         if not TAOJOB_NAME.fullmatch(name):
             p.error(
                 f"trial name {name!r}: it names the trial's TAOJob, so lowercase letters, digits and '-' only"
             )
+        if name in changes:
+            p.error(f"trial name {name!r} is given twice: each trial's run is kept under its name")
+        try:
+            changes[name] = json.loads(text)
+        except json.JSONDecodeError as e:
+            p.error(f"trial {name!r}: its spec change is not JSON ({e})")
+        if not isinstance(changes[name], dict):
+            p.error(f"trial {name!r}: its spec change must be a JSON object, like '{{\"rounds\": 2}}'")
     work = args.work or bench.DEFAULT_WORK / ("smoke" if args.smoke else "full")
-    for name, text in zip(args.trials[::2], args.trials[1::2], strict=True):
-        row = trial(args.seed, name, json.loads(text), work, args.verifier, args.smoke)
+    for name, change in changes.items():
+        row = trial(args.seed, name, change, work, args.verifier, args.smoke)
         print(json.dumps(row), flush=True)
         with args.out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
