@@ -230,6 +230,29 @@ class GrpoSpec(GrpoVllmSpec):
     num_iterations: int = Field(
         default=1, ge=1, le=100, description="Optimisation passes per generation batch."
     )
+    # TRL's own defaults; what each did on the arithmetic benchmark is in docs/training.md.
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
+        default="dapo",
+        description="How token losses add up (TRL's loss_type). dapo: over every token of the batch; grpo: per "
+        "completion, normalised by its length (favours short right answers and long wrong ones); dr_grpo: by a "
+        "fixed length (maxNewTokens), no length bias; bnpo: over the tokens of the local batch.",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group",
+        description="What a completion's advantage (its reward minus its group's mean) is divided by (TRL's "
+        "scale_rewards): group: the group's standard deviation; batch: the batch's; none: nothing (Dr. GRPO: "
+        "groups where nearly all agree then weigh less).",
+    )
+    epsilon: float = Field(
+        default=0.2, gt=0.0, lt=1.0, description="Clipping range of the policy ratio, below and above 1."
+    )
+    epsilon_high: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=10.0,
+        description="Clipping range above 1, when it differs from epsilon (DAPO's clip-higher: 0.28). "
+        "Default: epsilon.",
+    )
 
 
 class TrainingSpec(TrainingScale):  # TrainingScale: strategy, gradient checkpointing, checkpoints

@@ -197,8 +197,8 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         max_completion_length=gen.max_new_tokens,
         temperature=max(gen.temperature, 1e-3),
         top_p=gen.top_p,
-        beta=t.grpo.beta,
         num_iterations=t.grpo.num_iterations,
+        **grpo_loss_args(t),
         reward_weights=weights,
         **grpo_vllm_args(t.grpo.vllm, t.grpo.vllm_gpu_memory_utilization, gen.engine),
     )
@@ -211,6 +211,22 @@ def _trainer(cfg: StageConfig, model_path: str, tokenizer: Any, rows: list[dict[
         peft_config=peft_config,
         callbacks=callbacks,
     )
+
+
+def grpo_loss_args(t: TrainingSpec) -> dict[str, Any]:
+    """TRL's GRPO loss settings, as training.grpo names them.
+
+    >>> grpo_loss_args(TrainingSpec.model_validate({"grpo": {"lossType": "dr_grpo", "scaleRewards": "none"}}))
+    {'beta': 0.04, 'loss_type': 'dr_grpo', 'scale_rewards': 'none', 'epsilon': 0.2, 'epsilon_high': None}
+    """
+    g = t.grpo
+    return {
+        "beta": g.beta,
+        "loss_type": g.loss_type,
+        "scale_rewards": g.scale_rewards,
+        "epsilon": g.epsilon,
+        "epsilon_high": g.epsilon_high,
+    }
 
 
 def dpo_loss_args(t: TrainingSpec) -> dict[str, Any]:
