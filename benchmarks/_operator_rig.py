@@ -392,13 +392,15 @@ def free_port() -> int:
 # The operator's own process: what `tao operator -n default` runs (the same registry, handlers and settings: a
 # 60 s safety sweep, no metrics port), logged in straight to the emulator's URL so that no kubeconfig is needed.
 OPERATOR = """
-import asyncio, sys, kopf, tao_operator
+import asyncio, inspect, sys, kopf, tao_operator
 print("operator code:", tao_operator.__file__, flush=True)
 from tao_operator.builders import OperatorDefaults
 from tao_operator.handlers import build_registry
 url, liveness = sys.argv[1], sys.argv[2]
 defaults = OperatorDefaults(trainer_image="tao-trainer:bench", serving_image="vllm:bench")
-asyncio.run(kopf.operator(registry=build_registry(defaults, server=url, metrics_port=None),
+# Older operators (--compare) take no namespaces: kopf alone watched their stage Jobs.
+scope = {"namespaces": ["default"]} if "namespaces" in inspect.signature(build_registry).parameters else {}
+asyncio.run(kopf.operator(registry=build_registry(defaults, server=url, metrics_port=None, **scope),
                           namespaces=["default"], liveness_endpoint=liveness, standalone=True))
 """
 

@@ -231,7 +231,9 @@ class OperatorThread:
         self.stop_flag: threading.Event | None = None
 
     def start(self) -> None:
-        registry = build_registry(self.defaults, server=self.url, safety_interval=2.0, metrics_port=0)
+        registry = build_registry(
+            self.defaults, server=self.url, safety_interval=2.0, metrics_port=0, namespaces=[NS]
+        )
 
         @kopf.on.startup(registry=registry)
         def watch_timeout(settings: kopf.OperatorSettings, **_: Any) -> None:

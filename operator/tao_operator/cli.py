@@ -207,6 +207,7 @@ def _cmd_operator(args: argparse.Namespace) -> int:
             registry=build_registry(
                 defaults,
                 metrics_port=int(port) if (port := os.environ.get("TAO_METRICS_PORT", "9090")) else None,
+                namespaces=namespaces,
             ),
             clusterwide=not namespaces,
             namespaces=namespaces,  # empty with clusterwide: kopf's own default, ()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import kopf
@@ -36,6 +37,9 @@ KIND_TO_RESOURCE = {
     "Deployment": "deployments",
     "Service": "services",
 }
+Objects = list[dict[str, Any]]
+# Objects per page of a list: a page of Jobs is a few MB, however many there are.
+LIST_PAGE = 500
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -76,17 +80,21 @@ class Cluster:
                 headers["Authorization"] = f"Bearer {f.read().strip()}"
         return headers
 
-    async def _call(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
-    ) -> Any:
+    def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             ssl = self.info.as_ssl_context() if self.info.server.startswith("https") else False
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=ssl), auth=self.info.as_aiohttp_basic_auth()
             )
+        return self._session
+
+    async def _call(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
+        session = self._open()
         headers = self._headers() | {"Content-Type": content_type}
         data = None if body is None else json.dumps(body)
-        async with self._session.request(
+        async with session.request(
             method, self.info.server.rstrip("/") + path, data=data, headers=headers
         ) as resp:
             raw = await resp.read()  # JSON is UTF-8: no charset detection, no decoded copy
@@ -94,9 +102,12 @@ class Cluster:
                 raise ApiError(resp.status, method, path, raw.decode("utf-8", "replace"))
             return json.loads(raw) if raw else None
 
-    def _path(self, resource: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    def _path(
+        self, resource: str, namespace: str | None, name: str | None = None, sub: str | None = None
+    ) -> str:
+        """The resource's path in `namespace`, or across all namespaces (None: lists and watches only)."""
         prefix, plural = RESOURCES[resource]
-        path = f"{prefix}/namespaces/{namespace}/{plural}"
+        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace is not None else f"{prefix}/{plural}"
         if name is not None:
             path += f"/{name}"
         if sub is not None:
@@ -142,6 +153,51 @@ class Cluster:
             for i in items
             if all((i["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
         ]
+
+    async def list_versioned(
+        self, resource: str, namespace: str | None, selector: str, page: int = LIST_PAGE
+    ) -> tuple[Objects, str | None]:
+        """All objects matching a label `selector` (raw syntax, e.g. "tao.dev/job": the label is present), in
+        pages of `page`, and the list's resourceVersion, from which a watch then starts."""
+        items: Objects = []
+        token = ""
+        while True:
+            query = urlencode(
+                {"labelSelector": selector, "limit": page} | ({"continue": token} if token else {})
+            )
+            out = await self._call("GET", f"{self._path(resource, namespace)}?{query}") or {}
+            items.extend(out.get("items") or [])
+            meta = out.get("metadata") or {}
+            token = meta.get("continue") or ""
+            if not token:
+                return items, meta.get("resourceVersion")
+
+    async def watch(
+        self, resource: str, namespace: str | None, selector: str, since: str | None, timeout: int
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch events of objects matching `selector` after resourceVersion `since`, as the API server
+        streams them (one JSON object a line, bookmarks included), until it ends the request after `timeout`
+        seconds. A connection silent for a minute longer than that is taken as lost (aiohttp's read timeout)."""
+        params: dict[str, str | int] = {
+            "watch": "true",
+            "labelSelector": selector,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout,
+        }
+        if since:
+            params["resourceVersion"] = since
+        session = self._open()
+        url = f"{self.info.server.rstrip('/')}{self._path(resource, namespace)}?{urlencode(params)}"
+        wait = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout + 60)
+        async with session.get(url, headers=self._headers(), timeout=wait) as resp:
+            if resp.status >= 400:
+                raise ApiError(resp.status, "GET", url, (await resp.read()).decode("utf-8", "replace"))
+            pending = b""
+            async for chunk in resp.content.iter_any():
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,13 +1,16 @@
 """kopf handlers: thin. Every trigger (a TAOJob change, a stage Job's end, a serving Deployment event, a periodic
 safety sweep) runs the same `Reconciler.reconcile` (reconciler.py): read the TAOJob, ask the plan what is next,
 create what is missing, record what finished, write status if it changed. Which events are triggers is decided
-in triggers.py: most are not (the operator's own status patches, a Job's pods starting).
+in triggers.py and job_watch.py: most are not (the operator's own status patches, a Job's pods starting).
+Stage Jobs are watched without kopf (job_watch.py): their events are most of what the operator receives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
+from collections.abc import Sequence
 from typing import Any, cast
 
 import kopf
@@ -15,8 +18,9 @@ import kopf
 from tao_operator import builders, metrics
 from tao_operator.api import GROUP, LABEL_JOB, PLURAL, VERSION
 from tao_operator.cluster import Cluster
+from tao_operator.job_watch import WATCH_SECONDS, JobChange, StageJobWatch
 from tao_operator.reconciler import Reconciler
-from tao_operator.triggers import TAOJobEvents, job_event_needs_pass
+from tao_operator.triggers import TAOJobEvents
 
 __all__ = ["Reconciler", "build_registry"]
 
@@ -37,13 +41,17 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 # Passes a safety sweep runs at once: enough to sweep 1,000 TAOJobs in seconds, few enough to spare the API.
 SWEEP_CONCURRENCY = 8
+# The sweep looks this many times per interval for TAOJobs due: each gets its pass within 1.25 intervals.
+SWEEP_TICKS = 4
 
 
 async def sweep(reconciler: Reconciler, taojobs: TAOJobEvents, interval: float) -> None:
-    """Every `interval` seconds, a pass for every TAOJob the watch has shown: events can be missed (a watch
-    reconnect) or filtered out (triggers.py), and this makes sure every TAOJob converges. One task for all,
-    where a kopf timer would be a task per TAOJob and a finalizer on each."""
+    """A pass for every TAOJob the watch has shown and no pass has visited for `interval` seconds: events can
+    be missed (a watch reconnect) or filtered out (triggers.py), and this makes sure every TAOJob converges. A
+    TAOJob whose stages end every few seconds already has passes: sweeping it too would add a fifth to the
+    operator's work. One task for all, where a kopf timer would be a task per TAOJob and a finalizer on each."""
     slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
+    loop = asyncio.get_running_loop()
 
     async def one(namespace: str, name: str) -> None:
         async with slots:
@@ -53,8 +61,39 @@ async def sweep(reconciler: Reconciler, taojobs: TAOJobEvents, interval: float) 
                 taojobs.forget(namespace, name)  # deleted while its DELETED event was missed
 
     while True:
-        await asyncio.sleep(interval)
-        await asyncio.gather(*(one(ns, name) for ns, name in list(taojobs.seen)))
+        await asyncio.sleep(interval / SWEEP_TICKS)
+        due = loop.time() - interval
+        keys = [key for key in list(taojobs.seen) if reconciler.last_pass.get(key, -math.inf) <= due]
+        await asyncio.gather(*(one(ns, name) for ns, name in keys))
+
+
+class JobPasses:
+    """What a stage Job's end or deletion does: note it for the pass (`Reconciler.ended_jobs`), then start
+    that pass without waiting for it, so that the watch reads on."""
+
+    def __init__(self, reconciler: Reconciler, taojobs: TAOJobEvents) -> None:
+        self.reconciler = reconciler
+        self.taojobs = taojobs
+        self.running: set[asyncio.Task[bool]] = set()
+
+    async def __call__(self, change: JobChange) -> None:
+        if change.body is None:
+            self.reconciler.ended_jobs.drop(change.namespace, change.name)
+        else:  # the pass reads the ended Job from here, not again from the API
+            self.reconciler.ended_jobs.add(change.namespace, change.body)
+        if self.taojobs.context is None:
+            return  # no TAOJob event handled yet: each TAOJob's first one runs a pass that sees this Job
+        # In the context kopf gives its handlers: kopf.event posts through a queue it sets there only.
+        task = asyncio.create_task(
+            self.reconciler.trigger(change.namespace, change.taojob), context=self.taojobs.context
+        )
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    async def close(self) -> None:
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
 
 
 def build_registry(
@@ -62,9 +101,11 @@ def build_registry(
     server: str | None = None,
     safety_interval: float = 60.0,
     metrics_port: int | None = None,
+    namespaces: Sequence[str] = (),
 ) -> kopf.OperatorRegistry:
     """All handlers on a fresh registry; `server` points the operator at a given API URL (tests);
-    `metrics_port` exposes Prometheus metrics (0: any free port, see `metrics.serve`)."""
+    `metrics_port` exposes Prometheus metrics (0: any free port, see `metrics.serve`); `namespaces`: those
+    kopf watches (empty: all), where stage Jobs are watched too."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -81,10 +122,9 @@ def build_registry(
         # object it would otherwise build per event.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = NoDiffBase()
-        # Children are selected by the API server: other Jobs and Deployments in a watched namespace never
-        # reach this process (kopf would otherwise receive, parse and filter each of their events).
-        for group, plural in (("batch", "jobs"), ("apps", "deployments")):
-            settings.watching.label_selectors[group, plural] = LABEL_JOB
+        # Serving Deployments are selected by the API server: others in a watched namespace never reach this
+        # process (kopf would otherwise receive, parse and filter each of their events).
+        settings.watching.label_selectors["apps", "deployments"] = LABEL_JOB
         settings.posting.level = 20  # INFO: post Normal events too
         # No CRD/namespace scanning: the resources are known, and the chart's RBAC grants nothing for it.
         settings.scanning.disabled = True
@@ -95,11 +135,21 @@ def build_registry(
             Cluster.for_url(server) if server else Cluster.from_environment(settings), defaults
         )
         memo.sweeper = asyncio.create_task(sweep(memo.reconciler, memo.taojob_events, safety_interval))
+        memo.job_passes = JobPasses(memo.reconciler, memo.taojob_events)
+        watch_seconds = int(settings.watching.server_timeout or WATCH_SECONDS)
+        memo.job_watches = [
+            asyncio.create_task(
+                StageJobWatch(memo.reconciler.cluster, ns, memo.job_passes, watch_seconds).run()
+            )
+            for ns in ([*namespaces] if namespaces else [None])
+        ]
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-        memo.sweeper.cancel()
-        await asyncio.gather(memo.sweeper, return_exceptions=True)
+        for task in (memo.sweeper, *memo.job_watches):
+            task.cancel()
+        await asyncio.gather(memo.sweeper, *memo.job_watches, return_exceptions=True)
+        await memo.job_passes.close()
         await memo.reconciler.close()
 
     def taojob_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
@@ -111,28 +161,6 @@ def build_registry(
     async def on_taojob(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
         # kopf types namespace as optional (cluster-scoped resources); a TAOJob is namespaced.
         await memo.reconciler.trigger(namespace or "default", name)
-
-    def job_ended(type: str | None, body: kopf.Body, **_: Any) -> bool:
-        return job_event_needs_pass(type, cast(dict[str, Any], body))
-
-    @kopf.on.event(
-        "batch",
-        "v1",
-        "jobs",
-        labels={LABEL_JOB: kopf.PRESENT},
-        when=job_ended,
-        id="stage-job",
-        registry=registry,
-    )
-    async def on_stage_job(
-        event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
-    ) -> None:
-        ns = namespace or "default"
-        if event["type"] == "DELETED":
-            memo.reconciler.ended_jobs.drop(ns, body["metadata"]["name"])
-        else:  # it ended (job_ended): the pass reads it from here, not again from the API
-            memo.reconciler.ended_jobs.add(ns, event["object"])
-        await memo.reconciler.trigger(ns, body["metadata"]["labels"][LABEL_JOB])
 
     @kopf.on.event(
         "apps", "v1", "deployments", labels={LABEL_JOB: kopf.PRESENT}, id="serving", registry=registry

@@ -90,6 +90,8 @@ class Reconciler:
         self.retries: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.parsed: dict[tuple[str, str], Parsed] = {}
         self.ended_jobs = EndedJobs()
+        # When each TAOJob's last pass ended (the event loop's clock): the safety sweep skips those seen lately.
+        self.last_pass: dict[tuple[str, str], float] = {}
 
     async def trigger(self, namespace: str, name: str) -> bool:
         """A pass for a watch event or the sweep that never raises (False: the TAOJob is gone). One that fails
@@ -134,9 +136,11 @@ class Reconciler:
                     if body is None or body["metadata"].get("deletionTimestamp"):
                         metrics.set_phase(namespace, name, None)
                         self.parsed.pop(key, None)
+                        self.last_pass.pop(key, None)
                         return False
                     phase = await self._reconcile(body)
                     metrics.set_phase(namespace, name, phase)
+                    self.last_pass[key] = asyncio.get_running_loop().time()
                     return True
                 except Exception:
                     metrics.RECONCILE_ERRORS.inc()

@@ -1,10 +1,11 @@
-"""Which watch events start a reconcile pass. Pure, and cheap: they run on every event the watches deliver.
+"""Which TAOJob events start a reconcile pass (stage Jobs': job_watch.py), and the ended Jobs they leave for it.
+Pure, and cheap: they run on every event the watch delivers.
 
 A pass reads the TAOJob and its children fresh, so an event only has to say *that* something worth a pass
 happened. Most events do not: the operator's own status patches come back as TAOJob events, and a stage Job
 reports its pods starting and becoming ready before it reports the one change a pass acts on, its end. The
-periodic safety sweep (handlers.py) still runs a pass for every TAOJob, so a filtered-out event delays nothing for long
-(a pod stuck pulling its image is found by it: pods are not watched).
+periodic safety sweep (handlers.py) still runs a pass for every TAOJob, so a filtered-out event delays nothing
+for long (a pod stuck pulling its image is found by it: pods are not watched).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextvars
 from typing import Any
 
 from tao_operator.api import ANNOTATION_RETRY
-from tao_operator.status import job_outcome
 
 # (uid, generation, the retry annotation, being deleted): what a TAOJob event must change to need a pass.
 Fingerprint = tuple[str | None, int | None, str | None, bool]
@@ -60,20 +60,6 @@ class TAOJobEvents:
         self.seen.pop((namespace, name), None)
 
 
-def job_event_needs_pass(event_type: str | None, body: dict[str, Any]) -> bool:
-    """A stage Job ended (Complete or Failed) or disappeared: the only changes a pass acts on at once.
-
-    >>> job_event_needs_pass("MODIFIED", {"status": {"active": 1, "ready": 1}})
-    False
-    >>> job_event_needs_pass("MODIFIED", {"status": {"conditions": [{"type": "Complete", "status": "True"}]}})
-    True
-    >>> job_event_needs_pass("DELETED", {})
-    True
-    """
-    # The same reading of a Job's end as the pass's (`status.job_outcome`).
-    return event_type == "DELETED" or job_outcome(body) is not None
-
-
 class EndedJobs:
     """Stage Jobs seen ending in a watch event, until the pass that records their result reads them here
     instead of from the API (a Job's end is final: a later read would show the same). Bounded: a Job whose
@@ -104,6 +90,5 @@ class EndedJobs:
 __all__ = [
     "EndedJobs",
     "TAOJobEvents",
-    "job_event_needs_pass",
     "taojob_fingerprint",
 ]

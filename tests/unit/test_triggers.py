@@ -1,4 +1,5 @@
-"""Which watch events start a reconcile pass (triggers.py), and a failed pass being retried (Reconciler.trigger).
+"""Which watch events start a reconcile pass (triggers.py, job_watch.py), and a failed pass being retried
+(Reconciler.trigger).
 
 The operator sees every status patch it makes come back as a TAOJob event, and every stage Job report its pods
 starting before it ends: a pass for each would double its work. These tests pin what must still start one.
@@ -7,6 +8,7 @@ starting before it ends: a pass for each would double its work. These tests pin 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 from typing import Any
 
@@ -14,9 +16,11 @@ import pytest
 from fake_cluster import Fault
 from taojob_rig import setup, state, taojob
 
+from tao_operator import handlers
 from tao_operator import reconciler as reconciler_module
-from tao_operator.api import ANNOTATION_RETRY
-from tao_operator.triggers import EndedJobs, TAOJobEvents, job_event_needs_pass
+from tao_operator.api import ANNOTATION_RETRY, LABEL_JOB
+from tao_operator.job_watch import JobTracker
+from tao_operator.triggers import EndedJobs, TAOJobEvents
 
 
 def test_a_status_patch_starts_no_pass_and_every_change_a_pass_acts_on_does() -> None:
@@ -53,23 +57,63 @@ def test_a_taojob_recreated_under_its_name_is_seen_even_at_the_same_generation()
     assert events.needs_pass("ADDED", taojob(uid="second"))  # its DELETED event was missed
 
 
+def _job(status: dict[str, Any], name: str = "j", uid: str = "u1") -> dict[str, Any]:
+    labels = {LABEL_JOB: "arith"}
+    return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": labels}, "status": status}
+
+
+RUNNING = {"active": 1, "ready": 1, "startTime": "t"}
+COMPLETE = {"conditions": [{"type": "Complete", "status": "True"}]}
+
+
 @pytest.mark.parametrize(
     ("event", "status", "needed"),
     [
         ("ADDED", {}, False),  # the operator's own create
-        ("MODIFIED", {"active": 1, "ready": 1, "startTime": "t"}, False),
+        ("MODIFIED", RUNNING, False),
         ("MODIFIED", {"conditions": [{"type": "Suspended", "status": "True"}]}, False),
         ("MODIFIED", {"conditions": [{"type": "Complete", "status": "False"}]}, False),
-        ("MODIFIED", {"conditions": [{"type": "Complete", "status": "True"}]}, True),
+        ("MODIFIED", COMPLETE, True),
         ("MODIFIED", {"conditions": [{"type": "Failed", "status": "True"}]}, True),
-        (None, {"conditions": [{"type": "Complete", "status": "True"}]}, True),  # ended while we were down
         ("DELETED", {"active": 1}, True),  # a running Job deleted: its result is lost
     ],
 )
 def test_a_stage_job_event_starts_a_pass_only_when_the_job_ended_or_went(
-    event: str | None, status: dict[str, Any], needed: bool
+    event: str, status: dict[str, Any], needed: bool
 ) -> None:
-    assert job_event_needs_pass(event, {"metadata": {"name": "j"}, "status": status}) is needed
+    tracker = JobTracker()
+    assert tracker.seen("ADDED", _job({})) is None
+    change = tracker.seen(event, _job(status))
+    assert (change is not None) is needed
+    if change is not None:
+        assert (change.namespace, change.name, change.taojob) == ("ns", "j", "arith")
+        assert change.body == (None if event == "DELETED" else _job(status))
+
+
+def test_a_job_ends_once_however_often_it_is_reported_and_a_new_one_under_its_name_is_news() -> None:
+    tracker = JobTracker()
+    assert tracker.seen("MODIFIED", _job(COMPLETE)) is not None
+    # Later updates of an ended Job, and a reconnected watch replaying it: no second pass.
+    assert tracker.seen("MODIFIED", _job(COMPLETE | {"succeeded": 1})) is None
+    assert tracker.seen("ADDED", _job(COMPLETE)) is None
+    # Deleted and made again under its name (its DELETED event missed): the new Job's end starts a pass.
+    assert tracker.seen("MODIFIED", _job(COMPLETE, uid="u2")) is not None
+    unlabeled = _job(COMPLETE, name="other")
+    unlabeled["metadata"]["labels"] = {}
+    assert tracker.seen("MODIFIED", unlabeled) is None  # not the operator's (a server ignoring the selector)
+
+
+def test_a_relisting_reports_what_changed_while_the_watch_was_down_and_the_first_nothing() -> None:
+    tracker = JobTracker()
+    # The first listing (the operator starting): each TAOJob's first sighting runs the pass that reads them.
+    assert tracker.relisted([_job(RUNNING, "a"), _job(RUNNING, "b"), _job(COMPLETE, "c")], first=True) == []
+    # The watch was down: a ended, b was deleted, c is unchanged, d is new and already ended.
+    changes = tracker.relisted([_job(COMPLETE, "a"), _job(COMPLETE, "c"), _job(COMPLETE, "d")], first=False)
+    assert {(c.name, c.body is None) for c in changes} == {("a", False), ("b", True), ("d", False)}
+    assert all(c.taojob == "arith" for c in changes)
+    assert (
+        tracker.relisted([_job(COMPLETE, "a"), _job(COMPLETE, "c"), _job(COMPLETE, "d")], first=False) == []
+    )
 
 
 def test_ended_jobs_are_read_once_and_bounded() -> None:
@@ -124,3 +168,36 @@ def test_close_cancels_the_scheduled_retries(monkeypatch: pytest.MonkeyPatch) ->
 
     asyncio.run(scenario())
     assert not rec.retries
+
+
+def test_the_safety_sweep_visits_only_taojobs_no_pass_has_seen_for_an_interval() -> None:
+    cluster, rec, _ = setup()
+    cluster.objects[("taojobs", "default", "quiet")] = taojob("quiet", uid="quiet-uid")
+    taojobs = TAOJobEvents()
+    for name in ("arith", "quiet"):
+        assert taojobs.needs_pass("ADDED", cluster.objects[("taojobs", "default", name)])
+    taojobs.context = contextvars.copy_context()
+    swept: list[str] = []
+    reconcile_by_trigger = rec.trigger
+
+    async def trigger(namespace: str, name: str) -> bool:
+        swept.append(name)  # only the sweep calls trigger here; the busy TAOJob's passes call reconcile
+        return await reconcile_by_trigger(namespace, name)
+
+    rec.trigger = trigger  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        sweeper = asyncio.create_task(handlers.sweep(rec, taojobs, interval=0.4))
+        try:
+            for _ in range(30):  # arith's stages end every 50 ms: each end is a pass
+                await rec.reconcile("default", "arith")
+                await asyncio.sleep(0.05)
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
+    asyncio.run(scenario())
+    # Over ~1.5 s: the idle TAOJob is swept about once per interval (at most 1.25 intervals apart); the busy
+    # one, passed every 50 ms, never.
+    assert 2 <= swept.count("quiet") <= 4, swept
+    assert "arith" not in swept
