@@ -120,6 +120,7 @@ class FakeCluster:
         if "spec" in body and sub is None:
             obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         merge(obj, body)
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))  # as an API server: every write, a version
         self._leave(fault, call)
         return copy.deepcopy(obj)
 

@@ -56,7 +56,10 @@ async def sweep(reconciler: Reconciler, taojobs: TAOJobEvents, interval: float) 
     async def one(namespace: str, name: str) -> None:
         async with slots:
             # In the context kopf gives its handlers: kopf.event posts through a queue it sets there only.
-            task = asyncio.create_task(reconciler.trigger(namespace, name), context=taojobs.context)
+            # Read from the API, never remembered: the sweep is there for what the watch missed.
+            task = asyncio.create_task(
+                reconciler.trigger(namespace, name, fresh=True), context=taojobs.context
+            )
             if not await task:
                 taojobs.forget(namespace, name)  # deleted while its DELETED event was missed
 
@@ -155,7 +158,12 @@ def build_registry(
     def taojob_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
         if memo.taojob_events.context is None:  # for the sweep's passes (see `sweep`)
             memo.taojob_events.context = contextvars.copy_context()
-        return bool(memo.taojob_events.needs_pass(type, cast(dict[str, Any], body)))
+        raw = cast(dict[str, Any], body)
+        meta = raw.get("metadata") or {}
+        memo.reconciler.saw_version(
+            meta.get("namespace") or "default", meta.get("name") or "", None if type == "DELETED" else raw
+        )
+        return bool(memo.taojob_events.needs_pass(type, raw))
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="taojob", when=taojob_changed, registry=registry)
     async def on_taojob(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:

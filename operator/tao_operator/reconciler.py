@@ -92,14 +92,33 @@ class Reconciler:
         self.ended_jobs = EndedJobs()
         # When each TAOJob's last pass ended (the event loop's clock): the safety sweep skips those seen lately.
         self.last_pass: dict[tuple[str, str], float] = {}
+        # Each TAOJob as this operator last read or wrote it, and the resourceVersion of the last TAOJob event
+        # the watch delivered (`saw_version`). A pass reads the TAOJob from here instead of the API when the two
+        # versions agree: nothing the watch knows of has changed it since (as an informer's cache is read).
+        self.bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self.watched: dict[tuple[str, str], str] = {}
 
-    async def trigger(self, namespace: str, name: str) -> bool:
+    def saw_version(self, namespace: str, name: str, body: dict[str, Any] | None) -> None:
+        """The TAOJob watch delivered `body` (None: the TAOJob was deleted)."""
+        version = ((body or {}).get("metadata") or {}).get("resourceVersion")
+        if version is None:
+            self.watched.pop((namespace, name), None)
+        else:
+            self.watched[(namespace, name)] = version
+
+    def _remembered(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        body = self.bodies.get(key)
+        if body is None or self.watched.get(key) != body["metadata"].get("resourceVersion"):
+            return None
+        return body
+
+    async def trigger(self, namespace: str, name: str, fresh: bool = False) -> bool:
         """A pass for a watch event or the sweep that never raises (False: the TAOJob is gone). One that fails
         is logged and runs again after RETRY_DELAY (a kopf.TemporaryError's own delay), once per TAOJob
         however many passes failed: kopf retries only the handlers it keeps progress for, which these (event
         handlers) are not."""
         try:
-            return await self.reconcile(namespace, name)
+            return await self.reconcile(namespace, name, fresh)
         except Exception as e:
             delay = e.delay if isinstance(e, kopf.TemporaryError) and e.delay else RETRY_DELAY
             log.warning("TAOJob %s/%s: the pass failed (again in %gs): %s", namespace, name, delay, e)
@@ -111,7 +130,7 @@ class Reconciler:
     async def _retry_later(self, key: tuple[str, str], delay: float) -> None:
         await asyncio.sleep(delay)
         del self.retries[key]
-        await self.trigger(*key)
+        await self.trigger(*key, fresh=True)
 
     async def close(self) -> None:
         """Stop the scheduled retries and the API session (the operator is stopping)."""
@@ -121,8 +140,10 @@ class Reconciler:
         self.retries.clear()
         await self.cluster.close()
 
-    async def reconcile(self, namespace: str, name: str) -> bool:
-        """One pass over the TAOJob; False when it does not exist (or is being deleted)."""
+    async def reconcile(self, namespace: str, name: str, fresh: bool = False) -> bool:
+        """One pass over the TAOJob; False when it does not exist (or is being deleted). `fresh`: read the
+        TAOJob from the API even when the one remembered is as new as the watch knows (the safety sweep's passes,
+        which are there for what the watch missed)."""
         # One pass at a time per TAOJob: Job events and TAOJob events may arrive together. A lock lives only
         # while someone holds or waits for it, so the map stays as small as the work in flight.
         key = (namespace, name)
@@ -132,11 +153,15 @@ class Reconciler:
             async with lock:
                 metrics.RECONCILES.inc()
                 try:
-                    body = await self.cluster.get("taojobs", namespace, name)
+                    body = None if fresh else self._remembered(key)
+                    if body is None:
+                        body = await self.cluster.get("taojobs", namespace, name)
+                    self.bodies.pop(key, None)  # until this pass has written, or found nothing to write
                     if body is None or body["metadata"].get("deletionTimestamp"):
                         metrics.set_phase(namespace, name, None)
                         self.parsed.pop(key, None)
                         self.last_pass.pop(key, None)
+                        self.watched.pop(key, None)
                         return False
                     phase = await self._reconcile(body)
                     metrics.set_phase(namespace, name, phase)
@@ -308,10 +333,15 @@ class Reconciler:
         """Derive the phase, patch status only when it changed, then post the transition events."""
         status.phase = derive_phase(status)
         patch = merge_patch(own_status(old), dump(status))
+        meta = body["metadata"]
+        key = (meta.get("namespace", "default"), meta["name"])
         if patch:
-            meta = body["metadata"]
-            namespace = meta.get("namespace", "default")
-            await self.cluster.patch("taojobs", namespace, meta["name"], {"status": patch}, sub="status")
+            written = await self.cluster.patch("taojobs", key[0], key[1], {"status": patch}, sub="status")
+            # The API server's answer is the TAOJob as written, at its new resourceVersion.
+            if isinstance(written, dict) and (written.get("metadata") or {}).get("resourceVersion"):
+                self.bodies[key] = written
+        else:
+            self.bodies[key] = body
         for kind, reason, message in events:
             self.post_event(body, kind, reason, message)
 

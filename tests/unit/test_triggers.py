@@ -180,9 +180,10 @@ def test_the_safety_sweep_visits_only_taojobs_no_pass_has_seen_for_an_interval()
     swept: list[str] = []
     reconcile_by_trigger = rec.trigger
 
-    async def trigger(namespace: str, name: str) -> bool:
+    async def trigger(namespace: str, name: str, fresh: bool = False) -> bool:
+        assert fresh  # the sweep is there for what the watch missed: it reads the API
         swept.append(name)  # only the sweep calls trigger here; the busy TAOJob's passes call reconcile
-        return await reconcile_by_trigger(namespace, name)
+        return await reconcile_by_trigger(namespace, name, fresh)
 
     rec.trigger = trigger  # type: ignore[method-assign]
 
@@ -201,3 +202,38 @@ def test_the_safety_sweep_visits_only_taojobs_no_pass_has_seen_for_an_interval()
     # one, passed every 50 ms, never.
     assert 2 <= swept.count("quiet") <= 4, swept
     assert "arith" not in swept
+
+
+def test_a_pass_reads_the_taojob_it_wrote_only_while_the_watch_knows_no_newer_version() -> None:
+    cluster, rec, _ = setup()
+    reads = lambda: cluster.calls[("get", "taojobs")]  # noqa: E731
+
+    def watch_delivers() -> None:  # the TAOJob watch's latest event: the object as it is now
+        rec.saw_version("default", "arith", copy.deepcopy(cluster.objects[("taojobs", "default", "arith")]))
+
+    async def scenario() -> None:
+        await rec.reconcile("default", "arith")
+        assert reads() == 1 and state(cluster).get("phase")
+        # The status patch comes back as a TAOJob event: the next pass (a stage Job ended) reads no TAOJob.
+        watch_delivers()
+        await rec.reconcile("default", "arith")
+        assert reads() == 1
+        # A spec edit reaches the watch: the versions differ, the pass reads the API and sees it.
+        await cluster.patch("taojobs", "default", "arith", {"spec": {"suspend": True}})
+        watch_delivers()
+        await rec.reconcile("default", "arith")
+        assert reads() == 2 and state(cluster)["phase"] == "Suspended"
+        # The status patch of that pass has not come back yet: the remembered TAOJob is newer than what the
+        # watch knows, and is not used.
+        await rec.reconcile("default", "arith")
+        assert reads() == 3
+        watch_delivers()
+        # The safety sweep's passes always read the API; a deleted TAOJob is forgotten.
+        await rec.reconcile("default", "arith", fresh=True)
+        assert reads() == 4
+        rec.saw_version("default", "arith", None)
+        del cluster.objects[("taojobs", "default", "arith")]
+        assert await rec.reconcile("default", "arith") is False
+        assert ("default", "arith") not in rec.bodies and ("default", "arith") not in rec.watched
+
+    asyncio.run(scenario())
