@@ -48,8 +48,8 @@ SWEEP_TICKS = 4
 async def sweep(reconciler: Reconciler, taojobs: TAOJobEvents, interval: float) -> None:
     """A pass for every TAOJob the watch has shown and no pass has visited for `interval` seconds: events can
     be missed (a watch reconnect) or filtered out (triggers.py), and this makes sure every TAOJob converges. A
-    TAOJob whose stages end every few seconds already has passes: sweeping it too would add a fifth to the
-    operator's work. One task for all, where a kopf timer would be a task per TAOJob and a finalizer on each."""
+    TAOJob whose stages end every few seconds already has passes: sweeping it too added about a fifth more
+    passes in the paced benchmark (docs/benchmarks.md). One task for all, where a kopf timer would be a task per TAOJob and a finalizer on each."""
     slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
     loop = asyncio.get_running_loop()
 
