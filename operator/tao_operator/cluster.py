@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 import kopf
@@ -145,9 +145,8 @@ class Cluster:
 
     async def list(self, resource: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         """Objects carrying all these labels. Also filtered here, so a server that ignores selectors is harmless."""
-        selector = quote(",".join(f"{k}={v}" for k, v in labels.items()))
-        out = await self._call("GET", f"{self._path(resource, namespace)}?labelSelector={selector}")
-        items = (out or {}).get("items") or []
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        items, _ = await self.list_versioned(resource, namespace, selector)
         return [
             i
             for i in items

@@ -45,6 +45,14 @@ SWEEP_CONCURRENCY = 8
 SWEEP_TICKS = 4
 
 
+def start_pass(
+    reconciler: Reconciler, taojobs: TAOJobEvents, namespace: str, name: str, fresh: bool = False
+) -> asyncio.Task[bool]:
+    """A pass started outside kopf's handlers (the sweep, the stage Job watch), as a task in the context kopf
+    gives its handlers: kopf.event posts through a queue it sets there only."""
+    return asyncio.create_task(reconciler.trigger(namespace, name, fresh), context=taojobs.context)
+
+
 async def sweep(reconciler: Reconciler, taojobs: TAOJobEvents, interval: float) -> None:
     """A pass for every TAOJob the watch has shown and no pass has visited for `interval` seconds: events can
     be missed (a watch reconnect) or filtered out (triggers.py), and this makes sure every TAOJob converges. A
@@ -55,12 +63,8 @@ async def sweep(reconciler: Reconciler, taojobs: TAOJobEvents, interval: float) 
 
     async def one(namespace: str, name: str) -> None:
         async with slots:
-            # In the context kopf gives its handlers: kopf.event posts through a queue it sets there only.
             # Read from the API, never remembered: the sweep is there for what the watch missed.
-            task = asyncio.create_task(
-                reconciler.trigger(namespace, name, fresh=True), context=taojobs.context
-            )
-            if not await task:
+            if not await start_pass(reconciler, taojobs, namespace, name, fresh=True):
                 taojobs.forget(namespace, name)  # deleted while its DELETED event was missed
 
     while True:
@@ -86,10 +90,7 @@ class JobPasses:
             self.reconciler.ended_jobs.add(change.namespace, change.body)
         if self.taojobs.context is None:
             return  # no TAOJob event handled yet: each TAOJob's first one runs a pass that sees this Job
-        # In the context kopf gives its handlers: kopf.event posts through a queue it sets there only.
-        task = asyncio.create_task(
-            self.reconciler.trigger(change.namespace, change.taojob), context=self.taojobs.context
-        )
+        task = start_pass(self.reconciler, self.taojobs, change.namespace, change.taojob)
         self.running.add(task)
         task.add_done_callback(self.running.discard)
 
