@@ -35,6 +35,13 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARAL
 QUALITY_NOTE = "(2 shared cores: timings move with it; accuracies do not)"
 
 
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own, waited-for children's) CPU seconds, user + system, of a live process `pid` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
 # ------------------------------------------------------------------------------------------------ flags
 
 

@@ -210,6 +210,35 @@ def ours(
     return stages
 
 
+def ours_warm(
+    workdir: Path, spec: dict[str, Any], model: Path, env: dict[str, str], threads: int, worker: Any
+) -> dict[str, Any]:
+    """The same four stages as `tao run` runs them with its warm worker (`tao_operator.local_warm`): generate and
+    train forked from `worker` (imports done, pinned to the same cores), prepare and score as plain processes.
+    Per stage: wall and CPU seconds (a forked stage's from the worker's waited-for children), and its result."""
+    from _bench import process_cpu_seconds
+
+    run_uri = (workdir / "run").as_uri()
+    stages: dict[str, Any] = {}
+    for stage in ("prepare", "generate", "score", "train"):
+        config = {"stage": stage, "round": 1, "runUri": run_uri, "modelUri": model.as_uri(), "spec": spec}
+        cfg, result = workdir / f"{stage}.json", workdir / f"{stage}.result.json"
+        cfg.write_text(json.dumps(config))
+        argv = [stage, "--config", str(cfg), "--result", str(result)]
+        if stage in ("generate", "train"):
+            before = process_cpu_seconds(worker.proc.pid)[1]
+            started = time.monotonic()
+            if worker.run(argv, worker.env) != 0:
+                raise RuntimeError(f"{stage} forked from the warm worker failed")
+            wall = time.monotonic() - started
+            cpu = process_cpu_seconds(worker.proc.pid)[1] - before
+        else:
+            cmd = [sys.executable, "-m", "tao_trainer.cli", *argv]
+            wall, cpu = run_measured(cmd, env, threads, workdir / f"{stage}.log")
+        stages[stage] = {"wall": wall, "cpu": cpu, "result": json.loads(result.read_text())}
+    return stages
+
+
 def theirs(workdir: Path, params: dict[str, Any], env: dict[str, str], threads: int) -> dict[str, Any]:
     params_path = workdir / "params.json"
     params_path.write_text(json.dumps(params | {"out": str(workdir / "out")}))

@@ -5,10 +5,12 @@
 Takes a finished run of two or more rounds (default: the arithmetic example's, from
 `python examples/arithmetic/prepare.py && tao run examples/arithmetic/taojob.yaml`) and copies it. In the
 copy, round 1's evaluate runs once as `tao run` would run it today, keeping each model's answers; then round
-2's evaluate runs as its own process (`tao-stage evaluate`, the stored StageConfig), alternately with reuse
-off (both models generate, as before reuse existed) and on (round 2's champion, round 1's promoted challenger,
-is read back). Prints each run's CPU and wall seconds, the ratio of medians (on / off), and whether the
-reports (every metric, the verdict, promotion) are identical. Figures go to benchmarks/results/evaluation_reuse.json.
+2's evaluate runs from the stored StageConfig in three ways, in turn: reuse off as a new process (both models
+generate, as before reuse existed: what every evaluate cost), reuse on as a new process (round 2's champion,
+round 1's promoted challenger, is read back: an evaluate pod), and reuse on forked from `tao run`'s warm worker
+(torch, transformers and TRL already imported, as earlier stages of the run left it). Prints each run's CPU and
+wall seconds, the ratios of medians to reuse off, and whether the reports (every metric, the verdict,
+promotion) are identical. Figures go to benchmarks/results/evaluation_reuse.json.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench as bench  # noqa: E402
 
+from tao_operator.local_warm import WarmWorker  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_RUN = ROOT / "examples" / "arithmetic" / "work" / "runs" / "default" / "arithmetic" / "local"
 
@@ -41,26 +45,42 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
-def evaluate(run: Path, round_: int, reuse: bool, work: Path) -> dict[str, Any]:
-    """One `tao-stage evaluate` of the round from its stored config; CPU and wall seconds, and its report."""
+def evaluate(
+    run: Path, round_: int, reuse: bool, work: Path, worker: WarmWorker | None = None
+) -> dict[str, Any]:
+    """One `tao-stage evaluate` of the round from its stored config, as a new process or forked from `worker`;
+    CPU and wall seconds, and its report."""
     cfg = json.loads((run / f"round-{round_:03d}" / "configs" / "evaluate.json").read_text())
     cfg["spec"].setdefault("evaluation", {})["reuseAnswers"] = reuse
     path = work / f"evaluate-{round_}-{'on' if reuse else 'off'}.json"
     path.write_text(json.dumps(cfg))
     # A stage whose result is stored only re-reports it: remove it, so that the evaluate really runs.
     (run / f"round-{round_:03d}" / "results" / "evaluate.json").unlink(missing_ok=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    cmd = [sys.executable, "-m", "tao_trainer.cli", "evaluate", "--config", str(path)]
-    proc = subprocess.run(cmd, env=os.environ | bench.OFFLINE, capture_output=True, text=True, check=False)
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"evaluate round {round_} failed:\n{proc.stderr[-3000:]}")
+    argv = ["evaluate", "--config", str(path)]
+    if worker is not None:
+        assert worker.proc is not None
+        before_cpu = bench.process_cpu_seconds(worker.proc.pid)[1]
+        started = time.monotonic()
+        code = worker.run(argv, worker.env)
+        wall = time.monotonic() - started
+        cpu = bench.process_cpu_seconds(worker.proc.pid)[1] - before_cpu
+        if code != 0:
+            raise RuntimeError(f"evaluate round {round_} in the warm worker failed with status {code}")
+    else:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        cmd = [sys.executable, "-m", "tao_trainer.cli", *argv]
+        env = os.environ | bench.OFFLINE
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        if proc.returncode != 0:
+            raise RuntimeError(f"evaluate round {round_} failed:\n{proc.stderr[-3000:]}")
     result = json.loads((run / f"round-{round_:03d}" / "results" / "evaluate.json").read_text())
     report = json.loads((run / f"round-{round_:03d}" / "eval" / "report.json").read_text())
     return {
-        "cpuSeconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
+        "cpuSeconds": round(cpu, 2),
         "wallSeconds": round(wall, 2),
         "reusedAnswers": result["counts"].get("reusedAnswers", 0),
         "report": {k: report[k] for k in ("metrics", "promoted", "verdict", "champion", "challenger")},
@@ -88,26 +108,36 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"round 1 evaluate (keeps both models' answers): {first['cpuSeconds']} CPU s, {first['wallSeconds']} s"
     )
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for i in range(args.repeats):
-        for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
-            # Each round-2 evaluate finds what round 1 kept, and nothing of an earlier round-2 run.
-            shutil.rmtree(kept)
-            shutil.copytree(work / "kept-after-round-1", kept)
-            res = evaluate(run, 2, mode == "on", work)
-            runs[mode].append(res)
-            print(
-                f"round 2 evaluate, reuse {mode}: {res['cpuSeconds']} CPU s, {res['wallSeconds']} s wall, "
-                f"{res['reusedAnswers']} model(s) read back"
-            )
-    reports = [r["report"] for r in runs["off"] + runs["on"]]
+    modes = ("off", "on", "on-warm")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    log = open(work / "warm-worker.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    with WarmWorker(os.environ | bench.OFFLINE, log) as worker:
+        # Started and its imports done before the timing, as the stages before evaluate leave it in a run.
+        worker.run(["--help"], worker.env)
+        for i in range(args.repeats):
+            for mode in modes if i % 2 == 0 else modes[::-1]:
+                # Each round-2 evaluate finds what round 1 kept, and nothing of an earlier round-2 run.
+                shutil.rmtree(kept)
+                shutil.copytree(work / "kept-after-round-1", kept)
+                warm = worker if mode == "on-warm" else None
+                res = evaluate(run, 2, mode != "off", work, warm)
+                runs[mode].append(res)
+                print(
+                    f"round 2 evaluate, reuse {mode}: {res['cpuSeconds']} CPU s, {res['wallSeconds']} s wall, "
+                    f"{res['reusedAnswers']} model(s) read back"
+                )
+    log.close()
+    reports = [r["report"] for rs in runs.values() for r in rs]
     identical = all(r == reports[0] for r in reports)
     cpu = {m: statistics.median(r["cpuSeconds"] for r in rs) for m, rs in runs.items()}
     wall = {m: statistics.median(r["wallSeconds"] for r in rs) for m, rs in runs.items()}
-    print(
-        f"round 2 evaluate, median: CPU {cpu['on']:.1f} s with reuse vs {cpu['off']:.1f} s without "
-        f"= {cpu['on'] / cpu['off']:.2f}x; wall {wall['on'] / wall['off']:.2f}x; reports identical: {identical}"
-    )
+    for mode in modes[1:]:
+        print(
+            f"round 2 evaluate, median, reuse {mode} vs off: CPU {cpu[mode]:.1f} s vs {cpu['off']:.1f} s = "
+            f"{cpu[mode] / cpu['off']:.2f}x; wall {wall[mode]:.1f} s vs {wall['off']:.1f} s = "
+            f"{wall[mode] / wall['off']:.2f}x"
+        )
+    print(f"reports identical: {identical}")
     shutil.rmtree(work, ignore_errors=True)
     figures = {
         "run": str(args.run),
@@ -117,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         "medianWallSeconds": wall,
         "cpuRatio": round(cpu["on"] / cpu["off"], 3),
         "wallRatio": round(wall["on"] / wall["off"], 3),
+        "warmCpuRatio": round(cpu["on-warm"] / cpu["off"], 3),
+        "warmWallRatio": round(wall["on-warm"] / wall["off"], 3),
         "reportsIdentical": identical,
     }
     machine.finish("evaluation_reuse", args.out, figures)

@@ -11,6 +11,9 @@ settings. The run checks it: both sides train on as many examples to the same lo
 - ours: `tao-stage prepare`, `generate`, `score`, `train`, each its own process on a StageConfig, as `tao run`
   runs them (file:// storage). The ratio compares generate + train (prepare and score are reported apart:
   the script has no counterpart but a few lines of Python);
+- ours, warm: the same stages as `tao run` runs them by default, generate and train forked from its warm worker
+  (`tao_operator.local_warm`: torch, transformers and TRL imported once per run, before this is timed; the
+  worker's own import CPU is reported apart, as paid once per run);
 - theirs: one process: `model.generate` batched, the same selection, TRL's SFTTrainer on the in-memory model,
   `save_pretrained`.
 
@@ -37,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import _bench as bench
-from _overhead_sides import PATTERN, TOP_K, clock, hand_written, instrumented_stage, ours, theirs
+from _overhead_sides import PATTERN, TOP_K, clock, hand_written, instrumented_stage, ours, ours_warm, theirs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_MODEL = ROOT / "examples" / "arithmetic" / "work" / "base-model"
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nsummary: CPU seconds of generate + train, medians")
     header = ["prompts", "tokens", "epochs", "ours", "theirs", "ratio", "fixed overhead", "wall ratio"]
+    header += ["ours, warm", "warm ratio"]
     rows = [
         [
             str(r["prompts"]),
@@ -160,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ratio']['median']:.2f}x",
             f"{r['fixedOverheadCpuSeconds']:+.1f}",
             f"{r['wallRatio']['median']:.2f}x",
+            f"{r['warmCpuSeconds']['median']:.1f}",
+            f"{r['warmRatio']['median']:.2f}x",
         ]
         for r in results
     ]
@@ -242,29 +248,46 @@ def run_size(
         "prompts": str(prepare_input(base, spec, model, env)),
     }
 
+    from tao_operator.local_warm import WarmWorker  # here: the timed child processes import this file
+
     ours_runs: list[dict[str, Any]] = []
+    warm_runs: list[dict[str, Any]] = []
     theirs_runs: list[dict[str, Any]] = []
-    for rep in range(repeats):
-        for side in ("ours", "theirs") if rep % 2 == 0 else ("theirs", "ours"):
-            workdir = base / f"rep{rep}-{side}"
-            workdir.mkdir()
-            if side == "ours":
-                ours_runs.append(ours(workdir, spec, model, env, threads))
-            else:
-                theirs_runs.append(theirs(workdir, params, env, threads))
-            print(f"  done: repeat {rep + 1} {side}", flush=True)
-        shutil.rmtree(base / f"rep{rep}-theirs" / "out", ignore_errors=True)
+    sides = ("ours", "warm", "theirs")
+    with (base / "warm-worker.log").open("w") as log, WarmWorker(env, log) as worker:
+        worker.run(["--help"], worker.env)  # started: its imports are done
+        assert worker.proc is not None
+        os.sched_setaffinity(worker.proc.pid, sorted(os.sched_getaffinity(0))[:threads])
+        worker_imports = bench.process_cpu_seconds(worker.proc.pid)[0]
+        for rep in range(repeats):
+            for side in sides if rep % 2 == 0 else sides[::-1]:
+                workdir = base / f"rep{rep}-{side}"
+                workdir.mkdir()
+                if side == "ours":
+                    ours_runs.append(ours(workdir, spec, model, env, threads))
+                elif side == "warm":
+                    warm_runs.append(ours_warm(workdir, spec, model, env, threads, worker))
+                else:
+                    theirs_runs.append(theirs(workdir, params, env, threads))
+                print(f"  done: repeat {rep + 1} {side}", flush=True)
+            shutil.rmtree(base / f"rep{rep}-theirs" / "out", ignore_errors=True)
 
     med = statistics.median
     gt = ("generate", "train")
     totals = {
         ("ours", "cpu"): [sum(r[s]["cpu"] for s in gt) for r in ours_runs],
         ("ours", "wall"): [sum(r[s]["wall"] for s in gt) for r in ours_runs],
+        ("warm", "cpu"): [sum(r[s]["cpu"] for s in gt) for r in warm_runs],
+        ("warm", "wall"): [sum(r[s]["wall"] for s in gt) for r in warm_runs],
         ("theirs", "cpu"): [r["cpu"] for r in theirs_runs],
         ("theirs", "wall"): [r["wall"] for r in theirs_runs],
     }
     ratios = {
         k: [o / t for o, t in zip(totals[("ours", k)], totals[("theirs", k)], strict=True)]
+        for k in ("cpu", "wall")
+    }
+    warm_ratios = {
+        k: [o / t for o, t in zip(totals[("warm", k)], totals[("theirs", k)], strict=True)]
         for k in ("cpu", "wall")
     }
 
@@ -317,6 +340,18 @@ def run_size(
         ),
         ("ratio ours / theirs", cell(ratios["cpu"], "x"), cell(ratios["wall"], "x")),
         (
+            "ours, warm: forked from tao run's worker",
+            cell(totals[("warm", "cpu")]),
+            cell(totals[("warm", "wall")]),
+        ),
+        ("ratio ours, warm / theirs", cell(warm_ratios["cpu"], "x"), cell(warm_ratios["wall"], "x")),
+        ("the warm worker's imports (once per run)", f"{worker_imports:.2f}", ""),
+        (
+            "ratio ours, warm + its imports / theirs",
+            f"{(med(totals[('warm', 'cpu')]) + worker_imports) / med(totals[('theirs', 'cpu')]):.2f}x",
+            "(a run of one round)",
+        ),
+        (
             "ours: prepare + score (no counterpart)",
             f"{med([r['prepare']['cpu'] + r['score']['cpu'] for r in ours_runs]):.2f}",
             f"{med([r['prepare']['wall'] + r['score']['wall'] for r in ours_runs]):.2f}",
@@ -337,6 +372,8 @@ def run_size(
     same = ex_ours == ex_theirs and all(
         abs(a - b) < 1e-3 for a, b in zip(loss_ours, loss_theirs, strict=True)
     )
+    # Forked or not, the stages do the very same work.
+    same = same and [r["train"]["result"]["metrics"]["trainLoss"] for r in warm_runs] == loss_ours
     print(
         f"\nsame work: training examples ours {ex_ours[0]} / theirs {ex_theirs[0]}, train loss ours "
         f"{loss_ours[0]} / theirs {loss_theirs[0]}: {'identical' if same else 'DIFFERENT'}"
@@ -364,6 +401,14 @@ def run_size(
         "theirsWallSeconds": summarize(totals[("theirs", "wall")]),
         "ratio": summarize(ratios["cpu"]),
         "wallRatio": summarize(ratios["wall"]),
+        "warmCpuSeconds": summarize(totals[("warm", "cpu")]),
+        "warmWallSeconds": summarize(totals[("warm", "wall")]),
+        "warmRatio": summarize(warm_ratios["cpu"]),
+        "warmWallRatio": summarize(warm_ratios["wall"]),
+        "warmWorkerImportCpuSeconds": round(worker_imports, 2),
+        "warmOneRoundRatio": round(
+            (med(totals[("warm", "cpu")]) + worker_imports) / med(totals[("theirs", "cpu")]), 3
+        ),
         "oursPrepareScoreCpuSeconds": summarize([r["prepare"]["cpu"] + r["score"]["cpu"] for r in ours_runs]),
         "breakdownCpuSeconds": {
             label: {"ours": round(o, 3), "theirs": round(t, 3)} for label, o, t in breakdown

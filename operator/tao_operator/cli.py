@@ -125,7 +125,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if json_out else sys.stdout, flush=True)
 
     try:
-        report = local.run_local(job, fresh=args.fresh, echo=echo, verbose=args.verbose)
+        report = local.run_local(
+            job, fresh=args.fresh, echo=echo, verbose=args.verbose, warm=not args.no_warm_worker
+        )
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command to continue from the last complete stage", file=sys.stderr)
         return int(Exit.INTERRUPTED)
@@ -273,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--fresh", action="store_true", help="delete this job's earlier run artifacts and start over"
+    )
+    run.add_argument(
+        "--no-warm-worker",
+        action="store_true",
+        help="start every stage as a new Python process (default: stages that load a model are forked from one "
+        "process that imported torch, transformers and TRL once; also TAO_WARM_WORKER=0)",
     )
     run.add_argument("--rounds", type=int, help="override spec.rounds (e.g. to add rounds to a finished run)")
     run.add_argument(

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlparse
 from tao_operator.api import TAOJob
 from tao_operator.edits import WAITING_STAGES, on_snapshot, refused_edits, round_snapshot, spec_digest
 from tao_operator.exits import Exit
+from tao_operator.local_warm import WARM_STAGES, WarmWorker, WorkerGone, warm_enabled
 from tao_operator.plan import Failed, Finished, Results, RunStage, build_report, champion, next_action
 from tao_operator.report import summarize
 from tao_operator.usage import add, budget_exhausted, stage_usage
@@ -189,9 +190,11 @@ def run_stage(
     layout: RunLayout,
     log: IO[str] | None = None,
     spec: LoopSpec | None = None,
+    worker: WarmWorker | None = None,
 ) -> StageResult:
-    """Run one stage as a subprocess (the same CLI a pod runs) and return its result; `spec`: the round's
-    (`round_spec`), default the TAOJob's.
+    """Run one stage as a process of its own (the same CLI a pod runs) and return its result; `spec`: the round's
+    (`round_spec`), default the TAOJob's. With `worker`, a stage that loads a model is forked from it, with the
+    imports done (`local_warm`).
 
     With `log`, the stage's stderr (its log lines, library warnings and progress bars) goes there, and only
     the stage's own progress bar reaches this terminal (through TAO_PROGRESS_FD); without, stderr is shared.
@@ -212,33 +215,73 @@ def run_stage(
         config_path = os.path.join(tmp, "config.json")
         with open(config_path, "w", encoding="utf-8") as f:
             f.write(text)
-        cmd = [sys.executable, "-m", "tao_trainer.cli", action.stage, "--config", config_path]
-        cmd += ["--result", result_path]
-        env = stage_env(job.spec, quiet=log is not None)
-        progress_fd: list[int] = []
+        argv = [action.stage, "--config", config_path, "--result", result_path]
         if log is not None:
             log.write(f"--- round {action.round} {action.stage} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
             log.flush()
-            if sys.stderr.isatty():
-                progress_fd.append(os.dup(sys.stderr.fileno()))
-                env["TAO_PROGRESS_FD"] = str(progress_fd[0])
-        # stdout carries the result JSON (read from the file instead); logs and progress bars go to stderr.
-        try:
-            proc = subprocess.run(
-                cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, pass_fds=progress_fd, check=False
-            )
-        finally:
-            for fd in progress_fd:
-                os.close(fd)
+        returncode = None
+        if worker is not None and not worker.gone and action.stage in WARM_STAGES:
+            try:
+                returncode = worker.run(argv, worker.env)
+            except WorkerGone as e:
+                print(f"{e}: the stages run as plain processes from here", file=log or sys.stderr, flush=True)
+        if returncode is None:
+            returncode = _run_cold(argv, stage_env(job.spec, quiet=log is not None), log)
         if not os.path.exists(result_path):
             return StageResult(
                 stage=action.stage,
                 round=action.round,
                 ok=False,
-                message=f"stage process exited with code {proc.returncode} and reported nothing",
+                message=f"stage process exited with code {returncode} and reported nothing",
             )
         with open(result_path, encoding="utf-8") as f:
             return StageResult.model_validate_json(f.read())
+
+
+def _progress_fds(log: IO[str] | None) -> list[int]:
+    """The terminal for the stage's own progress bar (a copy of stderr, TAO_PROGRESS_FD) when its log goes to
+    a file and stderr is a terminal; the caller closes it."""
+    return [os.dup(sys.stderr.fileno())] if log is not None and sys.stderr.isatty() else []
+
+
+def _run_cold(argv: list[str], env: dict[str, str], log: IO[str] | None) -> int:
+    """`tao-stage ARGV` as a new Python process; its exit status."""
+    progress_fd = _progress_fds(log)
+    if progress_fd:
+        env = env | {"TAO_PROGRESS_FD": str(progress_fd[0])}
+    # stdout carries the result JSON (read from the file instead); logs and progress bars go to stderr.
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tao_trainer.cli", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+            pass_fds=progress_fd,
+            check=False,
+        )
+    finally:
+        for fd in progress_fd:
+            os.close(fd)
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def warm_worker(job: TAOJob, log: IO[str] | None, requested: bool = True) -> Iterator[WarmWorker | None]:
+    """The run's warm worker (None when switched off: `warm_enabled`); it starts at the first stage that loads
+    a model and ends with the run."""
+    if not warm_enabled(requested):
+        yield None
+        return
+    env = stage_env(job.spec, quiet=log is not None)
+    progress_fd = _progress_fds(log)
+    if progress_fd:
+        env["TAO_PROGRESS_FD"] = str(progress_fd[0])
+    try:
+        with WarmWorker(env, log, tuple(progress_fd)) as worker:
+            yield worker
+    finally:
+        for fd in progress_fd:
+            os.close(fd)
 
 
 def preflight_local(job: TAOJob, *, verbose: bool = False) -> tuple[StageResult, dict[str, Any] | None]:
@@ -265,12 +308,18 @@ def _tail(path: str, lines: int = 20) -> str:
 
 
 def run_local(
-    job: TAOJob, *, fresh: bool = False, echo: Printer = print, verbose: bool = False
+    job: TAOJob,
+    *,
+    fresh: bool = False,
+    echo: Printer = print,
+    verbose: bool = False,
+    warm: bool = True,
 ) -> dict[str, Any]:
     """Run the TAOJob to the end on this machine; return the report (also written to storage).
 
     Stage processes write their own output (library warnings, third-party progress bars, tracebacks) to
-    `log_path` unless `verbose`; `echo` gets one line per stage. Raises RunError with the exit code."""
+    `log_path` unless `verbose`; `echo` gets one line per stage. `warm`: stages that load a model are forked
+    from one warm worker (`local_warm`). Raises RunError with the exit code."""
     spec = job.spec
     storage.configure(spec.storage)
     layout = job.run_layout()
@@ -280,12 +329,19 @@ def run_local(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     echo(f"run {job.metadata.name}: artifacts in {layout.root}")
-    with open(path or os.devnull, "a", encoding="utf-8") as log, storage_errors():
-        return _run_rounds(job, layout, echo, None if verbose else log, str(path) if path else None)
+    with open(path or os.devnull, "a", encoding="utf-8") as log_file, storage_errors():
+        log = None if verbose else log_file
+        with warm_worker(job, log, warm) as worker:
+            return _run_rounds(job, layout, echo, log, str(path) if path else None, worker)
 
 
 def _run_rounds(
-    job: TAOJob, layout: RunLayout, echo: Printer, log: IO[str] | None, log_name: str | None
+    job: TAOJob,
+    layout: RunLayout,
+    echo: Printer,
+    log: IO[str] | None,
+    log_name: str | None,
+    worker: WarmWorker | None,
 ) -> dict[str, Any]:
     spec = job.spec
     while True:
@@ -309,7 +365,9 @@ def _run_rounds(
             of = f"/{spec.last_round()}" if spec.last_round() is not None else ""
             echo(f"round {action.round}{of}: starting from {action.model_uri}")
         started = time.monotonic()
-        result = run_stage(action, job, layout, log, round_spec(spec, layout, action.round, action.stage))
+        result = run_stage(
+            action, job, layout, log, round_spec(spec, layout, action.round, action.stage), worker
+        )
         if not result.ok:
             # Running again after a failure is a retry, which may follow a scorer's fix: the rest of the round
             # then runs on evaluation and scoring as they are (the operator does the same on tao.dev/retry).

@@ -151,6 +151,15 @@ def gguf_env(cfg: StageConfig) -> None:
     os.environ.setdefault("TAO_GGUF_STORE", RunLayout(cfg.run_uri).converted_models)
 
 
+def process_defaults() -> None:
+    """Environment defaults of a stage process, set before torch is imported: the OpenMP runtime reads its
+    settings once, when torch loads it (`tao run`'s warm worker imports torch before it forks a stage)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Idle OpenMP threads sleep instead of spinning: on shared or over-committed cores spinning threads made
+    # the same greedy evaluation 25x slower (benchmarks/tao_vs_labels.py); set it in the pod to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def compute_used(seconds: float) -> dict[str, int]:
     """What this stage process used, for cost accounting (summed over a stage's pods): `cpuSeconds`, the CPU
     time of this process and its children (rounded up), and `gpuSeconds`, its duration times the GPUs it could
@@ -189,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Idle OpenMP threads sleep instead of spinning: on shared or over-committed cores spinning threads made
-    # the same greedy evaluation 25x slower (benchmarks/tao_vs_labels.py); set it in the pod to override.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    process_defaults()
     started = time.monotonic()
     cfg: StageConfig | None = None
     stored: StageResult | None = None
