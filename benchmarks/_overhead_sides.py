@@ -228,7 +228,7 @@ def ours_warm(
         if stage in ("generate", "train"):
             before = process_cpu_seconds(worker.proc.pid)[1]
             started = time.monotonic()
-            if worker.run(argv, worker.env) != 0:
+            if worker.run(argv) != 0:
                 raise RuntimeError(f"{stage} forked from the warm worker failed")
             wall = time.monotonic() - started
             cpu = process_cpu_seconds(worker.proc.pid)[1] - before

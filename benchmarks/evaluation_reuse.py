@@ -61,7 +61,7 @@ def evaluate(
         assert worker.proc is not None
         before_cpu = bench.process_cpu_seconds(worker.proc.pid)[1]
         started = time.monotonic()
-        code = worker.run(argv, worker.env)
+        code = worker.run(argv)
         wall = time.monotonic() - started
         cpu = bench.process_cpu_seconds(worker.proc.pid)[1] - before_cpu
         if code != 0:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     log = open(work / "warm-worker.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
     with WarmWorker(os.environ | bench.OFFLINE, log) as worker:
         # Started and its imports done before the timing, as the stages before evaluate leave it in a run.
-        worker.run(["--help"], worker.env)
+        worker.run(["--help"])
         for i in range(args.repeats):
             for mode in modes if i % 2 == 0 else modes[::-1]:
                 # Each round-2 evaluate finds what round 1 kept, and nothing of an earlier round-2 run.

@@ -255,7 +255,7 @@ def run_size(
     theirs_runs: list[dict[str, Any]] = []
     sides = ("ours", "warm", "theirs")
     with (base / "warm-worker.log").open("w") as log, WarmWorker(env, log) as worker:
-        worker.run(["--help"], worker.env)  # started: its imports are done
+        worker.run(["--help"])  # started: its imports are done
         assert worker.proc is not None
         os.sched_setaffinity(worker.proc.pid, sorted(os.sched_getaffinity(0))[:threads])
         worker_imports = bench.process_cpu_seconds(worker.proc.pid)[0]

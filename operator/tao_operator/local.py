@@ -222,7 +222,7 @@ def run_stage(
         returncode = None
         if worker is not None and not worker.gone and action.stage in WARM_STAGES:
             try:
-                returncode = worker.run(argv, worker.env)
+                returncode = worker.run(argv)
             except WorkerGone as e:
                 print(f"{e}: the stages run as plain processes from here", file=log or sys.stderr, flush=True)
         if returncode is None:

@@ -77,15 +77,16 @@ class WarmWorker:
             raise WorkerGone(f"the warm worker answered {line.strip()[:200]!r}, expected {key!r}") from None
         return value
 
-    def run(self, argv: list[str], env: dict[str, str]) -> int:
-        """Run `tao-stage ARGV` in a child of the worker with `env`; its exit status. WorkerGone when the worker
-        is not there (then nothing of the stage is running)."""
+    def run(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        """Run `tao-stage ARGV` in a child of the worker with `env` (default: the worker's); its exit status.
+        WorkerGone when the worker is not there (then nothing of the stage is running)."""
         if self.gone:
             raise WorkerGone("the warm worker is gone")
         proc = self.proc or self._start()
         assert proc.stdin is not None
         try:
-            proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}) + "\n")
+            request = {"argv": argv, "env": self.env if env is None else env, "cwd": os.getcwd()}
+            proc.stdin.write(json.dumps(request) + "\n")
             proc.stdin.flush()
         except OSError as e:  # a broken pipe: it died between stages
             self.gone = True

@@ -203,7 +203,7 @@ def test_a_killed_warm_worker_takes_its_stage_along_and_the_run_goes_on_cold(
 def test_a_forked_stage_gets_the_environment_directory_and_status_of_its_request(tmp_path: Path) -> None:
     (tmp_path / "cwd").mkdir()
     with (tmp_path / "worker.log").open("w") as log, WarmWorker(dict(ENV), log) as worker:
-        assert worker.run(["--help"], worker.env) == 0
+        assert worker.run(["--help"]) == 0
         # No config at that path: the stage fails, and still writes its result where TAO_RESULT_PATH says,
         # relative to the directory of the request.
         env = worker.env | {"TAO_RESULT_PATH": "result.json"}
@@ -217,7 +217,7 @@ def test_a_forked_stage_gets_the_environment_directory_and_status_of_its_request
         result = json.loads((tmp_path / "cwd" / "result.json").read_text())
         assert result["ok"] is False and "none.json" in result["message"]
         # An unknown stage is argparse's usage error, status 2, as from a plain process.
-        assert worker.run(["no-such-stage"], worker.env) == 2
+        assert worker.run(["no-such-stage"]) == 2
         process = worker.proc
         assert process is not None
     # Closing the run ends the worker, cleanly.
