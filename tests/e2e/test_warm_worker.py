@@ -70,12 +70,12 @@ def what_the_run_found(tmp: Path) -> dict[str, Any]:
     return {"base": report["base"], "rounds": rounds, "answers": answers}
 
 
-def tao_run(job: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+def tao_run(job: Path, *flags: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tao_operator.cli", "run", str(job), *flags],
         capture_output=True,
         text=True,
-        env=ENV,
+        env=env,
         check=False,
         timeout=600,
     )
@@ -224,3 +224,62 @@ def test_a_forked_stage_gets_the_environment_directory_and_status_of_its_request
     assert process.returncode == 0
     text = (tmp_path / "worker.log").read_text()
     assert f"warm worker {process.pid}: imports done" in text and "usage: tao-stage" in text
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of session `sid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and alive(int(entry.name)):
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_forked_stage_stops_the_run_and_the_same_command_continues(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_ONCE_SCORER)
+    flag = tmp_path / "slow-once"
+    flag.touch()
+    scoring = {"scorers": [{"type": "python", "path": "slow.py", "function": "slow_once"}]}
+    job = write_job(tmp_path, tiny_model, 40, rounds=1, scoring=scoring)
+    env = ENV | {"TAO_SLOW_ONCE": str(flag)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tao_operator.cli", "run", str(job)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while flag.exists():  # the preflight, forked from the worker, is asleep in the scorer
+            assert proc.poll() is None and time.monotonic() < deadline, "the preflight never scored"
+            time.sleep(0.05)
+        assert len(session_processes(proc.pid)) == 3  # tao run, the worker, the forked stage
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        interrupted = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        # The stage itself stops at once (the worker ignores SIGINT, the stages it forks do not): the run does
+        # not wait out the 30 s it gives a worker to end, nor the scorer's sleep.
+        assert time.monotonic() - interrupted < 20
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted: run the same command to continue" in err
+    # Nothing is left behind: not the worker, not the stage it forked.
+    deadline = time.monotonic() + 10
+    while session_processes(proc.pid):
+        assert time.monotonic() < deadline, f"left running: {session_processes(proc.pid)}"
+        time.sleep(0.05)
+    again = tao_run(job, env=env)  # the flag is gone: the scorer no longer sleeps
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir(tmp_path) / "report.json").read_text())["rounds"][0]["prompts"] > 0
