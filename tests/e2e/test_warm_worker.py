@@ -100,36 +100,44 @@ def test_warm_and_plain_stage_processes_give_the_same_run(tmp_path: Path, tiny_m
     assert result["counts"]["cpuSeconds"] >= 1
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (a container's init may be slow to reap an orphan)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def descendants(root: int) -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process below `root` (from /proc)."""
-    parents: dict[int, int] = {}
-    cmdlines: dict[int, str] = {}
+def processes() -> dict[int, tuple[str, int, int, str]]:
+    """Every process: pid -> (state, parent pid, session id, command line), from /proc."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            continue  # gone meanwhile
+        found[int(entry.name)] = (fields[0], int(fields[1]), int(fields[3]), cmdline)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a container's init may be slow to reap an orphan)."""
+    state = processes().get(pid)
+    return state is not None and state[0] != "Z"
+
+
+def descendants(root: int) -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process below `root`."""
+    table = processes()
     found: dict[int, tuple[int, str]] = {}
     frontier = [root]
     while frontier:
         pid = frontier.pop()
-        for child, parent in parents.items():
+        for child, (_, parent, _, cmdline) in table.items():
             if parent == pid and child not in found:
-                found[child] = (parent, cmdlines.get(child, ""))
+                found[child] = (parent, cmdline)
                 frontier.append(child)
     return found
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of session `sid`."""
+    return [pid for pid, (state, _, session, _) in processes().items() if session == sid and state != "Z"]
 
 
 SLOW_ONCE_SCORER = """
@@ -145,35 +153,48 @@ def slow_once(prompts, completions, **kwargs):
 """
 
 
-@pytest.mark.slow
-def test_a_killed_warm_worker_takes_its_stage_along_and_the_run_goes_on_cold(
+def run_until_the_forked_preflight_sleeps(
     tmp_path: Path, tiny_model: Path
-) -> None:
+) -> tuple[subprocess.Popen[str], Path, dict[str, str]]:
+    """`tao run` of a 1-round job (in a session of its own) whose preflight, forked from the warm worker, is
+    asleep in its scorer when this returns; (the process, the job, its environment). The scorer sleeps only
+    once: a later run of the same job goes through."""
     (tmp_path / "slow.py").write_text(SLOW_ONCE_SCORER)
     flag = tmp_path / "slow-once"
     flag.touch()
-    job = write_job(
-        tmp_path,
-        tiny_model,
-        40,
-        rounds=1,
-        scoring={"scorers": [{"type": "python", "path": "slow.py", "function": "slow_once"}]},
-    )
+    scoring = {"scorers": [{"type": "python", "path": "slow.py", "function": "slow_once"}]}
+    job = write_job(tmp_path, tiny_model, 40, rounds=1, scoring=scoring)
+    env = ENV | {"TAO_SLOW_ONCE": str(flag)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tao_operator.cli", "run", str(job)],
-        env=ENV | {"TAO_SLOW_ONCE": str(flag)},
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
+    deadline = time.monotonic() + 300
+    while flag.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise AssertionError("the preflight never scored")
+        time.sleep(0.05)
+    return proc, job, env
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Kill what is left of a run started in a session of its own."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_killed_warm_worker_takes_its_stage_along_and_the_run_goes_on_cold(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    proc, _, _ = run_until_the_forked_preflight_sleeps(tmp_path, tiny_model)
     try:
-        # The preflight forked from the worker is asleep in the scorer: the worker and its one child, both
-        # `-m tao_trainer.warm_worker`.
-        deadline = time.monotonic() + 300
-        while flag.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the preflight never scored"
-            time.sleep(0.05)
+        # The worker and the preflight it forked, both `-m tao_trainer.warm_worker`.
         forked = {p: ppid for p, (ppid, c) in descendants(proc.pid).items() if WORKER in c}
         (worker,) = (p for p, ppid in forked.items() if ppid == proc.pid)
         (stage,) = (p for p, ppid in forked.items() if ppid == worker)
@@ -186,8 +207,7 @@ def test_a_killed_warm_worker_takes_its_stage_along_and_the_run_goes_on_cold(
             time.sleep(0.05)
         out, err = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc)
     assert proc.returncode == 0, err[-3000:]
     log_text = (run_dir(tmp_path) / "tao-run.log").read_text()
     assert "the warm worker exited with status -9: the stages run as plain processes from here" in log_text
@@ -226,43 +246,12 @@ def test_a_forked_stage_gets_the_environment_directory_and_status_of_its_request
     assert f"warm worker {process.pid}: imports done" in text and "usage: tao-stage" in text
 
 
-def session_processes(sid: int) -> list[int]:
-    """Live processes of session `sid` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and alive(int(entry.name)):
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.slow
 def test_ctrl_c_during_a_forked_stage_stops_the_run_and_the_same_command_continues(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    (tmp_path / "slow.py").write_text(SLOW_ONCE_SCORER)
-    flag = tmp_path / "slow-once"
-    flag.touch()
-    scoring = {"scorers": [{"type": "python", "path": "slow.py", "function": "slow_once"}]}
-    job = write_job(tmp_path, tiny_model, 40, rounds=1, scoring=scoring)
-    env = ENV | {"TAO_SLOW_ONCE": str(flag)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tao_operator.cli", "run", str(job)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc, job, env = run_until_the_forked_preflight_sleeps(tmp_path, tiny_model)
     try:
-        deadline = time.monotonic() + 300
-        while flag.exists():  # the preflight, forked from the worker, is asleep in the scorer
-            assert proc.poll() is None and time.monotonic() < deadline, "the preflight never scored"
-            time.sleep(0.05)
         assert len(session_processes(proc.pid)) == 3  # tao run, the worker, the forked stage
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
         interrupted = time.monotonic()
@@ -271,8 +260,7 @@ def test_ctrl_c_during_a_forked_stage_stops_the_run_and_the_same_command_continu
         # not wait out the 30 s it gives a worker to end, nor the scorer's sleep.
         assert time.monotonic() - interrupted < 20
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted: run the same command to continue" in err
     # Nothing is left behind: not the worker, not the stage it forked.
